@@ -1,0 +1,28 @@
+# Lookalike: `make demo` and `make test` are the two commands (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The project is run from the source tree (PYTHONPATH), never installed into the
+# shared cached venv: two clones must not see each other's code.
+VENV = $(shell ./scripts/venv.sh)
+PY = PYTHONPATH=$(CURDIR) $(VENV)/bin/python
+# glibc's allocator returns large tensor buffers to the OS after every batch and
+# faults them in again; keeping them mapped made CPU inference 4-5x faster here.
+export MALLOC_MMAP_MAX_ ?= 0
+export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
+
+.PHONY: help setup demo test bench lint
+
+help:
+	@echo "make demo   - set up and run the sample catalog end to end (embedded mode)"
+	@echo "make test   - run the whole test suite (starts throwaway PostgreSQL/Redis)"
+
+setup:
+	@./scripts/setup-system.sh
+	@./scripts/venv.sh >/dev/null
+
+demo: setup
+	$(PY) -m cli demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)

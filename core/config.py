@@ -1,0 +1,167 @@
+"""One frozen settings object, read from ``LOOKALIKE_*`` environment variables.
+
+This is the only module that reads the environment. Every factory in the project
+(``make_engine``, ``make_celery``, ``create_app``) takes a :class:`Settings`, so a
+test can build a whole app from an explicit object without touching ``os.environ``.
+The defaults give the embedded setup: a SQLite file and the artifacts under ``./var``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "LOOKALIKE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+class DeviceChoice(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with embedded-setup defaults.
+
+    Each field maps to ``LOOKALIKE_<FIELD NAME IN UPPER CASE>``; docs/CONFIG.md lists them.
+    """
+
+    home: Path = Path("var")
+    """Root of the embedded setup; the database and artifacts default to live under it."""
+    database_url: str = ""
+    """SQLAlchemy URL. Empty means ``sqlite:///<home>/lookalike.db``."""
+    artifacts_dir: Path | None = None
+    """Media, model checkpoints and index directories. Empty means ``<home>/artifacts``."""
+
+    broker_url: str = ""
+    """Celery broker (Redis). Empty means the embedded mode: tasks run in-process."""
+    result_backend: str = ""
+    """Celery result backend. Empty means the same as the broker."""
+    redis_url: str = ""
+    """Redis for the "index changed" notification. Empty means the broker URL."""
+
+    device: DeviceChoice = DeviceChoice.AUTO
+    torch_threads: int = 0
+    """Intra-op threads for torch on CPU; 0 leaves torch's default."""
+    embed_batch_size: int = 64
+
+    max_image_pixels: int = 40_000_000
+    """Decompression-bomb guard: images with more pixels are rejected, not decoded."""
+    max_image_bytes: int = 20 * 1024 * 1024
+    """Largest encoded image accepted by the media store and by uploads."""
+
+    annoy_trees: int = 50
+    annoy_search_k: int = -1
+    """Annoy's search_k at query time; -1 means Annoy's default (k * trees)."""
+    keep_index_versions: int = 3
+    verify_sample_size: int = 500
+    min_verify_recall: float = 0.9
+    fresh_rebuild_threshold: int = 1000
+    """Queue a rebuild once this many images are embedded but absent from the active index."""
+
+    promotion_margin: float = 0.01
+    """A retrained model must beat the active one's MAP@R on the holdout by this much."""
+    reindex_cron: str = "0 3 * * *"
+    retrain_cron: str = "0 4 * * 0"
+
+    reads_public: bool = True
+    """If false, read endpoints need an API key too."""
+    admin_api_key: str = ""
+    """A bootstrap key accepted for writes (hash it into the database with ``lookalike keys``)."""
+    url_fetch_enabled: bool = False
+    url_fetch_allowed_hosts: tuple[str, ...] = ()
+    max_k: int = 100
+    index_poll_seconds: float = 2.0
+
+    log_level: str = "INFO"
+
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    # ----------------------------------------------------------------- derived paths
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'lookalike.db').resolve()}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.home / "artifacts").resolve()
+
+    @property
+    def media_dir(self) -> Path:
+        return self.resolved_artifacts_dir / "media"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.resolved_artifacts_dir / "models"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.resolved_artifacts_dir / "indexes"
+
+    @property
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+    @property
+    def embedded(self) -> bool:
+        """True when there is no broker: jobs run in the calling process."""
+        return not self.broker_url
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``LOOKALIKE_*`` variables (from ``environ``, default ``os.environ``)."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            key = ENV_PREFIX + f.name.upper()
+            if key in environ:
+                values[f.name] = _parse(key, environ[key], hints[f.name])
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(key: str, raw: str, annotation: Any) -> Any:
+    """Convert one environment string to the field's declared type."""
+    target = annotation
+    if get_origin(annotation) is not None and type(None) in get_args(annotation):
+        target = next(a for a in get_args(annotation) if a is not type(None))
+    try:
+        if target is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        if target is int:
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target is Path:
+            return Path(raw) if raw else None
+        if isinstance(target, type) and issubclass(target, enum.Enum):
+            return target(raw.strip().lower())
+        if get_origin(target) is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc

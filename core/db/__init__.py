@@ -1,0 +1,25 @@
+"""SQL models and sessions (SQLAlchemy 2.x)."""
+
+from core.db.models import (
+    ApiKey,
+    Base,
+    Embedding,
+    ImageStatus,
+    IndexStatus,
+    IndexVersion,
+    Item,
+    ItemImage,
+    ItemStatus,
+    Job,
+    JobKind,
+    JobStatus,
+    ModelStatus,
+    ModelVersion,
+)
+from core.db.session import make_engine, make_session_factory, session_scope
+
+__all__ = [
+    "ApiKey", "Base", "Embedding", "ImageStatus", "IndexStatus", "IndexVersion", "Item",
+    "ItemImage", "ItemStatus", "Job", "JobKind", "JobStatus", "ModelStatus", "ModelVersion",
+    "make_engine", "make_session_factory", "session_scope",
+]

@@ -1,0 +1,174 @@
+"""Throwaway PostgreSQL and Redis servers on loopback for integration tests.
+
+Each server lives in its own temporary directory, listens on a free port on
+127.0.0.1, and is stopped (and its files removed) when the fixture ends. When the
+tests run as root (CI containers), PostgreSQL is run as the ``postgres`` system
+user because it refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not candidates:
+        raise FileNotFoundError(f"PostgreSQL binary {name!r} not found")
+    return candidates[-1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in a temp dir; ``url`` points at database ``lookalike``."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls) -> PostgresServer:
+        root = Path(tempfile.mkdtemp(prefix="lookalike-pg-"))
+        server = cls(root=root, port=free_port())
+        data = root / "data"
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres_user([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                               "--no-sync", "-E", "UTF8", "--locale=C"]),
+            check=True, capture_output=True,
+        )
+        server.process = subprocess.Popen(
+            _as_postgres_user([_pg_bin("postgres"), "-D", str(data), "-p", str(server.port),
+                               "-h", "127.0.0.1", "-k", str(root), "-c", "fsync=off",
+                               "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]),
+            stdout=subprocess.DEVNULL, stderr=open(root / "postgres.log", "wb"),
+        )
+        server.wait_ready()
+        server.create_database("lookalike")
+        return server
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+            )
+            if probe.returncode == 0:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError("postgres exited: " + (self.root / "postgres.log").read_text())
+            time.sleep(0.1)
+        raise TimeoutError("postgres did not become ready")
+
+    def url(self, database: str = "lookalike") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q", "-c",
+             f'CREATE DATABASE "{name}"'],
+            check=True, capture_output=True,
+        )
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM = smart shutdown
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start the same cluster on the same port (for recovery tests)."""
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(15)
+        self.process = subprocess.Popen(
+            _as_postgres_user([_pg_bin("postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
+                               "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off"]),
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "postgres.log", "ab"),
+        )
+        self.wait_ready()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server without persistence in a temp dir."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls) -> RedisServer:
+        root = Path(tempfile.mkdtemp(prefix="lookalike-redis-"))
+        server = cls(root=root, port=free_port())
+        server._spawn()
+        return server
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.root)],
+            stdout=open(self.root / "redis.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self._spawn()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
