@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -85,8 +85,6 @@ class Settings:
 
     log_level: str = "INFO"
 
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
     # ----------------------------------------------------------------- derived paths
     @property
     def resolved_database_url(self) -> str:
@@ -127,8 +125,6 @@ class Settings:
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             key = ENV_PREFIX + f.name.upper()
             if key in environ:
                 values[f.name] = _parse(key, environ[key], hints[f.name])

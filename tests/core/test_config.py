@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, DeviceChoice, Settings
+
+
+def test_defaults_give_the_embedded_setup() -> None:
+    s = Settings.from_env({})
+    assert s.embedded
+    assert s.resolved_database_url == f"sqlite:///{Path('var/lookalike.db').resolve()}"
+    assert s.media_dir == Path("var/artifacts/media").resolve()
+
+
+def test_environment_is_parsed_by_field_type() -> None:
+    s = Settings.from_env({
+        "LOOKALIKE_HOME": "/srv/l",
+        "LOOKALIKE_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "LOOKALIKE_ANNOY_TREES": "80",
+        "LOOKALIKE_PROMOTION_MARGIN": "0.02",
+        "LOOKALIKE_READS_PUBLIC": "false",
+        "LOOKALIKE_DEVICE": "CPU",
+        "LOOKALIKE_URL_FETCH_ALLOWED_HOSTS": "images.example.com, cdn.example.com",
+        "OTHER_VARIABLE": "ignored",
+    })
+    assert s.home == Path("/srv/l") and not s.embedded
+    assert s.resolved_redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.annoy_trees, s.promotion_margin, s.reads_public) == (80, 0.02, False)
+    assert s.device is DeviceChoice.CPU
+    assert s.url_fetch_allowed_hosts == ("images.example.com", "cdn.example.com")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("LOOKALIKE_ANNOY_TREES", "many"),
+    ("LOOKALIKE_READS_PUBLIC", "perhaps"),
+    ("LOOKALIKE_DEVICE", "tpu"),
+])
+def test_bad_values_name_the_variable(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        Settings.from_env({key: value})
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(AttributeError):
+        s.annoy_trees = 3  # type: ignore[misc]
+    assert s.replace(annoy_trees=3).annoy_trees == 3
