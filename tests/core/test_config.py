@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,9 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         s.annoy_trees = 3  # type: ignore[misc]
     assert s.replace(annoy_trees=3).annoy_trees == 3
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "CONFIG.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Settings) if f"LOOKALIKE_{f.name.upper()}`" not in doc]
+    assert missing == []
