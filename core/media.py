@@ -1,0 +1,261 @@
+"""Content-addressed image store with safe decoding.
+
+Every image that enters Lookalike (catalog imports, API uploads) goes through
+:func:`decode_image`, which refuses anything that is not a plain photo-like image
+before it can cost memory or CPU:
+
+* the encoded size is capped (``max_bytes``) before anything is parsed;
+* only a short list of raster formats is accepted (no EPS/PDF, which would run
+  Ghostscript; no exotic container formats with a long CVE history);
+* the pixel count from the *header* is checked against ``max_pixels`` before a
+  single pixel is decoded (decompression bombs: a few KB that claim 50k x 50k);
+  Pillow's own bomb guard (:data:`PIL.Image.MAX_IMAGE_PIXELS`) stays active as a
+  second line, and its warning is escalated to an error inside the decode, so the
+  effective cap is the smaller of the two. Nothing here mutates Pillow's globals;
+* the pixels are fully decoded, so truncated files fail here and not later in a
+  worker;
+* EXIF orientation is applied and the result is converted to RGB (transparent
+  pixels are composited on white, which is what product cut-outs expect).
+
+The store keeps the *original* bytes under ``root/ab/cd/<sha256>``. Writes go to a
+temporary file in the destination directory and are renamed into place, so a
+reader never sees a partial file under a key and a crash leaves at most a stray
+``.tmp-*`` file. Storing the same bytes twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.config import Settings
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""Formats accepted by :func:`decode_image` (the JPEG plugin also opens camera MPO files)."""
+
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".tmp-"
+
+
+class MediaErrorReason(str, enum.Enum):
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED = "truncated"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    NOT_FOUND = "not_found"
+
+
+class MediaError(ValueError):
+    """An image was refused; ``reason`` says why in a machine-readable way."""
+
+    def __init__(self, reason: MediaErrorReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What the store knows about stored bytes; width/height are after EXIF rotation."""
+
+    key: str
+    width: int
+    height: int
+    format: str
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> Image.Image:
+    """Decode ``data`` into an RGB image, or raise :class:`MediaError` saying why not."""
+    return _decode(data, max_pixels=max_pixels, max_bytes=max_bytes)[0]
+
+
+def _decode(data: bytes, *, max_pixels: int, max_bytes: int | None) -> tuple[Image.Image, str]:
+    """The RGB image and the name of its encoded format."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise MediaError(
+            MediaErrorReason.TOO_LARGE,
+            f"image is {len(data):,} bytes, more than the limit of {max_bytes:,} bytes",
+        )
+    if not data:
+        raise MediaError(MediaErrorReason.NOT_AN_IMAGE, "empty file: not an image")
+    with warnings.catch_warnings():
+        # Pillow only *warns* between its limit and twice its limit; that is a bomb for us too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = _open_checked(data, max_pixels)
+            image.load()
+        except MediaError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, f"image refused as a decompression bomb: {exc}") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+            raise MediaError(MediaErrorReason.TRUNCATED, f"image data is truncated or corrupt: {exc}") from exc
+        except MemoryError as exc:  # a header that slipped past the checks
+            raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, "image needs too much memory to decode") from exc
+    _check_pixels(image.size, max_pixels)  # GIF frames may grow the canvas while loading
+    return _to_rgb(_apply_orientation(image)), image.format or "UNKNOWN"
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse only the header, identify the format, and enforce the pixel cap."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        found = _identify_any(data)
+        if found is not None:
+            raise MediaError(
+                MediaErrorReason.UNSUPPORTED_FORMAT,
+                f"image format {found} is not supported (accepted: {', '.join(ALLOWED_FORMATS)})",
+            ) from None
+        raise MediaError(MediaErrorReason.NOT_AN_IMAGE, "not an image (unrecognised file contents)") from None
+    _check_pixels(image.size, max_pixels)
+    return image
+
+
+def _identify_any(data: bytes) -> str | None:
+    """Name the format of data that no accepted plugin claimed, for a better message."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # header only; never loaded
+            return probe.format
+    except Exception:  # noqa: BLE001 - any failure just means "unknown"
+        return None
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise MediaError(MediaErrorReason.NOT_AN_IMAGE, f"image has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise MediaError(
+            MediaErrorReason.TOO_MANY_PIXELS,
+            f"image is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}",
+        )
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip per EXIF; junk EXIF must not cost us an otherwise good photo."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grey: scale to 8 bits instead of clipping everything above 255 to white.
+        return image.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
+    has_alpha = image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def media_key(data: bytes) -> str:
+    """The store key of ``data``: its SHA-256 in lower-case hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class MediaStore:
+    """Original image bytes on local disk, addressed by their SHA-256."""
+
+    def __init__(self, root: Path, *, max_pixels: int, max_bytes: int, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        """Flush every write to disk before renaming it; bulk writers turn it off and call :meth:`sync`."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, fsync: bool = True) -> MediaStore:
+        return cls(settings.media_dir, max_pixels=settings.max_image_pixels,
+                   max_bytes=settings.max_image_bytes, fsync=fsync)
+
+    def path(self, key: str) -> Path:
+        """Where ``key`` lives (whether or not it exists); refuses anything but a SHA-256 hex key."""
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ValueError(f"invalid media key {key!r}: expected 64 lower-case hex characters")
+        return self.root / key[:2] / key[2:4] / key
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def describe(self, data: bytes) -> StoredImage:
+        """Validate ``data`` like :meth:`put_bytes` would, without storing anything."""
+        image, fmt = _decode(data, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        return StoredImage(key=media_key(data), width=image.width, height=image.height, format=fmt)
+
+    def put_bytes(self, data: bytes) -> StoredImage:
+        """Validate and store ``data``; storing bytes that are already there changes nothing."""
+        stored = self.describe(data)
+        target = self.path(stored.key)
+        try:
+            if target.stat().st_size == len(data):
+                return stored
+        except FileNotFoundError:
+            pass
+        # Missing, or a short file left by a crash before it reached the disk: (re)write it.
+        self._write_atomically(target, data)
+        return stored
+
+    def put_file(self, path: Path) -> StoredImage:
+        """Store the image file at ``path`` (size checked before reading it)."""
+        return self.put_bytes(self.read_source(path))
+
+    def read_source(self, path: Path) -> bytes:
+        """Read an image file to be stored, refusing oversized or missing files up front."""
+        try:
+            size = Path(path).stat().st_size
+            if size > self.max_bytes:
+                raise MediaError(
+                    MediaErrorReason.TOO_LARGE,
+                    f"{path}: {size:,} bytes, more than the limit of {self.max_bytes:,} bytes",
+                )
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            raise MediaError(MediaErrorReason.NOT_FOUND, f"image file not found: {path}") from None
+        except IsADirectoryError:
+            raise MediaError(MediaErrorReason.NOT_AN_IMAGE, f"{path} is a directory, not an image") from None
+
+    def read_bytes(self, key: str) -> bytes:
+        """The original bytes stored under ``key``."""
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}") from None
+
+    def open(self, key: str) -> Image.Image:
+        """The stored image, decoded to RGB with EXIF orientation applied."""
+        return decode_image(self.read_bytes(key), max_pixels=self.max_pixels)
+
+    def sync(self) -> None:
+        """Make every write so far durable (one ``sync()`` instead of an fsync per file)."""
+        os.sync()
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=_TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
