@@ -1,0 +1,105 @@
+"""Evaluation preprocessing derived from a :class:`ModelSpec`.
+
+Geometry: the whole image is resized ("squashed") to ``input_size`` x ``input_size``;
+nothing is cropped. Product photos are usually portrait (3:4 to 9:16 in the sample
+catalog) with the product filling the frame, so the ImageNet recipe (resize the
+shorter side, centre-crop) would cut off the top and bottom of a dress or a pair of
+trousers -- the neckline and hem that make two products look alike. The aspect
+distortion of squashing is the same at training and query time, so the network
+learns with it. Images with an alpha channel are composited onto white, the usual
+product-photo background, instead of exposing whatever colour hides under
+transparent pixels.
+
+Per-image and batched paths share one implementation, so an image gives the same
+tensor alone or inside a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from core.embedding.spec import ModelSpec
+
+RESAMPLE = Image.Resampling.BILINEAR
+REDUCING_GAP = 3.0
+"""PIL first box-reduces by an integer factor, then resamples the last <= 3x: several
+times faster on large photos and visually indistinguishable from a full resample."""
+
+
+def prepare_image(image: Image.Image, size: int) -> Image.Image:
+    """RGB, ``size`` x ``size``: the geometric half of preprocessing."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    image = _to_rgb(image)
+    if image.size != (size, size):
+        image = image.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    return image
+
+
+def images_to_batch(
+    images: Sequence[Image.Image],
+    spec: ModelSpec,
+    *,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Tensor:
+    """Many PIL images -> one normalised float32 batch ``[N, 3, S, S]``.
+
+    Pixels are resized with PIL and stacked into one uint8 array; the conversion to
+    float and the normalisation then happen once for the whole batch.
+    """
+    size = spec.input_size
+    pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pixels[i] = np.asarray(prepare_image(image, size))
+    return normalize_uint8(torch.from_numpy(pixels), spec, memory_format=memory_format)
+
+
+def normalize_uint8(
+    pixels: Tensor, spec: ModelSpec, *, memory_format: torch.memory_format = torch.contiguous_format
+) -> Tensor:
+    """uint8 ``[N, S, S, 3]`` (HWC, as PIL/numpy hold images) -> normalised float ``[N, 3, S, S]``."""
+    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected uint8 pixels [N, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
+    # (p / 255 - mean) / std == p * scale - shift: one multiply and one subtract.
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * std)
+    shift = mean / std
+    # The NHWC -> NCHW permute is a view with channels_last strides; .to() lays it
+    # out in the requested format in the same pass that converts to float.
+    batch = pixels.permute(0, 3, 1, 2).to(dtype=torch.float32, memory_format=memory_format)
+    return batch.mul_(scale).sub_(shift)
+
+
+class EvalTransform:
+    """Per-image transform for datasets (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return images_to_batch([image], self.spec)[0]
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return f"EvalTransform(squash to {s.input_size}px, mean={s.mean}, std={s.std})"
+
+
+def eval_transform(spec: ModelSpec) -> EvalTransform:
+    """PIL image -> normalised float tensor ``[3, S, S]``, exactly as :func:`images_to_batch`."""
+    return EvalTransform(spec)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
