@@ -1,0 +1,31 @@
+"""Online miners: pick the informative triplets or pairs of a batch (see base.py)."""
+
+from trainer.miners.base import (
+    MinedPairs,
+    MinedTriplets,
+    MiningStats,
+    PairIndices,
+    PairMiner,
+    TripletIndices,
+    TripletMiner,
+)
+from trainer.miners.batch_all import BatchAllMiner
+from trainer.miners.batch_hard import BatchHardMiner
+from trainer.miners.hard_pair import HardPairMiner, PairStrategy
+from trainer.miners.semi_hard import SemiHardMiner, SemiHardMode
+
+__all__ = [
+    "BatchAllMiner",
+    "BatchHardMiner",
+    "HardPairMiner",
+    "MinedPairs",
+    "MinedTriplets",
+    "MiningStats",
+    "PairIndices",
+    "PairMiner",
+    "PairStrategy",
+    "SemiHardMiner",
+    "SemiHardMode",
+    "TripletIndices",
+    "TripletMiner",
+]

@@ -1,0 +1,111 @@
+"""Triplet loss (DESIGN.md section 5), plain or squared, hinge or soft margin."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from trainer.distances import convert_distances, distance_matrix, paired_distances
+from trainer.losses.base import (
+    LossOutput,
+    check_embeddings,
+    check_index_tuple,
+    mean_over_active,
+    zero_loss,
+)
+from trainer.miners.base import (
+    MiningStats,
+    TripletIndices,
+    TripletMiner,
+    check_labels,
+    check_margin,
+    label_masks,
+)
+
+
+class TripletLoss(nn.Module):
+    """``max(0, d(a,p) - d(a,n) + m)``, or with ``squared`` the FaceNet form
+    ``max(0, d(a,p)^2 - d(a,n)^2 + m)``; Euclidean distance.
+
+    ``soft_margin`` replaces the hinge ``max(0, x)`` by ``log(1 + exp(x))``
+    (Hermans et al. 2017), which never stops pulling; it is averaged over all
+    triplets, since none is ever exactly 0.  The hinge form is averaged over the
+    active (non-zero) triplets.
+
+    Triplets come, in order of precedence, from explicit ``triplets`` passed to
+    ``forward``, from the ``miner`` given here, or else every valid triplet of
+    the batch.  The miner mines on this loss's own distance matrix (converted to
+    the miner's form if its ``squared`` differs), so distances are computed once.
+    Embeddings are used as given: L2-normalise them first (the embedding head
+    does) if the margin is meant on the unit sphere.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        squared: bool = False,
+        soft_margin: bool = False,
+        miner: TripletMiner | None = None,
+    ) -> None:
+        super().__init__()
+        self.margin = check_margin(margin)
+        self.squared = bool(squared)
+        self.soft_margin = bool(soft_margin)
+        if miner is not None and not isinstance(miner, TripletMiner):
+            raise TypeError(f"miner must be a TripletMiner, got {type(miner).__name__}")
+        self.miner = miner
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        triplets: TripletIndices | None = None,
+    ) -> LossOutput:
+        """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``triplets`` is given."""
+        check_embeddings(embeddings)
+        batch = embeddings.shape[0]
+        dist = distance_matrix(embeddings, squared=self.squared)
+        mining: MiningStats | None = None
+        if triplets is not None:
+            triplets = TripletIndices(*triplets)
+            check_index_tuple(triplets, batch, "triplets")
+        elif labels is None:
+            raise ValueError("TripletLoss needs labels or explicit triplets")
+        elif self.miner is not None:
+            mined_dist = convert_distances(
+                dist.detach(), from_squared=self.squared, to_squared=self.miner.squared
+            )
+            triplets, mining = self.miner.mine(mined_dist, labels)
+        else:
+            triplets = _all_triplets(check_labels(labels, batch, embeddings.device))
+        anchor, positive, negative = triplets
+        return self._reduce(dist[anchor, positive], dist[anchor, negative], mining)
+
+    def forward_triplets(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> LossOutput:
+        """Loss over explicit rows: ``anchor[i], positive[i], negative[i]`` form triplet i."""
+        for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
+            check_embeddings(t, name)
+        d_ap = paired_distances(anchor, positive, squared=self.squared)
+        d_an = paired_distances(anchor, negative, squared=self.squared)
+        return self._reduce(d_ap, d_an, None)
+
+    def _reduce(self, d_ap: Tensor, d_an: Tensor, mining: MiningStats | None) -> LossOutput:
+        violation = d_ap - d_an + self.margin
+        total = int(violation.numel())
+        if self.soft_margin:
+            active = int((violation > 0).sum().item())
+            loss = F.softplus(violation).mean() if total else zero_loss(violation)
+            return LossOutput(loss, active, total, mining)
+        loss, active = mean_over_active(F.relu(violation))
+        return LossOutput(loss, active, total, mining)
+
+
+def _all_triplets(labels: Tensor) -> TripletIndices:
+    """Every valid (a, p, n), sorted by (a, p, n), in O(#positive pairs x B) memory."""
+    positive, negative = label_masks(labels)
+    anchor_of_pair, positive_of_pair = positive.nonzero(as_tuple=True)
+    pair_row, neg = negative[anchor_of_pair].nonzero(as_tuple=True)
+    return TripletIndices(anchor_of_pair[pair_row], positive_of_pair[pair_row], neg)
+
+
+__all__ = ["TripletLoss"]
