@@ -4,7 +4,7 @@ Used as ground truth (index verification, benchmarks) and to search the handful 
 fresh items that are not in the published index yet.
 
 Memory stays bounded: the reference is scanned in blocks of ``chunk_size`` rows and
-queries in blocks sized so one score block is ~64 MB, keeping only a running top-k.
+queries in blocks sized so one score block is ~8 MB, keeping only a running top-k.
 Candidates are picked with a float32 matrix product, then the best few are re-scored
 in float64 from the raw vectors, so near-ties are ordered as Annoy's direct formulas
 order them rather than by ``|q|^2 - 2 q.r + |r|^2`` rounding noise.
@@ -19,8 +19,8 @@ import numpy as np
 from core.index.manifest import Metric
 from core.index.validate import check_positive_int
 
-_SCORE_BLOCK_ELEMENTS = 1 << 24  # float32 scores per (query block x reference block)
-_RESCORE_BLOCK_ELEMENTS = 1 << 22  # float64 values gathered per re-scoring step
+_SCORE_BLOCK_ELEMENTS = 1 << 21  # float32 scores per (query block x reference block)
+_RESCORE_BLOCK_ELEMENTS = 1 << 20  # float64 values gathered per re-scoring step
 _MAX_QUERY_BLOCK = 4096
 
 
@@ -63,25 +63,42 @@ def exact_search(
     q_block = max(1, min(_MAX_QUERY_BLOCK, _SCORE_BLOCK_ELEMENTS // min(chunk_size, n)))
     for q0 in range(0, m, q_block):
         qb = q32[q0:q0 + q_block]
-        best_cost = np.full((len(qb), 0), np.inf, dtype=np.float32)
+        best_cost = np.empty((len(qb), 0), dtype=np.float32)
         best_rows = np.empty((len(qb), 0), dtype=np.int64)
         for r0 in range(0, n, chunk_size):
             # cost: smaller is better; for euclidean |q|^2 is constant per row, so omitted
-            cost = -(qb @ ref32[r0:r0 + chunk_size].T)
+            cost = qb @ ref32[r0:r0 + chunk_size].T
             if ref_sq is not None:
-                cost = 2.0 * cost + ref_sq[r0:r0 + chunk_size]
-            rows = np.arange(r0, r0 + cost.shape[1], dtype=np.int64)
-            cost = np.concatenate([best_cost, cost], axis=1)
-            rows = np.concatenate([best_rows, np.broadcast_to(rows, (len(qb), len(rows)))], axis=1)
-            if cost.shape[1] > pool:
-                part = np.argpartition(cost, pool - 1, axis=1)[:, :pool]
-                cost = np.take_along_axis(cost, part, axis=1)
-                rows = np.take_along_axis(rows, part, axis=1)
-            best_cost, best_rows = cost, rows
+                cost *= -2.0
+                cost += ref_sq[r0:r0 + chunk_size]
+            else:
+                np.negative(cost, out=cost)
+            best_cost, best_rows = _merge(best_cost, best_rows, cost, r0, pool)
         rows, dist = _rescore(reference, queries[q0:q0 + q_block], best_rows, metric, k)
         out_rows[q0:q0 + len(qb)] = rows
         out_dist[q0:q0 + len(qb)] = dist
     return out_rows, out_dist
+
+
+def _merge(best_cost: np.ndarray, best_rows: np.ndarray, cost: np.ndarray, r0: int,
+           pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``pool`` lowest costs among earlier survivors and a chunk starting at row r0.
+
+    A function of its own so the big temporaries die on return, before the next chunk.
+    """
+    kept = best_cost.shape[1]
+    cost = np.concatenate([best_cost, cost], axis=1)
+    if cost.shape[1] > pool:
+        part = np.argpartition(cost, pool - 1, axis=1)[:, :pool]
+    else:
+        part = np.broadcast_to(np.arange(cost.shape[1]), cost.shape)
+    # columns < kept are earlier survivors, the rest are rows of this chunk
+    if kept:
+        earlier = np.take_along_axis(best_rows, np.minimum(part, kept - 1), axis=1)
+        rows = np.where(part < kept, earlier, r0 + part - kept)
+    else:
+        rows = r0 + part
+    return np.take_along_axis(cost, part, axis=1), rows
 
 
 def _rescore(reference: np.ndarray, queries: np.ndarray, cand: np.ndarray, metric: Metric,
