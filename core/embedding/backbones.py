@@ -144,7 +144,7 @@ def _load_torchvision_file(backbone: Backbone, weights_dir: Path) -> Mapping[str
     raise PretrainedWeightsMissingError(
         f"ImageNet weights for {backbone.value} not found (they are never downloaded): "
         f"put torchvision's file {names[0]!r} at {weights_dir / names[0]} "
-        f"(it is {weights_enum.DEFAULT.url}; also accepted there: {names[1:] or 'none'}). "
+        f"(fetch it from {weights_enum.DEFAULT.url}; also accepted there: {names[1:] or 'none'}). "
         "The directory is $TORCH_HOME/hub/checkpoints unless weights_dir is given."
     )
 
