@@ -1,0 +1,328 @@
+"""Training configuration: one dataclass tree, loaded from YAML, overridable from the CLI.
+
+``TrainConfig.from_yaml(path, overrides=["optim.lr=3e-4", "epochs=5"])`` reads a file
+and applies ``dotted.key=value`` overrides (values parsed as YAML, so ``[6, 7]``,
+``true`` and ``1e-3`` mean what they look like). Every value is checked against the
+field's type; an unknown key or a bad value fails with the key named and, for a
+fixed set of options, the allowed values listed. ``to_dict()`` gives the resolved,
+JSON-safe config that is saved beside the checkpoint and in the model registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import tempfile
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from core.config import DeviceChoice
+from core.embedding import Backbone, Distance, ModelSpec, Pretrained
+
+
+class ConfigError(ValueError):
+    """A training config key or value is invalid; the message names the key."""
+
+
+class DataSource(str, enum.Enum):
+    CATALOG = "catalog"  # items and images in SQL (the media store holds the pixels)
+    FOLDER = "folder"  # root/<class name>/<image files>
+    IDX = "idx"  # MNIST-format gzip files (Fashion-MNIST), decoded once into memory
+    PAIRS = "pairs"  # CSV of external ids: a, b, y (0 similar, 1 dissimilar)
+    TRIPLETS = "triplets"  # CSV of external ids: anchor, positive, negative
+
+
+class LabelKind(str, enum.Enum):
+    """What makes two catalog images "the same" for training and evaluation."""
+
+    ITEM = "item"  # photos of one product
+    GROUP = "group"  # products of one family / style (items.group_key)
+    CATEGORY = "category"
+
+
+class AugmentPolicy(str, enum.Enum):
+    NONE = "none"
+    LIGHT = "light"  # mild crops and flips: small or centred images (Fashion-MNIST)
+    PRODUCT = "product"  # crops, flips, light photometric jitter, no hue shift
+
+
+class LossKind(str, enum.Enum):
+    TRIPLET = "triplet"
+    CONTRASTIVE = "contrastive"
+
+
+class MinerKind(str, enum.Enum):
+    NONE = "none"  # every valid triplet / pair of the batch (or the given tuples)
+    BATCH_ALL = "batch_all"
+    BATCH_HARD = "batch_hard"
+    SEMI_HARD = "semi_hard"
+    HARD_PAIRS = "hard_pairs"  # contrastive only
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.FOLDER
+    path: str = ""
+    """Folder root, idx images file, or pairs/triplets CSV (catalog: unused)."""
+    eval_path: str = ""
+    """Separate evaluation set (folder or idx file); empty: the held-out classes of ``path``."""
+    label: LabelKind = LabelKind.ITEM
+    holdout_fraction: float = 0.2
+    """Share of classes held out for evaluation (by a stable hash of the class name)."""
+    holdout_classes: list[str] = field(default_factory=list)
+    """Explicit held-out classes; overrides ``holdout_fraction``."""
+    min_images_per_class: int = 2
+    max_per_class: int = 0
+    """Cap on training images per class (0: all), for quick runs."""
+    eval_max_per_class: int = 0
+    """Cap on evaluation images per class (0: all)."""
+    augment: AugmentPolicy = AugmentPolicy.PRODUCT
+    preload: bool = False
+    """Decode and resize every image once and keep the pixels in memory."""
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: Backbone = Backbone.SMALL_CNN
+    embedding_dim: int = 128
+    input_size: int = 0
+    """0: the backbone's natural input size."""
+    pretrained: Pretrained = Pretrained.NONE
+    distance: Distance = Distance.EUCLIDEAN
+    head_batchnorm: bool = False
+    freeze: list[str] = field(default_factory=list)
+    """Parameter-name prefixes to freeze, e.g. ``backbone.body._blocks.0.``."""
+    init_checkpoint: str = ""
+    """Start from these weights (a checkpoint with the same spec) instead of a fresh network."""
+
+    def spec(self) -> ModelSpec:
+        overrides: dict[str, Any] = {
+            "embedding_dim": self.embedding_dim, "pretrained": self.pretrained,
+            "distance": self.distance, "head_batchnorm": self.head_batchnorm,
+        }
+        if self.input_size:
+            overrides["input_size"] = self.input_size
+        return ModelSpec.for_backbone(self.backbone, **overrides)
+
+
+@dataclass
+class LossConfig:
+    kind: LossKind = LossKind.TRIPLET
+    miner: MinerKind = MinerKind.BATCH_HARD
+    margin: float = 0.2
+    squared: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    backbone_lr: float = 0.0
+    """Learning rate of the backbone trunk; 0: the same as ``lr``."""
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    """The cosine schedule ends at ``lr * min_lr_ratio``."""
+    grad_clip: float = 5.0
+    """Max global gradient norm; 0 disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    classes_per_batch: int = 8
+    images_per_class: int = 4
+    """P x K batches; pairs / triplets training uses P*K tuples per batch."""
+    steps_per_epoch: int = 0
+    """0: one pass over the training images (or tuples)."""
+    seed: int = 0
+    device: DeviceChoice = DeviceChoice.AUTO
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    progress: bool = True
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.classes_per_batch >= 2, "classes_per_batch must be >= 2 (negatives need another class)"),
+            (self.images_per_class >= 2, "images_per_class must be >= 2 (positives need a second image)"),
+            (self.steps_per_epoch >= 0, "steps_per_epoch must be >= 0"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: never)"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (all(k >= 1 for k in self.ks), "ks must be positive"),
+            (0.0 <= self.data.holdout_fraction < 1.0, "data.holdout_fraction must be in [0, 1)"),
+            (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            (self.data.min_images_per_class >= 1, "data.min_images_per_class must be >= 1"),
+            (self.optim.lr > 0 and self.optim.backbone_lr >= 0, "optim.lr must be > 0, optim.backbone_lr >= 0"),
+            (self.optim.warmup_epochs >= 0 and self.optim.grad_clip >= 0, "optim.warmup_epochs and grad_clip must be >= 0"),
+            (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
+            (self.loss.margin >= 0, "loss.margin must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        triplet_miners = {MinerKind.NONE, MinerKind.BATCH_ALL, MinerKind.BATCH_HARD, MinerKind.SEMI_HARD}
+        pair_miners = {MinerKind.NONE, MinerKind.HARD_PAIRS}
+        allowed = triplet_miners if self.loss.kind is LossKind.TRIPLET else pair_miners
+        if self.loss.miner not in allowed:
+            raise ConfigError(
+                f"loss.miner {self.loss.miner.value!r} does not go with loss.kind {self.loss.kind.value!r}; "
+                f"choose one of {sorted(m.value for m in allowed)}"
+            )
+        tuple_loss = {DataSource.PAIRS: LossKind.CONTRASTIVE, DataSource.TRIPLETS: LossKind.TRIPLET}
+        needed = tuple_loss.get(self.data.source)
+        if needed is not None and self.loss.kind is not needed:
+            raise ConfigError(
+                f"data.source {self.data.source.value!r} trains on exactly the given tuples with the "
+                f"{needed.value} loss; set loss.kind={needed.value}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.images_per_class
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        return _build(cls, data or {}, prefix="")
+
+    @classmethod
+    def from_yaml(cls, path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """Read ``path`` (None: all defaults) and apply ``key=value`` overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"cannot read config {path}: {exc}") from exc
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"config {path} must be a mapping at the top level")
+            data = loaded or {}
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+        return TrainConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def save_yaml(self, path: Path) -> None:
+        """Write the resolved config atomically (temp file + rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                yaml.safe_dump(self.to_dict(), fh, sort_keys=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    out = _deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; {where} has {sorted(known)}")
+    values = {name: _coerce(prefix + name, value, hints[name]) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check and convert one value to its declared type (enums from their values)."""
+    origin = get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key + ".")
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, options[0])
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        (item_type,) = get_args(annotation)
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(str(value).lower() if isinstance(value, str) else value)
+        except ValueError:
+            allowed = [m.value for m in annotation]
+            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}") from None
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
