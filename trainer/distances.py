@@ -86,10 +86,3 @@ def paired_distances(x1: Tensor, x2: Tensor, *, squared: bool = False) -> Tensor
     diff = x1 - x2
     d2 = (diff * diff).sum(dim=1)
     return d2 if squared else safe_sqrt(d2)
-
-
-def convert_distances(distances: Tensor, *, from_squared: bool, to_squared: bool) -> Tensor:
-    """Convert a distance tensor between the plain and the squared form."""
-    if from_squared == to_squared:
-        return distances
-    return distances * distances if to_squared else safe_sqrt(distances)

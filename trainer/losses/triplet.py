@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainer.distances import convert_distances, distance_matrix, paired_distances
+from trainer.distances import distance_matrix, paired_distances
 from trainer.losses.base import (
     LossOutput,
     check_embeddings,
@@ -34,8 +34,8 @@ class TripletLoss(nn.Module):
 
     Triplets come, in order of precedence, from explicit ``triplets`` passed to
     ``forward``, from the ``miner`` given here, or else every valid triplet of
-    the batch.  The miner mines on this loss's own distance matrix (converted to
-    the miner's form if its ``squared`` differs), so distances are computed once.
+    the batch.  The miner mines on this loss's own distance matrix, so distances
+    are computed once; it must use the same ``squared`` form (its margin may differ).
     Embeddings are used as given: L2-normalise them first (the embedding head
     does) if the margin is meant on the unit sphere.
     """
@@ -53,6 +53,13 @@ class TripletLoss(nn.Module):
         self.soft_margin = bool(soft_margin)
         if miner is not None and not isinstance(miner, TripletMiner):
             raise TypeError(f"miner must be a TripletMiner, got {type(miner).__name__}")
+        if miner is not None and miner.squared != self.squared:
+            # A margin means different things on d and on d^2: mining on one and
+            # training on the other is a configuration mistake, not a variant.
+            raise ValueError(
+                f"miner mines on {'squared' if miner.squared else 'plain'} distances but the loss "
+                f"uses {'squared' if self.squared else 'plain'} ones; give both the same `squared`"
+            )
         self.miner = miner
 
     def forward(
@@ -72,10 +79,7 @@ class TripletLoss(nn.Module):
         elif labels is None:
             raise ValueError("TripletLoss needs labels or explicit triplets")
         elif self.miner is not None:
-            mined_dist = convert_distances(
-                dist.detach(), from_squared=self.squared, to_squared=self.miner.squared
-            )
-            triplets, mining = self.miner.mine(mined_dist, labels)
+            triplets, mining = self.miner.mine(dist.detach(), labels)
         else:
             triplets = _all_triplets(check_labels(labels, batch, embeddings.device))
         anchor, positive, negative = triplets
