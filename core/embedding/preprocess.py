@@ -65,15 +65,16 @@ def normalize_uint8(
     """uint8 ``[N, S, S, 3]`` (HWC, as PIL/numpy hold images) -> normalised float ``[N, 3, S, S]``."""
     if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"expected uint8 pixels [N, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
-    # (p / 255 - mean) / std == p * scale - shift: one multiply and one subtract.
+    # (p / 255 - mean) / std == p * scale - shift, computed by one fused addcmul that
+    # reads the uint8 pixels once and writes the float batch once. The NHWC -> NCHW
+    # permute is only a view (with channels_last strides).
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
     scale = 1.0 / (255.0 * std)
-    shift = mean / std
-    # The NHWC -> NCHW permute is a view with channels_last strides; .to() lays it
-    # out in the requested format in the same pass that converts to float.
-    batch = pixels.permute(0, 3, 1, 2).to(dtype=torch.float32, memory_format=memory_format)
-    return batch.mul_(scale).sub_(shift)
+    neg_shift = -mean / std
+    n, h, w, _ = pixels.shape
+    out = torch.empty((n, 3, h, w), dtype=torch.float32, memory_format=memory_format)
+    return torch.addcmul(neg_shift, pixels.permute(0, 3, 1, 2), scale, out=out)
 
 
 class EvalTransform:
