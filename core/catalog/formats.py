@@ -1,0 +1,194 @@
+"""Readers for the three catalog formats; each yields rows and row errors in order.
+
+**CSV** (UTF-8, an optional BOM, comma-separated, RFC 4180 quoting): a header row
+that names ``external_id``; the other known columns are ``title``, ``category``,
+``group``, ``attributes`` (a JSON object) and ``images`` (``|``-separated
+references). Any other column becomes a string attribute (empty cells are left
+out). A row's line is the physical line on which its record starts, so quoted
+multi-line cells do not shift the numbers. Blank lines are skipped.
+
+**JSONL**: one JSON object per line with the same keys (``images`` is a list, any
+other key becomes an attribute with its JSON value). Blank lines are skipped.
+
+**Folder**: every non-hidden file under the directory is one item with one image.
+The category is the name of the folder the file is in (none for files directly
+in the root); the external id is the file's path below the root without its
+extension, with ``/`` replaced by ``-`` (``dress/123.jpg`` -> ``dress-123``,
+``train/dress/123.jpg`` -> ``train-dress-123``), the title is the file stem.
+Files are visited in sorted path order; a row's "line" is that 1-based ordinal.
+Files that are not images are reported as row errors, not skipped silently.
+
+File-level problems (missing file, no ``external_id`` column) raise
+:class:`CatalogFormatError` before any row is produced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from core.catalog.rows import CatalogFormatError, CatalogRow, CatalogSource, ImageRef, ImportFormat, RowError
+from core.catalog.validate import KNOWN_FIELDS, make_row, split_known_fields
+
+IMAGE_SEPARATOR = "|"
+
+
+def open_source(path: Path, fmt: ImportFormat | None = None) -> CatalogSource:
+    """Open ``path`` in format ``fmt`` (detected from the path when None)."""
+    path = Path(path)
+    if not path.exists():
+        raise CatalogFormatError(f"{path} does not exist")
+    fmt = ImportFormat.detect(path) if fmt is None else ImportFormat(fmt)
+    if fmt is ImportFormat.FOLDER:
+        return read_folder(path)
+    if path.is_dir():
+        raise CatalogFormatError(f"{path} is a directory; use the folder format for a folder of images")
+    if fmt is ImportFormat.CSV:
+        return read_csv(path)
+    return read_jsonl(path)
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
+# ----------------------------------------------------------------------------- CSV
+def read_csv(path: Path) -> CatalogSource:
+    """Read a CSV catalog; the header is checked now, the rows lazily."""
+    fh = path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
+    try:
+        reader = csv.reader(fh, strict=True)
+        header = [name.strip() for name in next(reader, [])]
+        _check_header(path, header)
+    except (CatalogFormatError, csv.Error) as exc:
+        fh.close()
+        if isinstance(exc, csv.Error):
+            raise CatalogFormatError(f"{path}: unreadable CSV header: {exc}") from exc
+        raise
+    total = max(_count_lines(path) - 1, 0)
+    return CatalogSource(rows=_csv_rows(fh, reader, header, path.parent), total_hint=total)
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    if not header:
+        raise CatalogFormatError(f"{path} is empty: expected a header row naming external_id")
+    if "external_id" not in header:
+        raise CatalogFormatError(
+            f"{path}: the header has no external_id column (found: {', '.join(header)}); "
+            f"known columns are {', '.join(KNOWN_FIELDS)}"
+        )
+    seen: set[str] = set()
+    for name in header:
+        if not name:
+            raise CatalogFormatError(f"{path}: the header has an empty column name")
+        if name in seen:
+            raise CatalogFormatError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(name)
+    if any(not _valid_text(name) for name in header):
+        raise CatalogFormatError(f"{path}: the header is not valid UTF-8")
+
+
+def _csv_rows(fh: IO[str], reader: "csv._reader", header: list[str], base_dir: Path) -> Iterator[CatalogRow | RowError]:
+    with fh:
+        end_of_previous = reader.line_num
+        while True:
+            line = end_of_previous + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                end_of_previous = reader.line_num
+                yield RowError(line, None, f"malformed CSV: {exc}")
+                continue
+            end_of_previous = reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            yield _csv_record(line, header, cells, base_dir)
+
+
+def _csv_record(line: int, header: list[str], cells: list[str], base_dir: Path) -> CatalogRow | RowError:
+    record = dict(zip(header, cells))
+    hint = record.get("external_id", "").strip() or None
+    if len(cells) != len(header):
+        return RowError(line, hint, f"{len(cells)} fields, but the header has {len(header)} columns")
+    if not all(_valid_text(cell) for cell in cells):
+        return RowError(line, hint if hint and _valid_text(hint) else None, "not valid UTF-8")
+    known, extras = split_known_fields(record)
+    if known.get("attributes", "").strip():
+        try:
+            known["attributes"] = json.loads(known["attributes"])
+        except json.JSONDecodeError as exc:
+            return RowError(line, hint, f"attributes is not valid JSON: {exc.msg} (column {exc.colno})")
+    images = known.get("images")
+    if images is not None:
+        known["images"] = [part for part in images.split(IMAGE_SEPARATOR) if part.strip()]
+    extras = {key: value.strip() for key, value in extras.items() if value.strip()}
+    return make_row(line, known, base_dir=base_dir, extras=extras)
+
+
+def _valid_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- JSONL
+def read_jsonl(path: Path) -> CatalogSource:
+    """Read a JSON-lines catalog (one object per line)."""
+    return CatalogSource(rows=_jsonl_rows(path), total_hint=_count_lines(path))
+
+
+def _jsonl_rows(path: Path) -> Iterator[CatalogRow | RowError]:
+    with path.open("rb") as fh:
+        for line, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield RowError(line, None, f"not valid UTF-8 (byte {exc.start + 1})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield RowError(line, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            if not isinstance(record, dict):
+                yield RowError(line, None, f"expected a JSON object, got {type(record).__name__}")
+                continue
+            known, extras = split_known_fields(record)
+            yield make_row(line, known, base_dir=path.parent, extras=extras)
+
+
+# ----------------------------------------------------------------------------- folder
+def read_folder(root: Path) -> CatalogSource:
+    """Read a folder of images (sub-folder name = category)."""
+    if not root.is_dir():
+        raise CatalogFormatError(f"{root} is not a directory")
+    files = _image_files(root)
+    return CatalogSource(rows=_folder_rows(root, files), total_hint=len(files))
+
+
+def _image_files(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(directory, name) for name in filenames if not name.startswith("."))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _folder_rows(root: Path, files: list[Path]) -> Iterator[CatalogRow | RowError]:
+    for ordinal, path in enumerate(files, start=1):
+        rel = path.relative_to(root)
+        category = rel.parts[-2] if len(rel.parts) > 1 else None
+        external_id = "-".join([*rel.parts[:-1], rel.stem or rel.name])
+        fields = {"external_id": external_id, "title": rel.stem, "category": category}
+        yield make_row(ordinal, fields, base_dir=root, image_refs=[ImageRef(uri=rel.as_posix(), path=path)])

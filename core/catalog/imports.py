@@ -1,0 +1,47 @@
+"""Import a catalog source in one call (the entry points for the CLI, the worker and the API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.catalog.formats import open_source
+from core.catalog.rows import ImportFormat, ImportReport
+from core.catalog.sample import DEFAULT_DATASET_DIR, Split, fashion_mnist_source
+from core.catalog.upsert import DEFAULT_CHUNK_SIZE, Progress, import_rows
+from core.media import MediaStore
+
+
+def import_catalog(
+    path: Path,
+    *,
+    sessions: sessionmaker[Session],
+    store: MediaStore,
+    fmt: ImportFormat | None = None,
+    delete_missing: bool = False,
+    progress: Progress | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ImportReport:
+    """Read ``path`` (format detected when ``fmt`` is None) and upsert it into the catalog.
+
+    Raises :class:`~core.catalog.rows.CatalogFormatError` when the source cannot be
+    read at all; bad rows are reported in the returned report instead.
+    """
+    source = open_source(path, fmt)
+    return import_rows(source.rows, sessions=sessions, store=store, progress=progress,
+                       delete_missing=delete_missing, chunk_size=chunk_size)
+
+
+def import_fashion_mnist(
+    *,
+    sessions: sessionmaker[Session],
+    store: MediaStore,
+    dataset_dir: Path = DEFAULT_DATASET_DIR,
+    split: Split = Split.TRAIN,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Build (or refresh) the Fashion-MNIST sample catalog; see :mod:`core.catalog.sample`."""
+    source = fashion_mnist_source(dataset_dir, split=split, limit=limit)
+    return import_rows(source.rows, sessions=sessions, store=store, progress=progress)
