@@ -1,0 +1,138 @@
+"""Build one index version from a vector snapshot and check its recall.
+
+The SQL row is created in status BUILDING *before* the directory exists, and the
+directory appears in one rename at the end of the build (core.index), so a build
+killed at any moment leaves a BUILDING row and no directory; the next reindex marks
+such rows FAILED. Every status change here is conditional on the row still being
+in the state we left it, so a builder that lost its lock cannot overwrite the
+verdict of the one that took over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.db import IndexStatus, IndexVersion, ModelVersion, session_scope
+from core.embedding import ModelSpec
+from core.embeddings_store import VectorSnapshot
+from core.index import Metric, VectorIndex, build_index, exact_search, recall_at_k
+from core.registry import new_version
+
+log = logging.getLogger(__name__)
+
+VERIFY_K = 10
+VERIFY_SEED = 0
+"""A fixed sample: two builds of the same vectors report the same recall."""
+
+
+class BuildError(RuntimeError):
+    """The build did not produce a publishable index; the message says why."""
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    version: str
+    directory: Path
+    image_count: int
+    item_count: int
+    self_recall: float
+    build_seconds: float
+    verify_seconds: float
+
+
+def metric_of(model: ModelVersion) -> Metric:
+    return Metric(ModelSpec.from_dict(model.spec).distance.annoy_metric)
+
+
+def fail_interrupted_builds(sessions: sessionmaker[Session]) -> list[str]:
+    """Mark BUILDING rows FAILED: only the reindex-lock holder calls this, so none is alive."""
+    with session_scope(sessions) as s:
+        rows = s.scalars(
+            update(IndexVersion).where(IndexVersion.status == IndexStatus.BUILDING)
+            .values(status=IndexStatus.FAILED, error="interrupted: its build was killed or lost its lock")
+            .returning(IndexVersion.version)
+        ).all()
+    if rows:
+        log.warning("marked interrupted index builds failed: %s", ", ".join(rows))
+    return list(rows)
+
+
+def _set_status(sessions: sessionmaker[Session], version: str, expected: IndexStatus, **values: object) -> None:
+    with session_scope(sessions) as s:
+        changed = s.execute(
+            update(IndexVersion).where(IndexVersion.version == version, IndexVersion.status == expected)
+            .values(**values)
+        ).rowcount
+    if changed != 1:
+        raise BuildError(f"index {version} is no longer {expected.value}: another reindex took over")
+
+
+def build_version(
+    settings: Settings, sessions: sessionmaker[Session], model: ModelVersion, snapshot: VectorSnapshot
+) -> BuiltIndex:
+    """Build, verify and mark READY (or FAILED) a new index version of ``snapshot``."""
+    version = new_version("i")
+    directory = settings.indexes_dir / version
+    with session_scope(sessions) as s:
+        s.add(IndexVersion(version=version, model_id=model.id, path=str(directory),
+                           status=IndexStatus.BUILDING, n_trees=settings.annoy_trees))
+    try:
+        metric = metric_of(model)
+        started = time.perf_counter()
+        build_index(directory, snapshot.image_ids, snapshot.vectors, index_version=version,
+                    model_version=model.version, metric=metric, n_trees=settings.annoy_trees)
+        build_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        recall = verify_recall(directory, snapshot, metric, model.version, settings.verify_sample_size)
+        verify_seconds = time.perf_counter() - started
+    except BuildError:
+        raise
+    except Exception as exc:
+        _set_status(sessions, version, IndexStatus.BUILDING, status=IndexStatus.FAILED,
+                    error=f"{type(exc).__name__}: {exc}")
+        raise
+    built = BuiltIndex(
+        version=version, directory=directory, image_count=len(snapshot.image_ids),
+        item_count=int(np.unique(snapshot.item_ids).size), self_recall=recall,
+        build_seconds=build_seconds, verify_seconds=verify_seconds,
+    )
+    counts = dict(image_count=built.image_count, item_count=built.item_count, self_recall=recall,
+                  build_seconds=round(build_seconds, 3),
+                  max_embedding_created_at=snapshot.max_created_at)
+    if recall < settings.min_verify_recall:
+        error = (f"self-recall@{VERIFY_K} {recall:.3f} is below LOOKALIKE_MIN_VERIFY_RECALL="
+                 f"{settings.min_verify_recall} (try more LOOKALIKE_ANNOY_TREES)")
+        _set_status(sessions, version, IndexStatus.BUILDING, status=IndexStatus.FAILED, error=error, **counts)
+        raise BuildError(f"index {version} not published: {error}")
+    _set_status(sessions, version, IndexStatus.BUILDING, status=IndexStatus.READY, **counts)
+    return built
+
+
+def verify_recall(directory: Path, snapshot: VectorSnapshot, metric: Metric, model_version: str,
+                  sample_size: int) -> float:
+    """Recall@k of the built index against exact search, on a fixed sample of its own vectors.
+
+    Loading the directory through :meth:`VectorIndex.load` with checksums also proves
+    that what was written is what the service will read.
+    """
+    n = len(snapshot.image_ids)
+    k = min(VERIFY_K, n)
+    rng = np.random.default_rng(VERIFY_SEED)
+    sample = np.sort(rng.choice(n, size=min(sample_size, n), replace=False))
+    index = VectorIndex.load(directory, expected_model_version=model_version,
+                             expected_dim=snapshot.vectors.shape[1], expected_metric=metric,
+                             verify_checksum=True)
+    try:
+        approx = [index.query(snapshot.vectors[row], k)[0] for row in sample]
+    finally:
+        index.close()
+    exact_rows, _ = exact_search(snapshot.vectors, snapshot.vectors[sample], k, metric=metric)
+    return recall_at_k(approx, snapshot.image_ids[exact_rows])

@@ -1,0 +1,55 @@
+"""Which model a flow embeds with.
+
+Queries are embedded with the model of the *active index*; the next reindex uses
+the *active model*. Between a model promotion and the publish of its index the two
+differ, and new images must be embedded with both so that they are findable now
+(query model) and need no work at the next build (active model).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import IndexStatus, IndexVersion, ModelStatus, ModelVersion, session_scope
+from core.registry import RegistryError
+
+
+class NoActiveModel(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__("no active model: run `lookalike train` or `lookalike models init`")
+
+
+def model_by_version(sessions: sessionmaker[Session], version: str) -> ModelVersion:
+    with session_scope(sessions) as s:
+        model = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        if model is None:
+            raise RegistryError(f"model version {version!r} does not exist")
+        return model
+
+
+def build_model(sessions: sessionmaker[Session], version: str | None = None) -> ModelVersion:
+    """The model a reindex builds with: ``version`` if given, else the active model."""
+    if version is not None:
+        return model_by_version(sessions, version)
+    with session_scope(sessions) as s:
+        model = s.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
+    if model is None:
+        raise NoActiveModel()
+    return model
+
+
+def target_models(sessions: sessionmaker[Session]) -> list[ModelVersion]:
+    """Models new images are embedded with: the query model first, then the active one."""
+    with session_scope(sessions) as s:
+        query_model = s.scalar(
+            select(ModelVersion).join(IndexVersion, IndexVersion.model_id == ModelVersion.id)
+            .where(IndexVersion.status == IndexStatus.ACTIVE)
+        )
+        active = s.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
+    models = [m for m in (query_model, active) if m is not None]
+    if not models:
+        raise NoActiveModel()
+    if len(models) == 2 and models[0].id == models[1].id:
+        models.pop()
+    return models

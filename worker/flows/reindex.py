@@ -1,0 +1,143 @@
+"""Reindex: embed what is missing -> build a new version -> verify -> publish -> retire.
+
+Runs under the reindex lock, owned by the job, so one build runs at a time and a
+retry of the same job (its worker was SIGKILLed) takes the lock straight back. The
+served index changes only in publish's single transaction; a build that dies
+before it leaves the active index untouched, a BUILDING row that the next run
+marks FAILED, and at most a hidden temp directory that retire cleans up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import IndexStatus, IndexVersion, Item, ItemImage, Job, ModelVersion, session_scope
+from core.db.types import utcnow
+from core.embeddings_store import snapshot_vectors
+from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.index.manifest import IDS_FILE
+from worker.flows.build import BuildError, build_version, fail_interrupted_builds
+from worker.flows.catchup import embed_missing
+from worker.flows.models import build_model
+from worker.flows.publish import publish_index
+from worker.flows.retire import retire_old_indexes
+from worker.lock import LockBusy, holding, reindex_lock
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""A job whose worker died this many times is failed rather than retried again."""
+LOCK_WAIT_SECONDS = 120.0
+
+
+class ReindexError(RuntimeError):
+    pass
+
+
+def touch_job(sessions: sessionmaker[Session], job_id: int) -> None:
+    """A sign of life: keeps later reindex requests joining this job."""
+    with session_scope(sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+
+
+def run_reindex(rt: Runtime, job_id: int, force: bool = False, model_version: str | None = None) -> dict[str, Any]:
+    """REINDEX: the whole flow for one job; safe to run again for the same job."""
+    job = get_job(rt.sessions, job_id)
+    if job.status.finished:
+        return job.result  # a redelivered message for a job already settled
+    if job.attempts >= MAX_ATTEMPTS:
+        error = f"gave up after {job.attempts} attempts (the worker died each time)"
+        fail_job(rt.sessions, job_id, error)
+        return {"error": error}
+    lock = reindex_lock(rt.settings, owner=f"job-{job_id}")
+    try:
+        with holding(lock, wait_seconds=LOCK_WAIT_SECONDS, on_beat=lambda: touch_job(rt.sessions, job_id)) as held:
+            start_job(rt.sessions, job_id)
+            result = reindex_locked(rt, job_id, force=force, model_version=model_version,
+                                    lock_lost=lambda: held.lost)
+    except LockBusy as exc:
+        fail_job(rt.sessions, job_id, str(exc))
+        return {"error": str(exc)}
+    except Exception as exc:
+        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}" if not isinstance(
+            exc, (ReindexError, BuildError)) else str(exc))
+        raise
+    finish_job(rt.sessions, job_id, result)
+    return result
+
+
+def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_version: str | None,
+                   lock_lost: Any = lambda: False) -> dict[str, Any]:
+    """The steps, for a caller that holds the reindex lock (REINDEX, or RETRAIN's promotion)."""
+    settings, sessions = rt.settings, rt.sessions
+    model = build_model(sessions, model_version)
+    fail_interrupted_builds(sessions)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    progress = (lambda done, total: update_progress(sessions, job_id, done, total)) if job_id else None
+    catchup = embed_missing(rt, model, progress)
+    with session_scope(sessions) as s:
+        snapshot = snapshot_vectors(s, model.id)
+    timings["embed"] = time.perf_counter() - started
+    result: dict[str, Any] = {"model_version": model.version, "embedded": catchup.embedded_here,
+                              "missing": catchup.missing, "unembeddable": len(catchup.failed)}
+    if not len(snapshot.image_ids):
+        raise ReindexError("nothing to index: no active image has a vector for model "
+                           f"{model.version} (import a catalog first)")
+    current = _active(sessions)
+    if not force and current is not None and _up_to_date(current, model, snapshot):
+        log.info("index %s is up to date; nothing to build", current.version)
+        return {**result, "skipped": "up to date", "index_version": current.version}
+
+    built = build_version(settings, sessions, model, snapshot)
+    timings["build"], timings["verify"] = built.build_seconds, built.verify_seconds
+    if lock_lost():
+        raise ReindexError(f"lost the reindex lock while building {built.version}; not publishing it")
+    started = time.perf_counter()
+    publish_index(settings, sessions, built.version)
+    timings["publish"] = time.perf_counter() - started
+    retire_old_indexes(settings, sessions)
+    return {**result, "index_version": built.version, "image_count": built.image_count,
+            "item_count": built.item_count, "self_recall": built.self_recall,
+            "timings": {k: round(v, 3) for k, v in timings.items()}}
+
+
+def _active(sessions: sessionmaker[Session]) -> IndexVersion | None:
+    with session_scope(sessions) as s:
+        return s.scalar(select(IndexVersion).where(IndexVersion.status == IndexStatus.ACTIVE))
+
+
+def _up_to_date(current: IndexVersion, model: ModelVersion, snapshot: Any) -> bool:
+    """The active index holds exactly these images' current vectors of this model."""
+    if current.model_id != model.id:
+        return False
+    try:
+        indexed = np.load(f"{current.path}/{IDS_FILE}")
+    except OSError:
+        return False
+    newest = current.max_embedding_created_at
+    return (np.array_equal(np.sort(indexed), snapshot.image_ids)
+            and (snapshot.max_created_at is None or newest is None or snapshot.max_created_at <= newest))
+
+
+def catalog_changed_since_active(sessions: sessionmaker[Session]) -> bool:
+    """Whether items or images changed after the active index was built (or there is none)."""
+    current = _active(sessions)
+    if current is None:
+        return True
+    with session_scope(sessions) as s:
+        newest = max(
+            (t for t in (s.scalar(select(Item.updated_at).order_by(Item.updated_at.desc()).limit(1)),
+                         s.scalar(select(ItemImage.updated_at).order_by(ItemImage.updated_at.desc()).limit(1)))
+             if t is not None),
+            default=None,
+        )
+    return newest is not None and newest > current.created_at

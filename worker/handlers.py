@@ -1,0 +1,61 @@
+"""Task name -> the function that does the work, shared by Celery and the in-process mode.
+
+Each handler takes the process's :class:`Runtime` and the task's JSON keyword
+arguments (the contract in core/tasks.py and docs). Celery tasks (worker/tasks.py)
+and the embedded dispatcher (worker/local.py) both call :func:`run_task`, so the
+two setups run exactly the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from core.reindex_requests import request_reindex
+from core.registry import active_index
+from core.tasks import TaskName
+from worker.flows.embed import embed_chunk, embed_images
+from worker.flows.importing import run_import
+from worker.flows.reindex import catalog_changed_since_active, run_reindex
+from worker.flows.models import NoActiveModel, build_model
+from worker.flows.retire import retire_old_indexes
+from worker.flows.retrain import run_retrain
+from worker.runtime import Runtime
+
+
+def scheduled_reindex(rt: Runtime) -> dict[str, Any]:
+    """SCHEDULED_REINDEX (beat): request a reindex only if something changed."""
+    try:
+        model = build_model(rt.sessions)
+    except NoActiveModel as exc:
+        return {"skipped": str(exc)}
+    index = active_index(rt.sessions)
+    if index is not None and index.model_id == model.id and not catalog_changed_since_active(rt.sessions):
+        return {"skipped": "catalog unchanged since the active index"}
+    job_id = request_reindex(rt.settings, rt.sessions, rt.dispatcher, reason="scheduled")
+    return {"job_id": job_id}
+
+
+def retire(rt: Runtime) -> dict[str, Any]:
+    """RETIRE_OLD_INDEXES."""
+    return retire_old_indexes(rt.settings, rt.sessions)
+
+
+HANDLERS: dict[TaskName, Callable[..., Any]] = {
+    TaskName.IMPORT_CATALOG: run_import,
+    TaskName.EMBED_IMAGES: embed_images,
+    TaskName.EMBED_CHUNK: embed_chunk,
+    TaskName.REINDEX: run_reindex,
+    TaskName.RETRAIN: run_retrain,
+    TaskName.RETIRE_OLD_INDEXES: retire,
+    TaskName.SCHEDULED_REINDEX: scheduled_reindex,
+}
+
+
+def run_task(rt: Runtime, task: TaskName, kwargs: dict[str, Any]) -> Any:
+    """Run ``task`` with ``kwargs`` in this process."""
+    try:
+        handler = HANDLERS[TaskName(task)]
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown task {task!r}; known: {[t.value for t in TaskName]}") from None
+    return handler(rt, **kwargs)
