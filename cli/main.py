@@ -6,8 +6,10 @@ import logging
 
 import click
 
+from cli.catalog import catalog
 from cli.context import CliContext
 from cli.db import db
+from cli.worker import beat, jobs, reindex, retrain, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +21,12 @@ def lookalike(ctx: click.Context) -> None:
 
 
 lookalike.add_command(db)
+lookalike.add_command(catalog)
+lookalike.add_command(worker)
+lookalike.add_command(beat)
+lookalike.add_command(reindex)
+lookalike.add_command(retrain)
+lookalike.add_command(jobs)
 
 
 def main() -> None:

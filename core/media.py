@@ -222,11 +222,11 @@ class MediaStore:
             if size > self.max_bytes:
                 raise MediaError(
                     MediaErrorReason.TOO_LARGE,
-                    f"{path}: {size:,} bytes, more than the limit of {self.max_bytes:,} bytes",
+                    f"{path} is {size:,} bytes, more than the limit of {self.max_bytes:,} bytes",
                 )
             return Path(path).read_bytes()
         except FileNotFoundError:
-            raise MediaError(MediaErrorReason.NOT_FOUND, f"image file not found: {path}") from None
+            raise MediaError(MediaErrorReason.NOT_FOUND, f"file not found: {path}") from None
         except IsADirectoryError:
             raise MediaError(MediaErrorReason.NOT_AN_IMAGE, f"{path} is a directory, not an image") from None
 

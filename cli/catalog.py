@@ -1,0 +1,141 @@
+"""``lookalike catalog``: import, sample data, list and soft-delete catalog items.
+
+Exit codes of ``catalog import`` and ``catalog sample``: 0 when the import ran and
+at least one row is in the catalog as the source describes it (rejected rows are
+listed with their line and reason but do not fail the command, since the good
+rows were kept), or when the source was empty; 1 when the source could not be
+read at all, when every row was rejected, or with ``--strict`` when any row was
+rejected. ``catalog delete`` exits 1 if some external id was not found (the
+others are still deleted).
+
+The schema is checked (and the embedded SQLite database migrated) by
+:class:`cli.context.CliContext` when the commands first touch the database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from cli.context import CliContext
+from core.catalog import (
+    DEFAULT_DATASET_DIR,
+    CatalogFormatError,
+    CatalogSource,
+    DeleteOutcome,
+    ImportFormat,
+    ImportReport,
+    SampleDataset,
+    Split,
+    delete_items,
+    fashion_mnist_source,
+    import_rows,
+    list_items,
+    open_source,
+)
+from core.db import ImageStatus, ItemStatus, session_scope
+from core.media import MediaStore
+
+_STATUS_CHOICES = [status.value for status in ItemStatus] + ["all"]
+
+
+@click.group()
+def catalog() -> None:
+    """Catalog items: import, sample data, list, delete."""
+
+
+@catalog.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice([f.value for f in ImportFormat]),
+              help="Source format; detected from the path when left out (.csv, .jsonl, a directory).")
+@click.option("--delete-missing", is_flag=True,
+              help="Soft-delete active items that the source does not list (a full-catalog sync).")
+@click.option("--strict", is_flag=True, help="Exit with 1 if any row was rejected.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar (default: when stderr is a terminal).")
+@click.pass_obj
+def import_command(ctx: CliContext, path: Path, fmt: str | None, delete_missing: bool, strict: bool,
+                   progress: bool | None) -> None:
+    """Import the catalog at PATH (CSV, JSONL, or a folder of images with one sub-folder per category)."""
+    try:
+        source = open_source(path, ImportFormat(fmt) if fmt else None)
+    except CatalogFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report = _run(ctx, source, progress=progress, delete_missing=delete_missing)
+    _finish(report, strict=strict)
+
+
+@catalog.command("sample")
+@click.argument("dataset", type=click.Choice([d.value for d in SampleDataset]))
+@click.option("--limit", type=click.IntRange(min=1), help="Import only this many items, balanced across classes.")
+@click.option("--split", type=click.Choice([s.value for s in Split]), default=Split.TRAIN.value, show_default=True)
+@click.option("--dataset-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATASET_DIR,
+              show_default=True, help="Where the gzipped idx files are.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar (default: when stderr is a terminal).")
+@click.pass_obj
+def sample_command(ctx: CliContext, dataset: str, limit: int | None, split: str, dataset_dir: Path,
+                   progress: bool | None) -> None:
+    """Build a sample catalog from DATASET (read locally, never downloaded)."""
+    try:
+        source = fashion_mnist_source(dataset_dir, split=Split(split), limit=limit)
+    except CatalogFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _finish(_run(ctx, source, progress=progress, delete_missing=False), strict=False)
+
+
+@catalog.command("list")
+@click.option("--category", help="Only items of this category.")
+@click.option("--status", type=click.Choice(_STATUS_CHOICES), default=ItemStatus.ACTIVE.value, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.pass_obj
+def list_command(ctx: CliContext, category: str | None, status: str, limit: int, offset: int) -> None:
+    """List catalog items, oldest first."""
+    with session_scope(ctx.sessions) as session:
+        page = list_items(session, category=category, limit=limit, offset=offset,
+                          status=None if status == "all" else ItemStatus(status))
+        for item in page.items:
+            active = sum(1 for image in item.images if image.status is ImageStatus.ACTIVE)
+            click.echo(f"{item.external_id}\t{item.category or '-'}\t{item.status.value}\t"
+                       f"{active} image(s)\t{item.title}")
+    shown = f"{offset + 1}-{offset + len(page.items)}" if page.items else "none"
+    click.echo(f"showing {shown} of {page.total} item(s)", err=True)
+
+
+@catalog.command("delete")
+@click.argument("external_ids", nargs=-1, required=True)
+@click.pass_obj
+def delete_command(ctx: CliContext, external_ids: tuple[str, ...]) -> None:
+    """Soft-delete items by external id (they stop appearing in results; a re-import revives them)."""
+    with session_scope(ctx.sessions) as session:
+        outcomes = delete_items(session, external_ids)
+    for external_id, outcome in outcomes.items():
+        text = {DeleteOutcome.DELETED: "deleted", DeleteOutcome.ALREADY_DELETED: "was already deleted",
+                DeleteOutcome.NOT_FOUND: "not found"}[outcome]
+        click.echo(f"{external_id}: {text}", err=outcome is DeleteOutcome.NOT_FOUND)
+    if DeleteOutcome.NOT_FOUND in outcomes.values():
+        click.get_current_context().exit(1)
+
+
+def _run(ctx: CliContext, source: CatalogSource, *, progress: bool | None, delete_missing: bool) -> ImportReport:
+    # One sync() per chunk instead of an fsync per image: see MediaStore.sync.
+    store = MediaStore.from_settings(ctx.settings, fsync=False)
+    with tqdm(total=source.total_hint, unit="row", desc="import", disable=None if progress is None else not progress,
+              dynamic_ncols=True) as bar:
+        return import_rows(source.rows, sessions=ctx.sessions, store=store, progress=bar.update,
+                           delete_missing=delete_missing)
+
+
+def _finish(report: ImportReport, *, strict: bool) -> None:
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(report.summary())
+    nothing_imported = report.errors and report.imported == 0
+    if nothing_imported or (strict and report.errors):
+        click.get_current_context().exit(1)
+
