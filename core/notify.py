@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,14 +70,17 @@ class IndexChangeListener:
 
     def wait(self, timeout: float) -> IndexChanged | None:
         """The next announcement, or None after ``timeout`` seconds without one."""
-        message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
-        if message is None or message.get("type") != "message":
-            return None
-        try:
-            return IndexChanged.from_json(message["data"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed index-changed message: %r", message.get("data"))
-            return None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            # Subscription confirmations come back as None too: keep waiting for a message.
+            message: dict[str, Any] | None = self._pubsub.get_message(timeout=left)
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                return IndexChanged.from_json(message["data"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed index-changed message: %r", message.get("data"))
+        return None
 
     def close(self) -> None:
         self._pubsub.close()

@@ -88,7 +88,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.home.resolve() / "celerybeat-schedule"),
         "timezone": "UTC",
-        "worker_hijack_root_logger": False,
     }
 
 

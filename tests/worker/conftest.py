@@ -1,0 +1,79 @@
+"""Fixtures for the worker tests: embedded-mode flows, and a real Redis + Celery worker stack."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from alembic import command
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.db import make_engine, make_session_factory
+from migrations import alembic_config
+from tests.support.servers import PostgresServer, RedisServer
+from tests.worker.support import WorkerProcess
+from worker.celery_app import CeleryTaskSender, make_celery
+from worker.local import InProcessDispatcher
+
+
+def tuned(settings: Settings) -> Settings:
+    """Small, fast and deterministic enough for tests on two shared cores."""
+    return settings.replace(annoy_trees=20, verify_sample_size=200, torch_threads=1, embed_batch_size=64)
+
+
+@dataclass
+class Embedded:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    dispatcher: InProcessDispatcher
+
+
+@pytest.fixture
+def embedded(any_db_settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Embedded]:
+    """The in-process setup on a migrated SQLite or PostgreSQL database."""
+    settings = tuned(any_db_settings)
+    dispatcher = InProcessDispatcher(settings)
+    yield Embedded(settings, sessions, dispatcher)
+    dispatcher.close()
+
+
+@dataclass
+class CeleryStack:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    app: Celery
+    dispatcher: CeleryTaskSender
+    worker: WorkerProcess
+
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def celery_stack(tmp_path: Path, postgres_server: PostgresServer, redis_server: RedisServer) -> Iterator[CeleryStack]:
+    """PostgreSQL + Redis + one `lookalike worker` process (prefork, one child) on loopback."""
+    url = postgres_server.create_database(f"w{uuid.uuid4().hex[:12]}")
+    command.upgrade(alembic_config(url), "head")
+    broker = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    client.close()
+    settings = tuned(Settings(home=tmp_path / "home", database_url=url, broker_url=broker, log_level="INFO"))
+    engine = make_engine(settings)
+    app = make_celery(settings)
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    stack = CeleryStack(settings, make_session_factory(engine), app, CeleryTaskSender(app), worker)
+    try:
+        yield stack
+    finally:
+        worker.stop()
+        app.close()
+        engine.dispose()

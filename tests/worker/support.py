@@ -1,0 +1,144 @@
+"""Helpers for the worker tests: a tiny registered model, Fashion-MNIST items, a real Celery worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.catalog import fashion_mnist_source, import_rows
+from core.catalog.sample import CLASSES, Split, load_split
+from core.config import Settings
+from core.db import ItemImage, Job, session_scope
+from core.embedding import ModelSpec, build_model, save_checkpoint
+from core.jobs import get_job
+from core.media import MediaStore
+from core.registry import activate_model, register_model
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_SPEC = ModelSpec(input_size=32, embedding_dim=32)
+
+
+def register_tiny_model(settings: Settings, sessions: sessionmaker[Session], *, seed: int = 0,
+                        activate: bool = True, metrics: dict | None = None, version: str | None = None) -> str:
+    """An untrained small CNN (32 px, 32-d) saved as a checkpoint and registered."""
+    torch.manual_seed(seed)
+    net = build_model(TINY_SPEC)
+    version = version or f"m-test-{seed}"
+    path = settings.models_dir / f"{version}.pt"
+    save_checkpoint(path, net, metrics=metrics)
+    register_model(sessions, checkpoint_path=path, spec=TINY_SPEC.to_dict(), version=version,
+                   metrics=metrics or {})
+    if activate:
+        activate_model(sessions, version)
+    return version
+
+
+def import_fmnist(settings: Settings, sessions: sessionmaker[Session], limit: int,
+                  split: Split = Split.TRAIN) -> list[int]:
+    """Import ``limit`` Fashion-MNIST items (in this process); their new image ids."""
+    report = import_rows(fashion_mnist_source(split=split, limit=limit).rows, sessions=sessions,
+                         store=MediaStore.from_settings(settings, fsync=False))
+    assert not report.errors
+    return report.new_image_ids
+
+
+def write_fmnist_folder(root: Path, limit: int, *, start: int = 0) -> Path:
+    """``limit`` Fashion-MNIST test images as PNG files in one sub-folder per class."""
+    images, labels = load_split(Path("/usr/share/datasets/fashion-mnist"), Split.TEST)
+    for index in range(start, start + limit):
+        folder = root / CLASSES[int(labels[index])][0]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[index], "L").save(folder / f"img{index:05d}.png")
+    return root
+
+
+def image_ids(sessions: sessionmaker[Session]) -> list[int]:
+    with session_scope(sessions) as s:
+        return list(s.scalars(select(ItemImage.id).order_by(ItemImage.id)))
+
+
+def wait_for_job(sessions: sessionmaker[Session], job_id: int, timeout: float = 60.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get_job(sessions, job_id)
+        if job.status.finished:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout}s: {get_job(sessions, job_id).status}")
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached in {timeout}s")
+
+
+SETTINGS_ENV = ("home", "database_url", "broker_url", "annoy_trees", "torch_threads", "verify_sample_size",
+                "min_verify_recall", "fresh_rebuild_threshold", "promotion_margin", "keep_index_versions",
+                "log_level")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """A minimal environment for a child process that reproduces ``settings``."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(settings.home),
+           "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736", "LANG": "C.UTF-8"}
+    for name in SETTINGS_ENV:
+        env[f"LOOKALIKE_{name.upper()}"] = str(getattr(settings, name))
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """``lookalike worker`` as a real subprocess (prefork, one child)."""
+
+    settings: Settings
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker", "-c", "1", "--pool", "prefork", *self.extra_args],
+            cwd=REPO, env=settings_env(self.settings), start_new_session=True,
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: b" ready." in self.log_path.read_bytes() or self.process.poll() is not None,
+                   timeout, 0.1, "celery worker ready")
+        if self.process.poll() is not None:
+            raise RuntimeError("celery worker exited:\n" + self.log_path.read_text(errors="replace")[-4000:])
+
+    def child_pids(self) -> list[int]:
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(c) for c in children]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = self.process.pid  # start_new_session: the worker leads its own group
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
