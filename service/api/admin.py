@@ -1,0 +1,250 @@
+"""Admin endpoints: imports, reindex, retrain, jobs, models, indexes.
+
+Long operations answer 202 with the job they created (``Location`` points at it);
+the job row is written *before* the task is sent, and if the broker cannot be
+reached the job is marked failed and the answer is a 503 — a client can simply
+retry, nothing half-done is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from core.catalog import ImportFormat
+from core.db import JobKind, JobStatus
+from core.dispatch import DispatchUnavailable
+from core.jobs import JobNotFound, create_job, fail_job, get_job, job_to_dict, list_jobs, set_task_id
+from core.registry import RegistryError, activate_model, get_model, index_to_dict, list_indexes, list_models, model_to_dict
+from core.reindex_requests import submit_reindex
+from core.tasks import TaskName
+from service.api.common import dispatch_errors, timed_json
+from service.api.params import check_params, int_param, page_params
+from service.auth import Access, requires
+from service.context import ServiceContext, service_context
+from service.errors import ApiError, ErrorCode, bad_param, not_found
+from service.uploads import MULTIPART_OVERHEAD, BodyKind, allow_body, body_kind, json_object, uploaded_file
+
+bp = Blueprint("admin", __name__)
+
+IMPORT_MAX_BYTES = 512 * 1024 * 1024
+_SUFFIX_FORMATS = {".csv": ImportFormat.CSV, ".jsonl": ImportFormat.JSONL, ".ndjson": ImportFormat.JSONL}
+
+
+def _accepted(job_id: int, extra: dict[str, Any] | None = None) -> Response:
+    ctx = service_context()
+    response = timed_json({"job": job_to_dict(get_job(ctx.sessions, job_id)), **(extra or {})}, 202)
+    response.headers["Location"] = f"/api/v1/jobs/{job_id}"
+    return response
+
+
+def _send(ctx: ServiceContext, job_id: int, task: TaskName, **kwargs: Any) -> None:
+    with dispatch_errors():
+        try:
+            task_id = ctx.dispatcher.send(task, job_id=job_id, **kwargs)
+        except DispatchUnavailable as exc:
+            fail_job(ctx.sessions, job_id, f"could not be queued: {exc}")
+            raise
+    if task_id:
+        set_task_id(ctx.sessions, job_id, task_id)
+
+
+def _bool_field(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise bad_param(name, f"must be true or false, got {value!r}")
+    return value
+
+
+def _only_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"unknown field {unknown[0]!r}: allowed are {', '.join(allowed) or 'none'}")
+
+
+def _optional_json() -> dict[str, Any]:
+    kind = body_kind(BodyKind.JSON, BodyKind.EMPTY)
+    return json_object() if kind is BodyKind.JSON else {}
+
+
+# --------------------------------------------------------------------------- imports
+@bp.post("/imports")
+@requires(Access.WRITE)
+def create_import() -> Response:
+    """Upload a CSV or JSONL catalog file; it is imported by a job. Image paths in it are
+    paths on the server (as for ``lookalike catalog import``)."""
+    ctx = service_context()
+    check_params(())
+    body_kind(BodyKind.MULTIPART)
+    allow_body(IMPORT_MAX_BYTES + MULTIPART_OVERHEAD)
+    unknown = sorted(set(request.form) - {"format", "delete_missing"})
+    if unknown:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"unknown form field {unknown[0]!r}: allowed are file, format, delete_missing")
+    upload = uploaded_file("file")
+    fmt = _import_format(request.form.get("format"), upload.filename or "")
+    delete_missing = _form_bool("delete_missing")
+    path = _save_upload(ctx, upload.stream, fmt)
+    job_id = create_job(ctx.sessions, JobKind.IMPORT,
+                        {"path": str(path), "format": fmt.value, "filename": upload.filename or "",
+                         "delete_missing": delete_missing})
+    _send(ctx, job_id, TaskName.IMPORT_CATALOG, path=str(path), format=fmt.value, delete_missing=delete_missing)
+    return _accepted(job_id)
+
+
+def _form_bool(name: str) -> bool:
+    raw = (request.form.get(name) or "false").strip().lower()
+    if raw not in {"true", "false", "1", "0"}:
+        raise bad_param(name, f"must be true or false, got {raw!r}")
+    return raw in {"true", "1"}
+
+
+def _import_format(given: str | None, filename: str) -> ImportFormat:
+    if given:
+        try:
+            fmt = ImportFormat(given.strip().lower())
+        except ValueError:
+            raise bad_param("format", f"must be csv or jsonl, got {given!r}") from None
+        if fmt is ImportFormat.FOLDER:
+            raise bad_param("format", "a folder cannot be uploaded: use csv or jsonl")
+        return fmt
+    fmt_or_none = _SUFFIX_FORMATS.get(Path(filename).suffix.lower())
+    if fmt_or_none is None:
+        raise bad_param("format", f"cannot tell the format of {filename!r}: name it .csv or .jsonl, "
+                        "or send format=csv|jsonl")
+    return fmt_or_none
+
+
+def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
+    """Copy the upload under ``<artifacts>/imports`` (temp name, then renamed into place)."""
+    directory = ctx.settings.resolved_artifacts_dir / "imports"
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{secrets.token_hex(8)}.{fmt.value}"
+    tmp = directory / f".tmp-{name}"
+    written = 0
+    with open(tmp, "wb") as fh:
+        while chunk := stream.read(1 << 20):
+            written += len(chunk)
+            if written > IMPORT_MAX_BYTES:
+                fh.close()
+                tmp.unlink(missing_ok=True)
+                raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"import file is larger than {IMPORT_MAX_BYTES:,} bytes")
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if written == 0:
+        tmp.unlink(missing_ok=True)
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "the uploaded file is empty")
+    final = directory / name
+    os.replace(tmp, final)
+    return final
+
+
+# --------------------------------------------------------------------------- reindex / retrain
+@bp.post("/reindex")
+@requires(Access.WRITE)
+def reindex() -> Response:
+    ctx = service_context()
+    check_params(())
+    body = _optional_json()
+    _only_keys(body, ("force",))
+    force = _bool_field(body, "force", False)
+    with dispatch_errors():
+        outcome = submit_reindex(ctx.settings, ctx.sessions, ctx.dispatcher, force=force, reason="api")
+    return _accepted(outcome.job_id, {"joined": outcome.joined})
+
+
+@bp.post("/retrain")
+@requires(Access.WRITE)
+def retrain() -> Response:
+    ctx = service_context()
+    check_params(())
+    body = _optional_json()
+    _only_keys(body, ("config",))
+    config = body.get("config", {})
+    if not isinstance(config, dict):
+        raise bad_param("config", "must be an object of training overrides")
+    job_id = create_job(ctx.sessions, JobKind.RETRAIN, {"config": config, "reason": "api"})
+    _send(ctx, job_id, TaskName.RETRAIN, config=config or None)
+    return _accepted(job_id)
+
+
+# --------------------------------------------------------------------------- jobs
+@bp.get("/jobs")
+@requires(Access.READ)
+def jobs() -> Response:
+    check_params(("kind", "status", "limit", "offset"))
+    limit, offset = page_params()
+    kind = _enum_param("kind", JobKind)
+    status = _enum_param("status", JobStatus)
+    found = list_jobs(service_context().sessions, kind=kind, status=status, limit=limit, offset=offset)
+    return timed_json({"jobs": [job_to_dict(j) for j in found], "limit": limit, "offset": offset})
+
+
+@bp.get("/jobs/<int:job_id>")
+@requires(Access.READ)
+def job(job_id: int) -> Response:
+    check_params(())
+    try:
+        found = get_job(service_context().sessions, job_id)
+    except JobNotFound as exc:
+        raise not_found(str(exc)) from exc
+    return timed_json(job_to_dict(found))
+
+
+def _enum_param(name: str, enum_type: Any) -> Any:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return enum_type(raw)
+    except ValueError:
+        raise bad_param(name, f"must be one of {', '.join(e.value for e in enum_type)}, got {raw!r}") from None
+
+
+# --------------------------------------------------------------------------- models / indexes
+@bp.get("/models")
+@requires(Access.READ)
+def models() -> Response:
+    check_params(())
+    return timed_json({"models": [model_to_dict(m) for m in list_models(service_context().sessions)]})
+
+
+@bp.post("/models/<version>/activate")
+@requires(Access.WRITE)
+def activate(version: str) -> Response:
+    """Make ``version`` the active model and (by default) queue the reindex that serves it."""
+    ctx = service_context()
+    check_params(())
+    body = _optional_json()
+    _only_keys(body, ("reindex",))
+    want_reindex = _bool_field(body, "reindex", True)
+    if "\x00" in version:
+        raise not_found(f"model version {version[:80]!r} does not exist")
+    try:
+        activate_model(ctx.sessions, version)
+    except RegistryError as exc:
+        raise not_found(str(exc)) from exc
+    answer: dict[str, Any] = {"model": model_to_dict(get_model(ctx.sessions, version)), "reindex_job_id": None}
+    if want_reindex:
+        with dispatch_errors(saved=f"model {version} was activated"):
+            answer["reindex_job_id"] = submit_reindex(ctx.settings, ctx.sessions, ctx.dispatcher,
+                                                      reason=f"model {version} activated").job_id
+    return timed_json(answer)
+
+
+@bp.get("/indexes")
+@requires(Access.READ)
+def indexes() -> Response:
+    check_params(("limit",))
+    limit = int_param("limit", 50, minimum=1, maximum=500)
+    ctx = service_context()
+    state = ctx.searcher.holder.state
+    serving = state.index_version if state is not None else None
+    rows = [{**index_to_dict(i), "served_here": i.version == serving} for i in list_indexes(ctx.sessions, limit)]
+    return timed_json({"indexes": rows})

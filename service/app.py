@@ -1,0 +1,67 @@
+"""``create_app(settings)``: the Flask application, built explicitly, never at import time.
+
+The JSON API lives under ``/api/v1`` (blueprints in :mod:`service.api`), the web UI
+at ``/`` (:mod:`service.ui`). The app holds one :class:`ServiceContext`: database
+engine, media store, job dispatcher, searcher and metrics. Nothing heavy happens
+here: the searcher loads the index when it is started (gunicorn's
+``post_worker_init``) or on the first query.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from core.config import Settings
+from core.db import make_engine, make_session_factory
+from core.dispatch import TaskDispatcher
+from core.media import MediaStore
+from service.api import api_blueprint
+from service.auth import KeyChecker, init_auth
+from service.context import NoDispatcher, ServiceContext, install_context
+from service.dispatch import CeleryDispatcher
+from service.errors import register_error_handlers
+from service.metrics import Metrics, init_metrics
+from service.requestlog import init_request_ids
+from service.searcher import Searcher
+from service.ui import ui_blueprint
+from service.uploads import JSON_BODY_LIMIT
+from service.urlfetch import UrlFetcher
+
+
+def default_dispatcher(settings: Settings) -> TaskDispatcher:
+    """Celery with a broker; otherwise a stand-in that answers 503 (the CLI wires the in-process one)."""
+    return CeleryDispatcher(settings) if settings.broker_url else NoDispatcher()
+
+
+def create_app(settings: Settings, *, dispatcher: TaskDispatcher | None = None,
+               watch_index: bool = True) -> Flask:
+    """Build the app. ``watch_index=False`` disables the hot-swap thread (one-shot tools)."""
+    app = Flask(__name__, template_folder="ui/templates", static_folder="ui/static",
+                static_url_path="/static")
+    # The default request-body cap (JSON bodies); upload endpoints raise it per request.
+    app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT
+    app.config["MAX_FORM_MEMORY_SIZE"] = JSON_BODY_LIMIT
+    app.json.sort_keys = False  # keep the documented field order; also cheaper
+
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    metrics = Metrics()
+    context = ServiceContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        media=MediaStore.from_settings(settings),
+        dispatcher=dispatcher or default_dispatcher(settings),
+        searcher=Searcher(settings, engine, sessions, metrics, watch=watch_index),
+        metrics=metrics,
+        url_fetcher=UrlFetcher(settings.url_fetch_allowed_hosts, settings.max_image_bytes)
+        if settings.url_fetch_enabled else None,
+    )
+    install_context(app, context)
+    init_auth(app, KeyChecker(sessions, admin_key=settings.admin_api_key, reads_public=settings.reads_public))
+    init_request_ids(app)
+    init_metrics(app, metrics)
+    register_error_handlers(app)
+    app.register_blueprint(api_blueprint)
+    app.register_blueprint(ui_blueprint)
+    return app

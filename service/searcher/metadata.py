@@ -1,0 +1,105 @@
+"""The SQL side of a search: the query item, and the metadata of candidate images.
+
+Candidates come from the index as image ids; one query per round maps them to
+their items, keeping only servable ones (image and item active) that pass the
+filters. That single query is how deletions take effect at once without a rebuild.
+Plain Core ``select``s on a pooled connection: ORM objects would cost more than the
+index query itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Select, or_, select
+
+from core.db import ImageStatus, Item, ItemImage, ItemStatus
+from service.filters import Filters
+
+IN_CHUNK = 10_000
+"""Ids per ``IN`` list (SQLite allows 32,766 bound parameters)."""
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    item_id: int
+    external_id: str
+    title: str
+    category: str | None
+    group_key: str | None
+    attributes: dict[str, Any]
+    image_id: int
+    media_key: str
+
+
+@dataclass(frozen=True)
+class QueryItem:
+    item_id: int
+    group_key: str | None
+    image_ids: tuple[int, ...]
+    """Active images, in display order."""
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Items never returned: the query item itself, optionally its whole group."""
+
+    item_id: int | None = None
+    group_key: str | None = None
+
+
+_COLUMNS = (Item.id, Item.external_id, Item.title, Item.category, Item.group_key, Item.attributes,
+            ItemImage.id, ItemImage.media_key)
+
+
+def _servable(query: Select[Any], filters: Filters, exclusions: Exclusions, dialect: str) -> Select[Any]:
+    query = query.where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE,
+                        *filters.clauses(dialect))
+    if exclusions.item_id is not None:
+        query = query.where(Item.id != exclusions.item_id)
+    if exclusions.group_key is not None:
+        query = query.where(or_(Item.group_key.is_(None), Item.group_key != exclusions.group_key))
+    return query
+
+
+def _meta(row: Any) -> ImageMeta:
+    return ImageMeta(item_id=row[0], external_id=row[1], title=row[2] or "", category=row[3],
+                     group_key=row[4], attributes=row[5] or {}, image_id=row[6], media_key=row[7])
+
+
+def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filters,
+                   exclusions: Exclusions) -> dict[int, ImageMeta]:
+    """Metadata of the servable, matching images among ``image_ids`` (one query per 10k ids)."""
+    dialect = conn.dialect.name
+    base = _servable(select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id), filters, exclusions, dialect)
+    out: dict[int, ImageMeta] = {}
+    ids = [int(i) for i in image_ids]
+    for start in range(0, len(ids), IN_CHUNK):
+        for row in conn.execute(base.where(ItemImage.id.in_(ids[start:start + IN_CHUNK]))):
+            out[row[6]] = _meta(row)
+    return out
+
+
+def matching_images(conn: Connection, *, filters: Filters, exclusions: Exclusions,
+                    limit: int) -> list[ImageMeta] | None:
+    """Every servable image matching the filters, or None if there are more than ``limit``."""
+    query = _servable(select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id), filters, exclusions,
+                      conn.dialect.name).order_by(ItemImage.id).limit(limit + 1)
+    rows = [_meta(r) for r in conn.execute(query)]
+    return None if len(rows) > limit else rows
+
+
+def lookup_item(conn: Connection, external_id: str) -> QueryItem | None:
+    """The active item with this external id and its active images; None if absent or deleted."""
+    rows = conn.execute(
+        select(Item.id, Item.group_key, ItemImage.id)
+        .outerjoin(ItemImage, (ItemImage.item_id == Item.id) & (ItemImage.status == ImageStatus.ACTIVE))
+        .where(Item.external_id == external_id, Item.status == ItemStatus.ACTIVE)
+        .order_by(ItemImage.position, ItemImage.id)
+    ).all()
+    if not rows:
+        return None
+    return QueryItem(item_id=rows[0][0], group_key=rows[0][1],
+                     image_ids=tuple(r[2] for r in rows if r[2] is not None))

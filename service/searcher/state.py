@@ -1,0 +1,106 @@
+"""What one process serves: the active index (memory-mapped), its model, the fresh set.
+
+A :class:`SearchState` is immutable and built completely before it is swapped in
+(see :mod:`service.searcher.watcher`); a request takes one reference at its start
+and uses it to the end, so a swap never changes anything under a running query.
+The old state is not closed explicitly: when the last request holding it ends,
+dropping the reference unmaps the old index file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sqlalchemy import Engine
+
+from core.config import Settings
+from core.db import IndexVersion
+from core.embedding import Embedder, resolve_device
+from core.index import Metric, VectorIndex
+from service.searcher.fresh import FreshSet, read_fresh
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchState:
+    index: VectorIndex
+    index_version: str
+    model_version: str
+    model_id: int
+    newest_in_index: dt.datetime | None
+    embedder: Embedder | None
+    """None when the checkpoint could not be loaded: searches by image answer 503."""
+    embedder_error: str
+    fresh: FreshSet
+    loaded_at: float
+
+    @property
+    def metric(self) -> Metric:
+        return self.index.manifest.metric
+
+    @property
+    def dim(self) -> int:
+        return self.index.manifest.dim
+
+    def with_fresh(self, fresh: FreshSet) -> SearchState:
+        return dataclasses.replace(self, fresh=fresh)
+
+
+def index_directory(settings: Settings, row: IndexVersion) -> Path:
+    return Path(row.path) if row.path else settings.indexes_dir / row.version
+
+
+def checkpoint_path(settings: Settings, checkpoint: str, model_version: str) -> Path:
+    """The recorded checkpoint path, or the conventional ``models/<version>.pt``."""
+    recorded = Path(checkpoint) if checkpoint else None
+    if recorded is not None and recorded.is_absolute() and recorded.exists():
+        return recorded
+    if recorded is not None and not recorded.is_absolute() and (settings.models_dir / recorded).exists():
+        return settings.models_dir / recorded
+    return settings.models_dir / f"{model_version}.pt"
+
+
+def load_embedder(settings: Settings, checkpoint: str, model_version: str) -> tuple[Embedder | None, str]:
+    """The query model, or None and the reason it could not be loaded."""
+    path = checkpoint_path(settings, checkpoint, model_version)
+    try:
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        embedder = Embedder.from_checkpoint(path, device=resolve_device(settings.device), batch_size=1)
+    except Exception as exc:  # noqa: BLE001 - any failure leaves id/vector search working
+        log.error("model %s could not be loaded from %s: %s", model_version, path, exc)
+        return None, f"model {model_version} could not be loaded: {exc}"
+    return embedder, ""
+
+
+def build_state(settings: Settings, engine: Engine, row: IndexVersion) -> SearchState:
+    """Load everything a search needs for the index ``row`` (raises if the index is unusable)."""
+    started = time.perf_counter()
+    model = row.model
+    index = VectorIndex.load(index_directory(settings, row), expected_model_version=model.version)
+    embedder, error = load_embedder(settings, model.checkpoint_path, model.version)
+    if embedder is not None and embedder.dim != index.manifest.dim:
+        error = f"model {model.version} embeds {embedder.dim}-d vectors, the index holds {index.manifest.dim}-d"
+        embedder = None
+    fresh = read_fresh(engine, model_id=model.id, index=index, newest_in_index=row.max_embedding_created_at)
+    log.info("loaded index %s (model %s, %d images, %d fresh) in %.2fs", row.version, model.version,
+             len(index), len(fresh), time.perf_counter() - started)
+    return SearchState(
+        index=index, index_version=row.version, model_version=model.version, model_id=model.id,
+        newest_in_index=row.max_embedding_created_at, embedder=embedder, embedder_error=error,
+        fresh=fresh, loaded_at=time.time(),
+    )
+
+
+def refresh_fresh(engine: Engine, state: SearchState) -> SearchState:
+    """The same state with its fresh set brought up to date (itself if nothing changed)."""
+    fresh = read_fresh(engine, model_id=state.model_id, index=state.index,
+                       newest_in_index=state.newest_in_index, previous=state.fresh)
+    return state if fresh is state.fresh else state.with_fresh(fresh)

@@ -1,0 +1,163 @@
+"""Fetching a query image by URL without becoming an SSRF proxy.
+
+Off unless ``settings.url_fetch_enabled``. When on, a URL is fetched only if
+
+* its scheme is http or https and it names a host on the allow-list
+  (``settings.url_fetch_allowed_hosts``: exact names, or ``*.example.com`` for
+  sub-domains) — an empty list allows nothing;
+* *every* address the host resolves to is public: private, loopback, link-local,
+  multicast, reserved and unspecified addresses (and IPv4-mapped forms of them)
+  are refused;
+* and the connection then goes to the address that was checked (pinned), with the
+  original host name for the Host header and TLS verification, so a DNS answer
+  that changes between check and connect (rebinding) cannot redirect it.
+
+Redirects are not followed. The body is read in chunks up to ``max_bytes`` and the
+whole exchange must finish within ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+Resolver = Callable[[str, int], list[str]]
+AddressPolicy = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
+_CHUNK = 64 * 1024
+
+
+class UrlFetchError(ValueError):
+    """The URL was refused or could not be fetched; ``refused`` tells which."""
+
+    def __init__(self, message: str, *, refused: bool) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (both families)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True only for globally routable unicast addresses."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (
+        address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
+        or address.is_reserved or address.is_unspecified
+    )
+
+
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    host = host.lower().rstrip(".")
+    for pattern in allowed:
+        pattern = pattern.lower().rstrip(".")
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and host != pattern[2:]:
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+@dataclass
+class UrlFetcher:
+    """Fetches small images from allowed public hosts (see the module docstring)."""
+
+    allowed_hosts: Sequence[str]
+    max_bytes: int
+    timeout: float = 5.0
+    resolver: Resolver = field(default=resolve_host)
+    address_allowed: AddressPolicy = field(default=is_public_address)
+
+    def fetch(self, url: str) -> bytes:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise UrlFetchError(f"only http and https URLs are fetched, not {parts.scheme or 'no scheme'!r}",
+                                refused=True)
+        host = parts.hostname
+        if not host:
+            raise UrlFetchError("the URL has no host", refused=True)
+        if parts.username or parts.password:
+            raise UrlFetchError("URLs with credentials are refused", refused=True)
+        if not host_allowed(host, self.allowed_hosts):
+            raise UrlFetchError(f"host {host!r} is not on the URL fetch allow-list", refused=True)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise UrlFetchError(f"bad port in URL: {exc}", refused=True) from exc
+        address = self._checked_address(host, port)
+        deadline = time.monotonic() + self.timeout
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        conn = self._connection(parts.scheme, host, address, port)
+        try:
+            conn.request("GET", path, headers={"Host": parts.netloc.rpartition("@")[2],
+                                               "Accept": "image/*", "User-Agent": "lookalike-urlfetch"})
+            response = conn.getresponse()
+            if response.status != 200:
+                raise UrlFetchError(f"{host} answered HTTP {response.status} (redirects are not followed)",
+                                    refused=False)
+            declared = response.getheader("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise UrlFetchError(f"remote image is {int(declared):,} bytes, more than {self.max_bytes:,}",
+                                    refused=False)
+            return self._read_capped(response, deadline)
+        except (OSError, http.client.HTTPException) as exc:
+            raise UrlFetchError(f"fetching {host} failed: {exc}", refused=False) from exc
+        finally:
+            conn.close()
+
+    def _checked_address(self, host: str, port: int) -> str:
+        try:
+            addresses = self.resolver(host, port)
+        except OSError as exc:
+            raise UrlFetchError(f"host {host!r} does not resolve: {exc}", refused=False) from exc
+        if not addresses:
+            raise UrlFetchError(f"host {host!r} does not resolve", refused=False)
+        for text in addresses:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            if not self.address_allowed(address):
+                raise UrlFetchError(f"host {host!r} resolves to the non-public address {address}",
+                                    refused=True)
+        return addresses[0]
+
+    def _connection(self, scheme: str, host: str, address: str, port: int) -> http.client.HTTPConnection:
+        if scheme == "https":
+            return _PinnedHTTPSConnection(address, port, server_hostname=host, timeout=self.timeout)
+        return http.client.HTTPConnection(address, port, timeout=self.timeout)
+
+    def _read_capped(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise UrlFetchError(f"fetching took longer than {self.timeout:g} s", refused=False)
+            chunk = response.read(_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > self.max_bytes:
+                raise UrlFetchError(f"remote image is larger than {self.max_bytes:,} bytes", refused=False)
+            chunks.append(chunk)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a fixed address, verifying the certificate for the original host name."""
+
+    def __init__(self, address: str, port: int, *, server_hostname: str, timeout: float) -> None:
+        super().__init__(address, port, timeout=timeout, context=ssl.create_default_context())
+        self._server_hostname = server_hostname
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_hostname)  # type: ignore[attr-defined]
