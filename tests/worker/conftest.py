@@ -57,8 +57,12 @@ _redis_dbs = itertools.cycle(range(1, 16))
 
 
 @pytest.fixture
-def celery_stack(tmp_path: Path, postgres_server: PostgresServer, redis_server: RedisServer) -> Iterator[CeleryStack]:
-    """PostgreSQL + Redis + one `lookalike worker` process (prefork, one child) on loopback."""
+def celery_stack(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: PostgresServer,
+                 redis_server: RedisServer) -> Iterator[CeleryStack]:
+    """PostgreSQL + Redis + one `lookalike worker` process (prefork, one child) on loopback.
+
+    Parametrise it indirectly with a dict of settings overrides for the worker.
+    """
     url = postgres_server.create_database(f"w{uuid.uuid4().hex[:12]}")
     command.upgrade(alembic_config(url), "head")
     broker = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
@@ -66,6 +70,7 @@ def celery_stack(tmp_path: Path, postgres_server: PostgresServer, redis_server: 
     client.flushdb()
     client.close()
     settings = tuned(Settings(home=tmp_path / "home", database_url=url, broker_url=broker, log_level="INFO"))
+    settings = settings.replace(**getattr(request, "param", {}))
     engine = make_engine(settings)
     app = make_celery(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log")

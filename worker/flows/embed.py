@@ -26,6 +26,7 @@ from core.media import MediaError
 from core.registry import RegistryError
 from core.tasks import TaskName
 from worker.flows.freshness import after_embedding
+from worker.flows.jobstate import merge_result
 from worker.flows.models import NoActiveModel, model_by_version, target_models
 from worker.runtime import Runtime
 
@@ -104,7 +105,7 @@ def embed_images(rt: Runtime, image_ids: Sequence[int], job_id: int | None = Non
     update_progress(rt.sessions, job_id, 0, total)
     result = {"dispatched": True, "images": len(ids), "chunks": len(chunks) * len(models),
               "models": [m.version for m in models]}
-    _set_result(rt, job_id, result)
+    merge_result(rt.sessions, job_id, **result)
     if total == 0:
         finish_job(rt.sessions, job_id, result)
         return result
@@ -134,11 +135,6 @@ def embed_chunk(
     if job_id is not None and _count_chunk(rt.sessions, job_id, len(image_ids), len(outcome.failed)):
         after_embedding(rt)
     return {"stored": outcome.stored, "skipped": outcome.skipped, "failed": outcome.failed}
-
-
-def _set_result(rt: Runtime, job_id: int, result: dict[str, Any]) -> None:
-    with session_scope(rt.sessions) as s:
-        s.execute(update(Job).where(Job.id == job_id).values(result=result))
 
 
 def _count_chunk(sessions: sessionmaker[Session], job_id: int, size: int, failed: int) -> bool:

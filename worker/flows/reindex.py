@@ -24,6 +24,7 @@ from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
 from core.index.manifest import IDS_FILE
 from worker.flows.build import BuildError, build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
+from worker.flows.jobstate import touch_job
 from worker.flows.models import build_model
 from worker.flows.publish import publish_index
 from worker.flows.retire import retire_old_indexes
@@ -39,12 +40,6 @@ LOCK_WAIT_SECONDS = 120.0
 
 class ReindexError(RuntimeError):
     pass
-
-
-def touch_job(sessions: sessionmaker[Session], job_id: int) -> None:
-    """A sign of life: keeps later reindex requests joining this job."""
-    with session_scope(sessions) as s:
-        s.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
 
 
 def run_reindex(rt: Runtime, job_id: int, force: bool = False, model_version: str | None = None) -> dict[str, Any]:
