@@ -59,13 +59,12 @@ def squared_distance_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     x_norm = (x * x).sum(dim=1)
     y_norm = x_norm if self_distance else (y * y).sum(dim=1)
     norms = x_norm[:, None] + y_norm[None, :]
-    squared = norms - 2.0 * (x @ y.T)
+    squared = torch.addmm(norms, x, y.T, alpha=-2.0)  # |x|^2 + |y|^2 - 2 x.y in one pass
     noise = norms.detach() * (_GRAM_NOISE_FACTOR * torch.finfo(x.dtype).eps)
     squared = squared.masked_fill(squared <= noise, 0.0)
     if self_distance:
-        squared = squared.masked_fill(
-            torch.eye(x.shape[0], dtype=torch.bool, device=x.device), 0.0
-        )
+        # In place on a fresh tensor: masked_fill's backward does not need its output.
+        squared.diagonal().zero_()
     return squared
 
 

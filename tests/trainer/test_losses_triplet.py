@@ -130,6 +130,22 @@ def test_semi_hard_loss_matches_brute_force(case: str, squared: bool) -> None:
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_row_form_and_index_form_give_the_same_loss_and_gradient(soft: bool) -> None:
+    x, labels = make_batch("duplicates", seed=5)
+    loss = TripletLoss(0.3, soft_margin=soft)
+    block, _ = BatchAllMiner(0.3, only_active=False).select(torch.cdist(x.detach(), x.detach()), labels)
+    results = []
+    for triplets in (block, block.to_indices()):
+        out = loss(x, triplets=triplets)
+        out.loss.backward()
+        results.append((out.loss.item(), out.active, out.total, x.grad.clone()))
+        x.grad = None
+    (l1, a1, t1, g1), (l2, a2, t2, g2) = results
+    assert l1 == pytest.approx(l2, abs=1e-12) and (a1, t1) == (a2, t2)
+    assert torch.allclose(g1, g2, atol=1e-12) and torch.isfinite(g1).all()
+
+
 def test_batch_all_miner_gives_the_same_loss_as_no_miner() -> None:
     # Inactive triplets add nothing to a mean over active ones, so pre-filtering them is free.
     x, labels = make_batch("random", seed=3, batch=14)

@@ -21,6 +21,7 @@ from trainer.miners import (
     PairStrategy,
     SemiHardMiner,
     SemiHardMode,
+    TripletBlock,
     TripletIndices,
 )
 
@@ -152,9 +153,13 @@ def test_semi_hard_all_matches_brute_force(case: str, margin: float, squared: bo
 @pytest.mark.parametrize("margin", [0.0, 0.5])
 @pytest.mark.parametrize("squared", [False, True])
 @pytest.mark.parametrize("seed", [3, 4])
-def test_semi_hard_hardest_matches_brute_force(case: str, margin: float, squared: bool, seed: int) -> None:
+@pytest.mark.parametrize("method", ["dense", "sorted"])
+def test_semi_hard_hardest_matches_brute_force(case: str, margin: float, squared: bool, seed: int, method: str) -> None:
     x, labels = make_batch(case, seed=seed)
-    mined = SemiHardMiner(margin=margin, squared=squared, mode=SemiHardMode.HARDEST)(x, labels)
+    miner = SemiHardMiner(margin=margin, squared=squared, mode=SemiHardMode.HARDEST)
+    # Force one of the two exact methods (the miner picks by cost otherwise).
+    miner.DENSE_MAX_POSITIVES_PER_ANCHOR = 10**9 if method == "dense" else -1
+    mined = miner(x, labels)
     # Reference: for each (a, p), the smallest d(a, n) among its semi-hard negatives.
     strict, loose = ref_semi_hard(x, labels, margin, squared)
     best: dict[tuple[int, int], float] = {}
@@ -170,10 +175,11 @@ def test_semi_hard_hardest_matches_brute_force(case: str, margin: float, squared
     assert mined.stats.selected == len(got)
 
 
-def test_semi_hard_hardest_on_a_large_batch_matches_the_all_mode() -> None:
+@pytest.mark.parametrize("classes", [4, 60])  # many positives per anchor (sorted method) / few (dense)
+def test_semi_hard_hardest_on_a_large_batch_matches_the_all_mode(classes: int) -> None:
     # Every hardest pick is one of the "all" triplets and has the minimum d(a, n) of its (a, p).
     x, labels = make_batch("random", seed=5, batch=200, dim=8)
-    labels = labels % 20
+    labels = torch.randint(0, classes, (200,), generator=torch.Generator().manual_seed(5))
     dist = torch.cdist(x, x)
     hardest = SemiHardMiner(margin=0.4, mode="hardest")(x, labels).indices
     every = SemiHardMiner(margin=0.4, mode="all")(x, labels).indices
@@ -239,6 +245,9 @@ def test_miners_accept_a_precomputed_matrix_and_reject_bad_input() -> None:
     x, labels = make_batch("random")
     dist = torch.cdist(x, x)
     assert as_set(BatchAllMiner().mine(dist, labels).indices) == as_set(BatchAllMiner()(x, labels).indices)
+    by_matrix, by_embeddings = HardPairMiner(0.9).mine(dist, labels), HardPairMiner(0.9)(x, labels)
+    assert [t.tolist() for t in by_matrix.indices] == [t.tolist() for t in by_embeddings.indices]
+    assert by_matrix.stats.mean_an == pytest.approx(by_embeddings.stats.mean_an)
     with pytest.raises(ValueError, match="labels must be a 1-D tensor of length 12"):
         BatchHardMiner()(x, labels[:-1])
     with pytest.raises(TypeError, match="integer class ids"):
@@ -251,3 +260,20 @@ def test_miners_accept_a_precomputed_matrix_and_reject_bad_input() -> None:
         SemiHardMiner(mode="sometimes")
     with pytest.raises(ValueError, match="2-D"):
         BatchAllMiner()(x[0], labels)
+
+
+@pytest.mark.parametrize("miner", [BatchAllMiner(0.3), BatchAllMiner(0.3, only_active=False), SemiHardMiner(0.3, mode="all")])
+def test_row_form_selection_expands_to_the_mined_indices(miner) -> None:
+    x, labels = make_batch("random", seed=8)
+    dist = torch.cdist(x, x)
+    block, stats = miner.select(dist, labels)
+    assert isinstance(block, TripletBlock)
+    mined = miner.mine(dist, labels)
+    assert [t.tolist() for t in block.to_indices()] == [t.tolist() for t in mined.indices]
+    assert stats == mined.stats
+    # Stats of the row form against the expanded triplets.
+    a, p, n = mined.indices
+    assert stats.selected == len(a) > 0
+    assert stats.mean_ap == pytest.approx(dist[a, p].mean().item())
+    assert stats.mean_an == pytest.approx(dist[a, n].mean().item())
+    assert stats.active == int((dist[a, p] - dist[a, n] + 0.3 > 0).sum())

@@ -55,18 +55,16 @@ class ContrastiveLoss(nn.Module):
             if pairs.a1.numel() != pairs.p.numel() or pairs.a2.numel() != pairs.n.numel():
                 raise ValueError("pairs: a1 and p, and a2 and n, must have equal lengths")
             a1, p, a2, n = pairs
-            neg_distance = safe_sqrt(squared[a2, n])
         else:
             if labels is None:
                 raise ValueError("ContrastiveLoss needs labels or explicit pairs")
             labels = check_labels(labels, batch, embeddings.device)
             if self.miner is not None:
-                plain = safe_sqrt(squared)
-                (a1, p, a2, n), mining = self.miner.mine(plain.detach(), labels)
-                neg_distance = plain[a2, n]
+                (a1, p, a2, n), mining = self.miner.mine_squared(squared.detach(), labels)
             else:
                 a1, p, a2, n = _all_pairs(labels)
-                neg_distance = safe_sqrt(squared[a2, n])
+        # Square roots only for the dissimilar pairs; the similar term is D^2 itself.
+        neg_distance = safe_sqrt(squared[a2, n])
         terms = torch.cat([squared[a1, p], F.relu(self.margin - neg_distance) ** 2])
         loss, active = mean_over_active(terms)
         return LossOutput(loss, active, int(terms.numel()), mining)

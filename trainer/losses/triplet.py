@@ -15,12 +15,15 @@ from trainer.losses.base import (
 )
 from trainer.miners.base import (
     MiningStats,
+    TripletBlock,
     TripletIndices,
     TripletMiner,
+    TripletSelection,
     check_labels,
     check_margin,
     label_masks,
 )
+from trainer.miners.batch_all import all_triplets_block
 
 
 class TripletLoss(nn.Module):
@@ -66,23 +69,26 @@ class TripletLoss(nn.Module):
         self,
         embeddings: Tensor,
         labels: Tensor | None = None,
-        triplets: TripletIndices | None = None,
+        triplets: TripletIndices | TripletBlock | None = None,
     ) -> LossOutput:
         """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``triplets`` is given."""
         check_embeddings(embeddings)
         batch = embeddings.shape[0]
         dist = distance_matrix(embeddings, squared=self.squared)
         mining: MiningStats | None = None
+        selection: TripletSelection
         if triplets is not None:
-            triplets = TripletIndices(*triplets)
-            check_index_tuple(triplets, batch, "triplets")
+            selection = triplets if isinstance(triplets, TripletBlock) else TripletIndices(*triplets)
+            check_index_tuple(selection[:2] if isinstance(selection, TripletBlock) else selection, batch, "triplets")
         elif labels is None:
             raise ValueError("TripletLoss needs labels or explicit triplets")
         elif self.miner is not None:
-            triplets, mining = self.miner.mine(dist.detach(), labels)
+            selection, mining = self.miner.select(dist.detach(), labels)
         else:
-            triplets = _all_triplets(check_labels(labels, batch, embeddings.device))
-        anchor, positive, negative = triplets
+            selection = all_triplets_block(*label_masks(check_labels(labels, batch, embeddings.device)))
+        if isinstance(selection, TripletBlock):
+            return self._reduce_block(dist, selection, mining)
+        anchor, positive, negative = selection
         return self._reduce(dist[anchor, positive], dist[anchor, negative], mining)
 
     def forward_triplets(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> LossOutput:
@@ -103,13 +109,22 @@ class TripletLoss(nn.Module):
         loss, active = mean_over_active(F.relu(violation))
         return LossOutput(loss, active, total, mining)
 
-
-def _all_triplets(labels: Tensor) -> TripletIndices:
-    """Every valid (a, p, n), sorted by (a, p, n), in O(#positive pairs x B) memory."""
-    positive, negative = label_masks(labels)
-    anchor_of_pair, positive_of_pair = positive.nonzero(as_tuple=True)
-    pair_row, neg = negative[anchor_of_pair].nonzero(as_tuple=True)
-    return TripletIndices(anchor_of_pair[pair_row], positive_of_pair[pair_row], neg)
+    def _reduce_block(self, dist: Tensor, block: TripletBlock, mining: MiningStats | None) -> LossOutput:
+        """Same as ``_reduce`` on every triplet of the block, evaluated densely row by row."""
+        if block.mask.shape != (block.anchor.numel(), dist.shape[1]):
+            raise ValueError(
+                f"triplet block mask must be (rows, B) = ({block.anchor.numel()}, {dist.shape[1]}), "
+                f"got {tuple(block.mask.shape)}"
+            )
+        violation = (dist[block.anchor, block.positive] + self.margin)[:, None] - dist[block.anchor]
+        total = int(block.mask.sum().item())
+        if self.soft_margin:
+            active = int((block.mask & (violation > 0)).sum().item())
+            terms = F.softplus(violation).masked_fill(~block.mask, 0.0)
+            loss = terms.sum() / total if total else zero_loss(terms)
+            return LossOutput(loss, active, total, mining)
+        loss, active = mean_over_active(F.relu(violation).masked_fill(~block.mask, 0.0))
+        return LossOutput(loss, active, total, mining)
 
 
 __all__ = ["TripletLoss"]

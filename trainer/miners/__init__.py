@@ -6,8 +6,10 @@ from trainer.miners.base import (
     MiningStats,
     PairIndices,
     PairMiner,
+    TripletBlock,
     TripletIndices,
     TripletMiner,
+    TripletSelection,
 )
 from trainer.miners.batch_all import BatchAllMiner
 from trainer.miners.batch_hard import BatchHardMiner
@@ -26,6 +28,8 @@ __all__ = [
     "PairStrategy",
     "SemiHardMiner",
     "SemiHardMode",
+    "TripletBlock",
     "TripletIndices",
     "TripletMiner",
+    "TripletSelection",
 ]

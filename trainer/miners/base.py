@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from trainer.distances import distance_matrix
+from trainer.distances import distance_matrix, safe_sqrt, squared_distance_matrix
 
 
 class TripletIndices(NamedTuple):
@@ -64,6 +64,28 @@ class MiningStats:
     def active_fraction(self) -> float:
         """Share of the returned tuples that are active (0.0 when none returned)."""
         return self.active / self.selected if self.selected else 0.0
+
+
+class TripletBlock(NamedTuple):
+    """Triplets in row form: ``(anchor[i], positive[i], n)`` for every n with ``mask[i, n]``.
+
+    Batch-all style selections are large (up to B^2 K triplets) but have this
+    structure: one row per anchor-positive pair, one column per batch item.  A
+    loss can evaluate them densely on the distance matrix without gathering
+    millions of index triples; ``to_indices`` expands them when indices are needed.
+    """
+
+    anchor: Tensor
+    positive: Tensor
+    mask: Tensor
+
+    def to_indices(self) -> TripletIndices:
+        """Expand to index triplets, sorted by (anchor, positive, negative) if the rows are."""
+        row, negative = self.mask.nonzero(as_tuple=True)
+        return TripletIndices(self.anchor[row], self.positive[row], negative)
+
+
+TripletSelection = TripletIndices | TripletBlock
 
 
 class MinedTriplets(NamedTuple):
@@ -147,18 +169,37 @@ class TripletMiner(ABC):
 
     def mine(self, dist: Tensor, labels: Tensor) -> MinedTriplets:
         """Mine from a precomputed (B, B) distance matrix in this miner's form."""
+        selection, stats = self.select(dist, labels)
+        if isinstance(selection, TripletBlock):
+            selection = selection.to_indices()
+        return MinedTriplets(selection, stats)
+
+    def select(self, dist: Tensor, labels: Tensor) -> tuple[TripletSelection, MiningStats]:
+        """Like ``mine``, but may answer in the compact ``TripletBlock`` form (losses use this)."""
         with torch.no_grad():
             dist = dist.detach()
             labels = check_distance_matrix(dist, labels)
-            return self._mine(dist, labels)
+            positive, negative = label_masks(labels)
+            selection = self._select(dist, positive, negative)
+            return selection, self._stats(dist, selection, count_valid_triplets(positive, negative))
 
     @abstractmethod
-    def _mine(self, dist: Tensor, labels: Tensor) -> MinedTriplets:
-        """Select triplets; ``dist`` is detached and checked."""
+    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletSelection:
+        """Select triplets from a detached matrix and the label masks of ``label_masks``."""
 
-    def _stats(self, dist: Tensor, triplets: TripletIndices, candidates: int) -> MiningStats:
-        d_ap = dist[triplets.anchor, triplets.positive]
-        d_an = dist[triplets.anchor, triplets.negative]
+    def _stats(self, dist: Tensor, selection: TripletSelection, candidates: int) -> MiningStats:
+        if isinstance(selection, TripletBlock):
+            d_ap = dist[selection.anchor, selection.positive]
+            d_an = dist[selection.anchor]
+            mask = selection.mask
+            per_row = mask.sum(dim=1)
+            selected = int(per_row.sum().item())
+            active = int((mask & (d_an < (d_ap + self.margin)[:, None])).sum().item())
+            mean_ap = float((d_ap * per_row).sum().item()) / selected if selected else None
+            mean_an = float(d_an.masked_fill(~mask, 0.0).sum().item()) / selected if selected else None
+            return MiningStats(candidates, selected, active, mean_ap, mean_an)
+        d_ap = dist[selection.anchor, selection.positive]
+        d_an = dist[selection.anchor, selection.negative]
         return MiningStats(
             candidates=candidates,
             selected=int(d_ap.numel()),
@@ -169,7 +210,12 @@ class TripletMiner(ABC):
 
 
 class PairMiner(ABC):
-    """Base class for pair miners (for the contrastive loss), on plain Euclidean distance."""
+    """Base class for pair miners (for the contrastive loss), on Euclidean distance.
+
+    Pair mining only compares distances with thresholds, so it works on squared
+    distances (``d > t`` iff ``d^2 > t^2``): the loss then needs square roots for
+    the selected dissimilar pairs only, not for the whole B x B matrix.
+    """
 
     def __init__(self, margin: float = 1.0) -> None:
         self.margin = check_margin(margin)
@@ -177,15 +223,31 @@ class PairMiner(ABC):
     def __call__(self, embeddings: Tensor, labels: Tensor) -> MinedPairs:
         """Mine a batch of (B, D) embeddings with their B class labels."""
         with torch.no_grad():
-            return self.mine(distance_matrix(embeddings.detach()), labels)
+            return self.mine_squared(squared_distance_matrix(embeddings.detach()), labels)
 
     def mine(self, dist: Tensor, labels: Tensor) -> MinedPairs:
         """Mine from a precomputed (B, B) plain Euclidean distance matrix."""
         with torch.no_grad():
-            dist = dist.detach()
-            labels = check_distance_matrix(dist, labels)
-            return self._mine(dist, labels)
+            return self.mine_squared(dist.detach() ** 2, labels)
+
+    def mine_squared(self, squared: Tensor, labels: Tensor) -> MinedPairs:
+        """Mine from a precomputed (B, B) squared Euclidean distance matrix."""
+        with torch.no_grad():
+            squared = squared.detach()
+            labels = check_distance_matrix(squared, labels)
+            positive, negative = label_masks(labels)
+            indices = self._select(squared, positive, negative)
+            a1, p, a2, n = indices
+            candidates = int((positive.sum() + negative.sum()).item()) // 2  # unordered pairs
+            stats = MiningStats(
+                candidates=candidates,
+                selected=int(a1.numel() + a2.numel()),
+                active=int((squared[a1, p] > 0).sum().item() + (squared[a2, n] < self.margin**2).sum().item()),
+                mean_ap=mean_or_none(safe_sqrt(squared[a1, p])),
+                mean_an=mean_or_none(safe_sqrt(squared[a2, n])),
+            )
+            return MinedPairs(indices, stats)
 
     @abstractmethod
-    def _mine(self, dist: Tensor, labels: Tensor) -> MinedPairs:
-        """Select pairs; ``dist`` is detached and checked."""
+    def _select(self, squared: Tensor, positive: Tensor, negative: Tensor) -> PairIndices:
+        """Select pairs from a detached squared-distance matrix and the label masks."""

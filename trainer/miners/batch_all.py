@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from trainer.miners.base import (
-    MinedTriplets,
-    TripletIndices,
-    TripletMiner,
-    count_valid_triplets,
-    label_masks,
-)
+from trainer.miners.base import TripletBlock, TripletMiner
+
+
+def all_triplets_block(positive: Tensor, negative: Tensor) -> TripletBlock:
+    """Every valid (a, p, n): one row per anchor-positive pair, its anchor's negatives as mask."""
+    anchor, pos = positive.nonzero(as_tuple=True)
+    return TripletBlock(anchor, pos, negative[anchor])
 
 
 class BatchAllMiner(TripletMiner):
@@ -18,27 +18,23 @@ class BatchAllMiner(TripletMiner):
 
     With ``only_active`` (the default) only triplets whose hinge loss
     ``d(a,p) - d(a,n) + margin`` is > 0 are returned: the others add nothing to a
-    mean over active triplets and would only cost memory.  Pass
-    ``only_active=False`` to get every valid triplet (e.g. for a soft-margin loss,
-    which is non-zero everywhere).
+    mean over active triplets.  Pass ``only_active=False`` to get every valid
+    triplet (e.g. for a soft-margin loss, which is non-zero everywhere).
 
     Work and memory are O(#positive pairs x B) = O(B^2 K) for K images per class,
-    not a dense B x B x B tensor; the output itself can be that large, which is
-    what batch-all means.  Triplets come out sorted by (anchor, positive, negative).
+    never a dense B x B x B tensor; a loss consumes the selection in that row
+    form (``TripletBlock``) without expanding it.  ``mine`` expands it into
+    index triplets sorted by (anchor, positive, negative).
     """
 
     def __init__(self, margin: float = 0.2, squared: bool = False, only_active: bool = True) -> None:
         super().__init__(margin, squared)
         self.only_active = bool(only_active)
 
-    def _mine(self, dist: Tensor, labels: Tensor) -> MinedTriplets:
-        positive, negative = label_masks(labels)
-        anchor_of_pair, positive_of_pair = positive.nonzero(as_tuple=True)
-        # One row per anchor-positive pair, one column per candidate negative.
-        keep = negative[anchor_of_pair]
-        if self.only_active:
-            d_ap = dist[anchor_of_pair, positive_of_pair]
-            keep &= dist[anchor_of_pair] < (d_ap + self.margin)[:, None]
-        pair_row, neg = keep.nonzero(as_tuple=True)
-        triplets = TripletIndices(anchor_of_pair[pair_row], positive_of_pair[pair_row], neg)
-        return MinedTriplets(triplets, self._stats(dist, triplets, count_valid_triplets(positive, negative)))
+    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletBlock:
+        block = all_triplets_block(positive, negative)
+        if not self.only_active:
+            return block
+        d_ap = dist[block.anchor, block.positive]
+        inside = dist[block.anchor] < (d_ap + self.margin)[:, None]
+        return block._replace(mask=block.mask & inside)

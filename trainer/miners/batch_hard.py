@@ -5,28 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainer.miners.base import (
-    MinedTriplets,
-    TripletIndices,
-    TripletMiner,
-    count_valid_triplets,
-    label_masks,
-)
+from trainer.miners.base import TripletIndices, TripletMiner
 
 
 class BatchHardMiner(TripletMiner):
     """One triplet per anchor: its farthest positive and its closest negative.
 
     Anchors without a positive (singleton class in the batch) or without a
-    negative (single-class batch) are skipped.  All B triplets are returned even
-    when their loss is already 0; ``stats.active`` counts the ones that are not.
-    The margin only affects that count.
+    negative (single-class batch) are skipped.  All such triplets are returned
+    even when their loss is already 0; ``stats.active`` counts the ones that are
+    not.  The margin only affects that count.  Ties go to the lowest index.
     """
 
-    def _mine(self, dist: Tensor, labels: Tensor) -> MinedTriplets:
-        positive, negative = label_masks(labels)
+    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
         hardest_pos = dist.masked_fill(~positive, -torch.inf).argmax(dim=1)
         hardest_neg = dist.masked_fill(~negative, torch.inf).argmin(dim=1)
         anchors = (positive.any(dim=1) & negative.any(dim=1)).nonzero(as_tuple=True)[0]
-        triplets = TripletIndices(anchors, hardest_pos[anchors], hardest_neg[anchors])
-        return MinedTriplets(triplets, self._stats(dist, triplets, count_valid_triplets(positive, negative)))
+        return TripletIndices(anchors, hardest_pos[anchors], hardest_neg[anchors])

@@ -7,21 +7,14 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from trainer.miners.base import (
-    MinedPairs,
-    MiningStats,
-    PairIndices,
-    PairMiner,
-    check_margin,
-    label_masks,
-    mean_or_none,
-)
+from trainer.miners.base import PairIndices, PairMiner, check_margin
 
 
 class PairStrategy(StrEnum):
     """``ACTIVE``: every pair with a non-zero loss, each unordered pair once (i < j).
     ``HARDEST``: per anchor, its farthest positive and its closest negative, each
-    kept only if active (so a pair may appear once per end)."""
+    kept only if active (so a pair may appear once per end); ties go to the
+    lowest index."""
 
     ACTIVE = "active"
     HARDEST = "hardest"
@@ -29,7 +22,7 @@ class PairStrategy(StrEnum):
 
 class HardPairMiner(PairMiner):
     """Positive pairs farther apart than ``pos_threshold`` and negative pairs
-    closer than ``margin``, on plain Euclidean distance.
+    closer than ``margin`` (both in plain Euclidean distance).
 
     With the contrastive loss ``(1-Y) D^2 + Y max(0, m - D)^2`` and the default
     ``pos_threshold=0`` these are exactly the pairs with a non-zero loss; a
@@ -46,27 +39,16 @@ class HardPairMiner(PairMiner):
         self.pos_threshold = check_margin(pos_threshold)
         self.strategy = PairStrategy(strategy)
 
-    def _mine(self, dist: Tensor, labels: Tensor) -> MinedPairs:
-        positive, negative = label_masks(labels)
-        pos_active = positive & (dist > self.pos_threshold)
-        neg_active = negative & (dist < self.margin)
+    def _select(self, squared: Tensor, positive: Tensor, negative: Tensor) -> PairIndices:
+        pos_active = positive & (squared > self.pos_threshold**2)
+        neg_active = negative & (squared < self.margin**2)
         if self.strategy is PairStrategy.ACTIVE:
             upper = torch.ones_like(positive).triu_(diagonal=1)
             a1, p = (pos_active & upper).nonzero(as_tuple=True)
             a2, n = (neg_active & upper).nonzero(as_tuple=True)
-        else:
-            hardest_pos = dist.masked_fill(~positive, -torch.inf).argmax(dim=1)
-            hardest_neg = dist.masked_fill(~negative, torch.inf).argmin(dim=1)
-            a1 = pos_active.gather(1, hardest_pos[:, None]).squeeze(1).nonzero(as_tuple=True)[0]
-            a2 = neg_active.gather(1, hardest_neg[:, None]).squeeze(1).nonzero(as_tuple=True)[0]
-            p, n = hardest_pos[a1], hardest_neg[a2]
-        # Unordered pairs: each pair of the batch counted once.
-        candidates = int((positive.sum() + negative.sum()).item()) // 2
-        stats = MiningStats(
-            candidates=candidates,
-            selected=int(a1.numel() + a2.numel()),
-            active=int(a1.numel() + a2.numel()),
-            mean_ap=mean_or_none(dist[a1, p]),
-            mean_an=mean_or_none(dist[a2, n]),
-        )
-        return MinedPairs(PairIndices(a1, p, a2, n), stats)
+            return PairIndices(a1, p, a2, n)
+        hardest_pos = squared.masked_fill(~positive, -torch.inf).argmax(dim=1)
+        hardest_neg = squared.masked_fill(~negative, torch.inf).argmin(dim=1)
+        a1 = pos_active.gather(1, hardest_pos[:, None]).squeeze(1).nonzero(as_tuple=True)[0]
+        a2 = neg_active.gather(1, hardest_neg[:, None]).squeeze(1).nonzero(as_tuple=True)[0]
+        return PairIndices(a1, hardest_pos[a1], a2, hardest_neg[a2])

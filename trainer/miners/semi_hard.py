@@ -7,13 +7,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from trainer.miners.base import (
-    MinedTriplets,
-    TripletIndices,
-    TripletMiner,
-    count_valid_triplets,
-    label_masks,
-)
+from trainer.miners.base import TripletIndices, TripletMiner, TripletSelection
+from trainer.miners.batch_all import all_triplets_block
 
 
 class SemiHardMode(StrEnum):
@@ -23,7 +18,7 @@ class SemiHardMode(StrEnum):
     (FaceNet, Schroff et al. 2015): at most one triplet per pair, so the output
     stays O(B K).  ``ALL``: every semi-hard triplet, as pytorch-metric-learning's
     ``TripletMarginMiner(type_of_triplets="semihard")``; its output can grow like
-    B^2 K, so it is kept for comparisons and small batches.
+    B^2 K (a loss consumes it in row form, without expanding it).
     """
 
     HARDEST = "hardest"
@@ -33,16 +28,24 @@ class SemiHardMode(StrEnum):
 class SemiHardMiner(TripletMiner):
     """Triplets with ``d(a,p) < d(a,n) < d(a,p) + margin`` (strict on both sides).
 
-    The negative is harder than nothing (inside the margin, so the loss is
-    non-zero) but not harder than the positive, which avoids the collapsed
-    solutions that the very hardest negatives lead to early in training.
-    Anchor-positive pairs without any semi-hard negative contribute nothing
-    (no fallback to hard or easy negatives).  With margin 0 the band is empty.
+    The negative is inside the margin (so the loss is non-zero) but not closer
+    than the positive, which avoids the collapsed solutions that the very
+    hardest negatives lead to early in training.  Anchor-positive pairs without
+    any semi-hard negative contribute nothing (no fallback to hard or easy
+    negatives).  With margin 0 the band is empty.
 
-    The default ``HARDEST`` mode sorts each anchor's negative distances once and
-    binary-searches every d(a,p) in them: O(B^2 log B) time, O(B^2) memory, no
-    B x B x B tensor.  Triplets come out sorted by (anchor, positive).
+    ``HARDEST`` mode (default) never builds a B x B x B tensor; it takes the
+    cheaper of two exact methods: a masked minimum over (#positive pairs x B)
+    when classes are small in the batch (O(B^2 K)), otherwise it sorts each
+    anchor's negative distances once and binary-searches every d(a,p) in them
+    (O(B^2 log B)).  Ties go to the lowest index.  ``ALL`` mode returns a
+    ``TripletBlock`` (O(B^2 K)).  Index output is sorted by (anchor, positive[, negative]).
     """
+
+    # Average positives per anchor up to which the dense masked minimum beats
+    # sorting (measured on CPU; both are exact), and its memory cap in elements.
+    DENSE_MAX_POSITIVES_PER_ANCHOR = 8
+    DENSE_MAX_ELEMENTS = 1 << 24
 
     def __init__(
         self,
@@ -53,32 +56,40 @@ class SemiHardMiner(TripletMiner):
         super().__init__(margin, squared)
         self.mode = SemiHardMode(mode)
 
-    def _mine(self, dist: Tensor, labels: Tensor) -> MinedTriplets:
-        positive, negative = label_masks(labels)
-        if self.mode is SemiHardMode.HARDEST:
-            triplets = self._hardest(dist, positive, negative)
-        else:
-            triplets = self._all(dist, positive, negative)
-        return MinedTriplets(triplets, self._stats(dist, triplets, count_valid_triplets(positive, negative)))
+    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletSelection:
+        if self.mode is SemiHardMode.ALL:
+            block = all_triplets_block(positive, negative)
+            d_ap = dist[block.anchor, block.positive][:, None]
+            d_an = dist[block.anchor]
+            return block._replace(mask=block.mask & (d_an > d_ap) & (d_an < d_ap + self.margin))
+        batch = dist.shape[0]
+        pairs = int(positive.sum().item())
+        if pairs <= self.DENSE_MAX_POSITIVES_PER_ANCHOR * batch and pairs * batch <= self.DENSE_MAX_ELEMENTS:
+            return self._hardest_dense(dist, positive, negative)
+        return self._hardest_sorted(dist, positive, negative)
 
-    def _hardest(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
-        # Row a: the distances from a to its negatives in increasing order, then +inf.
-        neg_sorted, neg_order = dist.masked_fill(~negative, torch.inf).sort(dim=1)
-        # For every (a, j): position of the first negative strictly farther than d(a, j).
-        first_farther = torch.searchsorted(neg_sorted, dist.contiguous(), right=True)
-        first_farther = first_farther.clamp_(max=dist.shape[1] - 1)
-        d_an = neg_sorted.gather(1, first_farther)
-        # +inf (no such negative) never passes the margin test, margin being finite.
-        keep = positive & (d_an < dist + self.margin)
-        anchor, pos = keep.nonzero(as_tuple=True)
-        neg = neg_order[anchor, first_farther[anchor, pos]]
-        return TripletIndices(anchor, pos, neg)
+    def _hardest_dense(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
+        anchor, pos = positive.nonzero(as_tuple=True)
+        d_ap = dist[anchor, pos]
+        d_an = dist[anchor]
+        farther = negative[anchor] & (d_an > d_ap[:, None])
+        nearest, neg = d_an.masked_fill(~farther, torch.inf).min(dim=1)
+        keep = nearest < d_ap + self.margin  # +inf (none farther) never passes
+        return TripletIndices(anchor[keep], pos[keep], neg[keep])
 
-    def _all(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
-        # One row per anchor-positive pair, one column per candidate negative: O(B^2 K).
-        anchor_of_pair, positive_of_pair = positive.nonzero(as_tuple=True)
-        d_ap = dist[anchor_of_pair, positive_of_pair][:, None]
-        d_an = dist[anchor_of_pair]
-        keep = negative[anchor_of_pair] & (d_an > d_ap) & (d_an < d_ap + self.margin)
-        pair_row, neg = keep.nonzero(as_tuple=True)
-        return TripletIndices(anchor_of_pair[pair_row], positive_of_pair[pair_row], neg)
+    def _hardest_sorted(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
+        batch = dist.shape[0]
+        # Row a: distances from a to its negatives in increasing order, then +inf.
+        neg_sorted, neg_order = dist.masked_fill(~negative, torch.inf).sort(dim=1, stable=True)
+        # Row a: its positives' distances (+inf padding), at most max-positives wide.
+        width = max(int(positive.sum(dim=1).max().item()), 1)
+        d_ap, pos = dist.masked_fill(~positive, torch.inf).topk(width, dim=1, largest=False)
+        # Position of the first negative strictly farther than each d(a, p).
+        first = torch.searchsorted(neg_sorted, d_ap.contiguous(), right=True).clamp_(max=batch - 1)
+        nearest = neg_sorted.gather(1, first)
+        keep = torch.isfinite(d_ap) & (nearest < d_ap + self.margin)
+        anchor, slot = keep.nonzero(as_tuple=True)
+        pos = pos[anchor, slot]
+        neg = neg_order[anchor, first[anchor, slot]]
+        order = (anchor * batch + pos).argsort()
+        return TripletIndices(anchor[order], pos[order], neg[order])
