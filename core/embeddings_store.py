@@ -119,7 +119,8 @@ def put_vectors(
             )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-        written += session.execute(stmt).rowcount or 0
+        # RETURNING lists only the rows actually written (rowcount is -1 on some drivers).
+        written += len(session.execute(stmt.returning(Embedding.image_id)).all())
     return written
 
 
