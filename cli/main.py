@@ -9,6 +9,7 @@ import click
 from cli.catalog import catalog
 from cli.context import CliContext
 from cli.db import db
+from cli.serve import keys, serve
 from cli.worker import beat, jobs, reindex, retrain, worker
 
 
@@ -27,6 +28,8 @@ lookalike.add_command(beat)
 lookalike.add_command(reindex)
 lookalike.add_command(retrain)
 lookalike.add_command(jobs)
+lookalike.add_command(serve)
+lookalike.add_command(keys)
 
 
 def main() -> None:

@@ -1,0 +1,81 @@
+"""gunicorn settings for the API (``lookalike serve`` runs ``gunicorn -c python:service.gunicorn_conf``).
+
+* ``preload_app = False``: the master never imports the app, so each worker builds
+  its own app and memory-maps the index file itself. The pages of the mapping are
+  the page cache's, shared by every worker; only a worker's own Python objects are
+  private to it.
+* ``gthread`` workers: keep-alive connections and a few concurrent requests per
+  worker (Annoy and torch release the GIL while they compute).
+* Each worker loads the active index in ``post_worker_init``, before it accepts a
+  request, so the first queries do not pay for it.
+* Prometheus multi-process mode: the master puts a fresh directory into
+  ``PROMETHEUS_MULTIPROC_DIR`` (``raw_env``) before forking; ``/metrics`` then
+  aggregates all workers. The master itself never imports prometheus_client,
+  which picks its mode once, at import.
+* Log lines carry the request id (``[%(request_id)s]``); the access log shows it too.
+
+Command-line options (``--bind``, ``--workers``, ``--timeout``) override these.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from core.config import Settings
+from service.requestlog import LOG_FORMAT
+
+_settings = Settings.from_env()
+_metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
+
+bind = "127.0.0.1:8000"
+workers = 2
+worker_class = "gthread"
+threads = 4
+preload_app = False
+timeout = 60
+"""A request (or a worker's index load) silent this long gets its worker restarted."""
+graceful_timeout = 30
+keepalive = 5
+max_requests = 0
+"""Workers are not recycled: each restart would re-read the index pages it needs."""
+limit_request_line = 8190
+raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "service.requestlog.RequestIdFilter"}},
+    "formatters": {"plain": {"format": LOG_FORMAT}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"],
+                    "stream": "ext://sys.stderr"},
+    },
+    "root": {"level": _settings.log_level.upper(), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+}
+
+
+def post_worker_init(worker: Any) -> None:
+    """Load the active index in the new worker before it serves anything."""
+    context = worker.wsgi.extensions.get("lookalike")
+    if context is not None:
+        context.searcher.start()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (prometheus_client's mark_process_dead, without importing it)."""
+    for path in glob.glob(os.path.join(_metrics_dir, f"gauge_live*_{worker.pid}.db")):
+        os.remove(path)
+
+
+def on_exit(server: Any) -> None:
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
