@@ -1,0 +1,93 @@
+"""Batches for one epoch, and the loss of one batch.
+
+Class-labelled data is drawn P x K (``trainer.samplers.PKBatchSampler``) so every
+batch has positives to mine; pairs and triplets are shuffled tuples, and the loss
+is computed on exactly those tuples. Both streams depend only on the run's seed and
+the epoch number (see :mod:`trainer.state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+from core.embedding import ModelSpec
+from trainer.augment import normalize_batch
+from trainer.config import DataSource, TrainConfig
+from trainer.data import TrainingData
+from trainer.data.images import ImageDataset
+from trainer.losses import ContrastiveLoss, LossOutput, TripletLoss
+from trainer.samplers import PKBatchSampler
+from trainer.state import epoch_seed
+
+
+class EpochBatches:
+    """``batches(epoch)`` yields the epoch's training batches; ``len()`` is the steps per epoch."""
+
+    def __init__(self, data: TrainingData, cfg: TrainConfig, *, pin_memory: bool = False):
+        self.seed = cfg.seed
+        self._generator = torch.Generator()
+        if isinstance(data.train, ImageDataset):
+            self._pk: PKBatchSampler | None = PKBatchSampler(
+                data.train.targets, p=cfg.classes_per_batch, k=cfg.images_per_class, seed=cfg.seed
+            )
+            batch_sampler = self._pk
+        else:
+            self._pk = None
+            drop_last = len(data.train) >= cfg.batch_size  # a tiny CSV still gives one batch
+            batch_sampler = BatchSampler(RandomSampler(data.train, generator=self._generator),
+                                         batch_size=cfg.batch_size, drop_last=drop_last)
+        self.loader = DataLoader(data.train, batch_sampler=batch_sampler, num_workers=cfg.data.num_workers,
+                                 pin_memory=pin_memory)
+        full = len(self.loader)
+        self.steps = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def batches(self, epoch: int) -> Iterator[tuple[Tensor, ...]]:
+        if self._pk is not None:
+            self._pk.set_epoch(epoch)
+        self._generator.manual_seed(epoch_seed(self.seed, epoch) ^ 0x5DEECE66D)
+        return islice(iter(self.loader), self.steps)
+
+
+def batch_loss(
+    model: torch.nn.Module,
+    loss_fn: TripletLoss | ContrastiveLoss,
+    batch: tuple[Tensor, ...],
+    source: DataSource,
+    *,
+    spec: ModelSpec,
+    device: torch.device,
+    channels_last: bool,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[LossOutput, int]:
+    """The loss of one batch and the number of images it held.
+
+    Class batches are ``(pixels, labels)``; pairs ``(a, b, y)``; triplets ``(a, p, n)``.
+    Tuple members are embedded in one forward pass (concatenated), then split again.
+    """
+    if source is DataSource.PAIRS:
+        pixels, n_parts = torch.cat(batch[:2]), 2
+    elif source is DataSource.TRIPLETS:
+        pixels, n_parts = torch.cat(batch[:3]), 3
+    else:
+        pixels, n_parts = batch[0], 1
+    x = normalize_batch(pixels, spec, device=device, channels_last=channels_last)
+    if autocast_dtype is not None:
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            embeddings = model(x)
+    else:
+        embeddings = model(x)
+    embeddings = embeddings.float()  # losses in float32 whatever the forward precision
+    if n_parts == 1:
+        return loss_fn(embeddings, batch[1].to(device)), len(pixels)
+    parts = embeddings.chunk(n_parts)
+    if isinstance(loss_fn, ContrastiveLoss):
+        return loss_fn.forward_pairs(parts[0], parts[1], batch[2].to(device)), len(pixels)
+    return loss_fn.forward_triplets(*parts), len(pixels)

@@ -1,0 +1,65 @@
+"""PNG plots of a run's history: loss, active-tuple fraction, retrieval metrics per epoch.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, so no
+global figure state and no display needed) and saved via a temp file + rename.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+RETRIEVAL_SERIES = ("recall@1", "recall@5", "recall@10", "map_at_r", "r_precision")
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plot(path: Path, title: str, ylabel: str, history: Sequence[dict[str, Any]], keys: Sequence[str]) -> Path | None:
+    curves = [(k, *_series(history, k)) for k in keys]
+    curves = [c for c in curves if c[1]]
+    if not curves:
+        return None
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for key, xs, ys in curves:
+        ax.plot(xs, ys, marker="o", label=key)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    _save(fig, path)
+    return path
+
+
+def write_plots(run_dir: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
+    """loss.png, active_fraction.png and retrieval.png (those with data); returns the files written."""
+    written = [
+        _plot(run_dir / "loss.png", "Training loss", "mean loss over active tuples", history, ["loss"]),
+        _plot(run_dir / "active_fraction.png", "Active tuples", "fraction with non-zero loss", history,
+              ["active_fraction"]),
+        _plot(run_dir / "retrieval.png", "Holdout retrieval", "score", history, RETRIEVAL_SERIES),
+    ]
+    return [p for p in written if p is not None]
