@@ -110,7 +110,7 @@ def miner_pairs() -> list[tuple[str, Runner, Runner]]:
     ]
 
 
-def timed(fn: Callable[[], object], budget_s: float, min_runs: int = 3, max_runs: int = 30) -> float:
+def timed(fn: Callable[[], object], budget_s: float, min_runs: int = 5, max_runs: int = 40) -> float:
     """Best wall time in ms after one warm-up call.
 
     The minimum, not the median: on a shared machine the other processes only
@@ -151,7 +151,13 @@ def loss_ms(run: Runner, emb: Tensor, labels: Tensor, budget_s: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; 224 px at batch 32 only")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: on a shared machine, multi-threaded ops "
+        "stall whenever one of their threads is descheduled)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     budget = 0.3 if args.quick else 1.0

@@ -116,7 +116,7 @@ class TripletLoss(nn.Module):
                 f"triplet block mask must be (rows, B) = ({block.anchor.numel()}, {dist.shape[1]}), "
                 f"got {tuple(block.mask.shape)}"
             )
-        violation = (dist[block.anchor, block.positive] + self.margin)[:, None] - dist[block.anchor]
+        violation = (dist[block.anchor, block.positive] + self.margin)[:, None] - dist.index_select(0, block.anchor)
         total = int(block.mask.sum().item())
         if self.soft_margin:
             active = int((block.mask & (violation > 0)).sum().item())

@@ -190,13 +190,14 @@ class TripletMiner(ABC):
     def _stats(self, dist: Tensor, selection: TripletSelection, candidates: int) -> MiningStats:
         if isinstance(selection, TripletBlock):
             d_ap = dist[selection.anchor, selection.positive]
-            d_an = dist[selection.anchor]
-            mask = selection.mask
-            per_row = mask.sum(dim=1)
+            d_an = dist.index_select(0, selection.anchor).masked_fill_(~selection.mask, torch.inf)
+            per_row = selection.mask.sum(dim=1)
             selected = int(per_row.sum().item())
-            active = int((mask & (d_an < (d_ap + self.margin)[:, None])).sum().item())
-            mean_ap = float((d_ap * per_row).sum().item()) / selected if selected else None
-            mean_an = float(d_an.masked_fill(~mask, 0.0).sum().item()) / selected if selected else None
+            active = int((d_an < (d_ap + self.margin)[:, None]).sum().item())
+            if not selected:
+                return MiningStats(candidates, 0, 0, None, None)
+            mean_ap = float((d_ap * per_row).sum().item()) / selected
+            mean_an = float(d_an.masked_fill_(~selection.mask, 0.0).sum().item()) / selected
             return MiningStats(candidates, selected, active, mean_ap, mean_an)
         d_ap = dist[selection.anchor, selection.positive]
         d_an = dist[selection.anchor, selection.negative]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from trainer.miners.base import TripletBlock, TripletMiner
@@ -10,7 +11,7 @@ from trainer.miners.base import TripletBlock, TripletMiner
 def all_triplets_block(positive: Tensor, negative: Tensor) -> TripletBlock:
     """Every valid (a, p, n): one row per anchor-positive pair, its anchor's negatives as mask."""
     anchor, pos = positive.nonzero(as_tuple=True)
-    return TripletBlock(anchor, pos, negative[anchor])
+    return TripletBlock(anchor, pos, negative.index_select(0, anchor))
 
 
 class BatchAllMiner(TripletMiner):
@@ -32,9 +33,10 @@ class BatchAllMiner(TripletMiner):
         self.only_active = bool(only_active)
 
     def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletBlock:
-        block = all_triplets_block(positive, negative)
         if not self.only_active:
-            return block
-        d_ap = dist[block.anchor, block.positive]
-        inside = dist[block.anchor] < (d_ap + self.margin)[:, None]
-        return block._replace(mask=block.mask & inside)
+            return all_triplets_block(positive, negative)
+        anchor, pos = positive.nonzero(as_tuple=True)
+        bound = (dist[anchor, pos] + self.margin)[:, None]
+        # Non-negatives at +inf fail the bound, so no separate label test.
+        d_an = dist.masked_fill(~negative, torch.inf).index_select(0, anchor)
+        return TripletBlock(anchor, pos, d_an < bound)

@@ -7,8 +7,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from trainer.miners.base import TripletIndices, TripletMiner, TripletSelection
-from trainer.miners.batch_all import all_triplets_block
+from trainer.miners.base import TripletBlock, TripletIndices, TripletMiner, TripletSelection
 
 
 class SemiHardMode(StrEnum):
@@ -58,10 +57,11 @@ class SemiHardMiner(TripletMiner):
 
     def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletSelection:
         if self.mode is SemiHardMode.ALL:
-            block = all_triplets_block(positive, negative)
-            d_ap = dist[block.anchor, block.positive][:, None]
-            d_an = dist[block.anchor]
-            return block._replace(mask=block.mask & (d_an > d_ap) & (d_an < d_ap + self.margin))
+            anchor, pos = positive.nonzero(as_tuple=True)
+            d_ap = dist[anchor, pos][:, None]
+            # Non-negatives at +inf fail the upper bound, so no separate label test.
+            d_an = dist.masked_fill(~negative, torch.inf).index_select(0, anchor)
+            return TripletBlock(anchor, pos, (d_an > d_ap) & (d_an < d_ap + self.margin))
         batch = dist.shape[0]
         pairs = int(positive.sum().item())
         if pairs <= self.DENSE_MAX_POSITIVES_PER_ANCHOR * batch and pairs * batch <= self.DENSE_MAX_ELEMENTS:
@@ -70,11 +70,11 @@ class SemiHardMiner(TripletMiner):
 
     def _hardest_dense(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
         anchor, pos = positive.nonzero(as_tuple=True)
-        d_ap = dist[anchor, pos]
-        d_an = dist[anchor]
-        farther = negative[anchor] & (d_an > d_ap[:, None])
-        nearest, neg = d_an.masked_fill(~farther, torch.inf).min(dim=1)
-        keep = nearest < d_ap + self.margin  # +inf (none farther) never passes
+        d_ap = dist[anchor, pos][:, None]
+        # Non-negatives at +inf, so one comparison tests "negative and farther".
+        d_an = dist.masked_fill(~negative, torch.inf).index_select(0, anchor)
+        nearest, neg = d_an.masked_fill_(d_an <= d_ap, torch.inf).min(dim=1)
+        keep = nearest < d_ap[:, 0] + self.margin  # +inf (none farther) never passes
         return TripletIndices(anchor[keep], pos[keep], neg[keep])
 
     def _hardest_sorted(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
