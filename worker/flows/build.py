@@ -25,6 +25,8 @@ from core.embedding import ModelSpec
 from core.embeddings_store import VectorSnapshot
 from core.index import Metric, VectorIndex, build_index, exact_search, recall_at_k
 from core.registry import new_version
+from worker.flows.errors import FlowError
+from worker.flows.retire import remove_index_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ VERIFY_SEED = 0
 """A fixed sample: two builds of the same vectors report the same recall."""
 
 
-class BuildError(RuntimeError):
+class BuildError(FlowError):
     """The build did not produce a publishable index; the message says why."""
 
 
@@ -111,6 +113,7 @@ def build_version(
         error = (f"self-recall@{VERIFY_K} {recall:.3f} is below LOOKALIKE_MIN_VERIFY_RECALL="
                  f"{settings.min_verify_recall} (try more LOOKALIKE_ANNOY_TREES)")
         _set_status(sessions, version, IndexStatus.BUILDING, status=IndexStatus.FAILED, error=error, **counts)
+        remove_index_dir(directory)
         raise BuildError(f"index {version} not published: {error}")
     _set_status(sessions, version, IndexStatus.BUILDING, status=IndexStatus.READY, **counts)
     return built

@@ -78,7 +78,7 @@ def embed_and_store(rt: Runtime, model: ModelVersion, image_ids: Sequence[int]) 
 def _media_keys(s: Session, image_ids: Sequence[int]) -> dict[int, str]:
     keys: dict[int, str] = {}
     for chunk in chunked(image_ids, 900):
-        keys.update(s.execute(select(ItemImage.id, ItemImage.media_key).where(ItemImage.id.in_(chunk))).tuples().all())
+        keys.update(s.execute(select(ItemImage.id, ItemImage.media_key).where(ItemImage.id.in_(chunk))).all())
     return keys
 
 

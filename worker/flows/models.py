@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import IndexStatus, IndexVersion, ModelStatus, ModelVersion, session_scope
 from core.registry import RegistryError
+from worker.flows.errors import FlowError
 
 
-class NoActiveModel(RuntimeError):
+class NoActiveModel(FlowError):
     def __init__(self) -> None:
         super().__init__("no active model: run `lookalike train` or `lookalike models init`")
 

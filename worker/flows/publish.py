@@ -19,11 +19,12 @@ from core.db import IndexStatus, IndexVersion, session_scope
 from core.db.types import utcnow
 from core.notify import IndexChanged, publish_index_changed
 from core.registry import RegistryError, activate_model_in
+from worker.flows.errors import FlowError
 
 log = logging.getLogger(__name__)
 
 
-class PublishError(RuntimeError):
+class PublishError(FlowError):
     pass
 
 

@@ -14,16 +14,17 @@ import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import IndexStatus, IndexVersion, Item, ItemImage, Job, ModelVersion, session_scope
-from core.db.types import utcnow
+from core.db import IndexStatus, IndexVersion, Item, ItemImage, ModelVersion, session_scope
 from core.embeddings_store import snapshot_vectors
-from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
 from core.index.manifest import IDS_FILE
-from worker.flows.build import BuildError, build_version, fail_interrupted_builds
+from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.registry import RegistryError
+from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
+from worker.flows.errors import FlowError
 from worker.flows.jobstate import touch_job
 from worker.flows.models import build_model
 from worker.flows.publish import publish_index
@@ -38,7 +39,7 @@ MAX_ATTEMPTS = 3
 LOCK_WAIT_SECONDS = 120.0
 
 
-class ReindexError(RuntimeError):
+class ReindexError(FlowError):
     pass
 
 
@@ -57,12 +58,11 @@ def run_reindex(rt: Runtime, job_id: int, force: bool = False, model_version: st
             start_job(rt.sessions, job_id)
             result = reindex_locked(rt, job_id, force=force, model_version=model_version,
                                     lock_lost=lambda: held.lost)
-    except LockBusy as exc:
+    except (FlowError, LockBusy, RegistryError) as exc:
         fail_job(rt.sessions, job_id, str(exc))
         return {"error": str(exc)}
     except Exception as exc:
-        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}" if not isinstance(
-            exc, (ReindexError, BuildError)) else str(exc))
+        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}")
         raise
     finish_job(rt.sessions, job_id, result)
     return result

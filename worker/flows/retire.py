@@ -42,14 +42,15 @@ def retire_old_indexes(settings: Settings, sessions: sessionmaker[Session]) -> d
         doomed = [Path(p) for p in s.scalars(
             select(IndexVersion.path).where(IndexVersion.status.in_([IndexStatus.RETIRED, IndexStatus.FAILED]))
         ) if p]
-    removed = [str(p) for p in doomed if _remove_dir(p)]
+    removed = [str(p) for p in doomed if remove_index_dir(p)]
     removed += _remove_orphans(settings.indexes_dir)
     if removed:
         log.info("removed %d old index directories", len(removed))
     return {"removed": removed}
 
 
-def _remove_dir(path: Path) -> bool:
+def remove_index_dir(path: Path) -> bool:
+    """Rename a version directory to a hidden trash name, then delete it; False if absent."""
     if not path.is_dir():
         return False
     trash = path.with_name(f".trash-{path.name}-{secrets.token_hex(4)}")

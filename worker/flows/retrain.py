@@ -22,17 +22,18 @@ from core.config import Settings
 from core.db import JobKind
 from core.embedding import load_model, resolve_device
 from core.jobs import create_job, fail_job, finish_job, get_job, start_job, update_progress
-from core.registry import active_model, register_model, set_model_metrics
+from core.registry import RegistryError, active_model, register_model, set_model_metrics
 from trainer.config import DataSource, TrainConfig
 from trainer.data import DataContext
 from trainer.data.build import build_eval_data
 from trainer.evaluate import evaluate_holdout
 from trainer.state import RunPaths
 from trainer.train import train
+from worker.flows.errors import FlowError
 from worker.flows.jobstate import merge_result, touch_job
 from worker.flows.promotion import decide
 from worker.flows.reindex import MAX_ATTEMPTS, reindex_locked
-from worker.lock import holding, reindex_lock
+from worker.lock import LockBusy, holding, reindex_lock
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ PROMOTION_LOCK_WAIT_SECONDS = 3600.0
 """A promotion waits this long for a running reindex: the training it follows cost far more."""
 
 
-class RetrainError(RuntimeError):
+class RetrainError(FlowError):
     pass
 
 
@@ -103,8 +104,11 @@ def run_retrain(rt: Runtime, job_id: int | None = None, config: dict[str, Any] |
     start_job(rt.sessions, job_id)
     try:
         result = _retrain(rt, job_id, job.result, config, overrides)
+    except (FlowError, LockBusy, RegistryError) as exc:
+        fail_job(rt.sessions, job_id, str(exc), result=get_job(rt.sessions, job_id).result)
+        return {"error": str(exc)}
     except Exception as exc:
-        fail_job(rt.sessions, job_id, str(exc) if isinstance(exc, RetrainError) else f"{type(exc).__name__}: {exc}")
+        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}", result=get_job(rt.sessions, job_id).result)
         raise
     finish_job(rt.sessions, job_id, result)
     return result

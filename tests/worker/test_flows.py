@@ -1,0 +1,155 @@
+"""The flows in the embedded setup (no broker): the same task code, run in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from core.catalog import delete_items
+from core.catalog.sample import Split
+from core.db import IndexStatus, IndexVersion, Item, ItemImage, JobKind, JobStatus, session_scope
+from core.embeddings_store import active_image_mask, fresh_set, load_vectors
+from core.index import Metric, VectorIndex, exact_search
+from core.jobs import create_job, get_job, list_jobs
+from core.registry import active_index, active_model, list_indexes
+from core.reindex_requests import request_reindex
+from core.tasks import TaskName
+from tests.worker.conftest import Embedded
+from tests.worker.support import import_fmnist, register_tiny_model
+from worker.flows.publish import publish_index
+
+
+def _indexed(env: Embedded, n: int) -> IndexVersion:
+    """A model, ``n`` items embedded on arrival; the first index builds by itself."""
+    register_tiny_model(env.settings, env.sessions)
+    env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=import_fmnist(env.settings, env.sessions, n))
+    index = active_index(env.sessions)
+    assert index is not None and index.image_count == n
+    return index
+
+
+def _rows(env: Embedded) -> dict[str, IndexStatus]:
+    return {i.version: i.status for i in list_indexes(env.sessions)}
+
+
+def test_reindex_without_an_active_model_fails_with_a_clear_message(embedded: Embedded) -> None:
+    job_id = request_reindex(embedded.settings, embedded.sessions, embedded.dispatcher)
+    job = get_job(embedded.sessions, job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error == "no active model: run `lookalike train` or `lookalike models init`"
+
+
+def _search(env: Embedded, index: IndexVersion, query: np.ndarray, k: int) -> list[int]:
+    """What a searcher does with the freshness contract: Annoy + exact fresh set, minus the dead."""
+    annoy = VectorIndex.load(Path(index.path))
+    ids, dists = annoy.query(query, k)
+    annoy.close()
+    fresh_ids, fresh = fresh_set(env.sessions)
+    if len(fresh_ids):
+        rows, fresh_d = exact_search(fresh, query[None, :], min(k, len(fresh_ids)), metric=Metric.EUCLIDEAN)
+        ids = np.concatenate([ids, fresh_ids[rows[0]]])
+        dists = np.concatenate([dists, fresh_d[0]])
+    order = np.argsort(dists, kind="stable")
+    ids = ids[order]
+    with session_scope(env.sessions) as s:
+        alive = active_image_mask(s, ids.tolist())
+    return ids[alive][:k].tolist()
+
+
+def test_an_item_added_after_the_build_is_findable_at_once_and_a_deleted_one_never(embedded: Embedded) -> None:
+    env = embedded
+    index = _indexed(env, 80)
+    new_images = import_fmnist(env.settings, env.sessions, 3, split=Split.TEST)
+    env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=new_images)  # what an import sends
+    assert active_index(env.sessions).version == index.version  # no rebuild (threshold 1000)
+
+    fresh_ids, _ = fresh_set(env.sessions)
+    assert fresh_ids.tolist() == new_images
+    model_id = active_model(env.sessions).id
+    with session_scope(env.sessions) as s:
+        every_id, every = load_vectors(env.sessions and s, model_id)
+        _, query = load_vectors(s, model_id, new_images[:1])
+    # Reference: brute force over every servable vector; the new image is its own nearest.
+    rows, _ = exact_search(every, query, 5, metric=Metric.EUCLIDEAN)
+    assert every_id[rows[0][0]] == new_images[0]
+    assert _search(env, index, query[0], 5)[0] == new_images[0]
+
+    with session_scope(env.sessions) as s:
+        gone = [s.scalar(select(Item.external_id).join(ItemImage).where(ItemImage.id == i))
+                for i in (new_images[0], int(every_id[0]))]  # one fresh, one indexed
+        delete_items(s, gone)
+    assert new_images[0] not in fresh_set(env.sessions)[0].tolist()
+    for probe in (query[0], every[0]):
+        found = _search(env, index, probe, 10)
+        assert new_images[0] not in found and int(every_id[0]) not in found
+
+
+def test_a_fresh_set_past_the_threshold_queues_a_rebuild(embedded: Embedded) -> None:
+    env = embedded
+    env.dispatcher.runtime.settings = env.settings = env.settings.replace(fresh_rebuild_threshold=4)
+    first = _indexed(env, 40)
+    env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=import_fmnist(env.settings, env.sessions, 3, Split.TEST))
+    assert active_index(env.sessions).version == first.version  # 3 fresh: not yet
+    env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=import_fmnist(env.settings, env.sessions, 5, Split.TEST))
+    rebuilt = active_index(env.sessions)  # 5 fresh > 4: rebuilt and published
+    assert rebuilt.version != first.version and rebuilt.image_count == 45
+    assert fresh_set(env.sessions)[0].size == 0
+    reindexes = list_jobs(env.sessions, kind=JobKind.REINDEX)
+    assert reindexes[0].params["reason"] == "fresh set of 5 images > 4"
+
+
+def test_an_index_below_the_recall_floor_is_not_published(embedded: Embedded) -> None:
+    env = embedded
+    served = _indexed(env, 30)
+    env.dispatcher.runtime.settings = env.settings.replace(min_verify_recall=1.01)
+    job = get_job(env.sessions, request_reindex(env.settings, env.sessions, env.dispatcher, force=True))
+    assert job.status is JobStatus.FAILED and "below LOOKALIKE_MIN_VERIFY_RECALL=1.01" in job.error
+    assert active_index(env.sessions).version == served.version
+    failed = [v for v, status in _rows(env).items() if status is IndexStatus.FAILED]
+    assert len(failed) == 1 and not (env.settings.indexes_dir / failed[0]).exists()  # removed at once
+
+
+def test_a_killed_build_is_marked_failed_by_the_next_reindex(embedded: Embedded) -> None:
+    env = embedded
+    served = _indexed(env, 30)
+    with session_scope(env.sessions) as s:  # what a SIGKILL mid-build leaves: a row, no directory
+        s.add(IndexVersion(version="i-killed", model_id=served.model_id, status=IndexStatus.BUILDING,
+                           path=str(env.settings.indexes_dir / "i-killed")))
+    job = get_job(env.sessions, request_reindex(env.settings, env.sessions, env.dispatcher, force=True))
+    assert job.status is JobStatus.SUCCEEDED
+    rows = _rows(env)
+    assert rows["i-killed"] is IndexStatus.FAILED and rows[served.version] is IndexStatus.READY
+    assert list(rows.values()).count(IndexStatus.ACTIVE) == 1
+
+
+def test_publish_keeps_the_newest_versions_and_retire_deletes_the_rest(embedded: Embedded) -> None:
+    env = embedded
+    env.dispatcher.runtime.settings = env.settings = env.settings.replace(keep_index_versions=2)
+    versions = [_indexed(env, 20).version]
+    for _ in range(2):
+        request_reindex(env.settings, env.sessions, env.dispatcher, force=True)
+        versions.append(active_index(env.sessions).version)
+    rows = _rows(env)
+    assert [rows[v] for v in versions] == [IndexStatus.RETIRED, IndexStatus.READY, IndexStatus.ACTIVE]
+    assert [(env.settings.indexes_dir / v).is_dir() for v in versions] == [False, True, True]
+    # Rolling back to the kept version flips the active index in one step.
+    publish_index(env.settings, env.sessions, versions[1])
+    rows = _rows(env)
+    assert (rows[versions[1]], rows[versions[2]]) == (IndexStatus.ACTIVE, IndexStatus.READY)
+    with pytest.raises(Exception, match="retired"):
+        publish_index(env.settings, env.sessions, versions[0])
+
+
+def test_a_finished_job_is_not_run_again(embedded: Embedded) -> None:
+    env = embedded
+    _indexed(env, 20)
+    job_id = request_reindex(env.settings, env.sessions, env.dispatcher, force=True)
+    before = _rows(env)
+    env.dispatcher.send(TaskName.REINDEX, job_id=job_id, force=True)  # a redelivered message
+    assert _rows(env) == before
+    import_job = create_job(env.sessions, JobKind.IMPORT)
+    env.dispatcher.send(TaskName.IMPORT_CATALOG, job_id=import_job, path="/nonexistent.csv")
+    assert get_job(env.sessions, import_job).error == "/nonexistent.csv does not exist"
