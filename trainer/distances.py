@@ -37,7 +37,7 @@ def safe_sqrt(squared: Tensor) -> Tensor:
     backward pass ever touches ``sqrt(0)``; the mask then zeroes value and gradient.
     """
     zero = squared <= 0
-    return torch.sqrt(squared.masked_fill(zero, 1.0)).masked_fill(zero, 0.0)
+    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1.0, squared)))
 
 
 def squared_distance_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -61,9 +61,9 @@ def squared_distance_matrix(x: Tensor, y: Tensor | None = None) -> Tensor:
     norms = x_norm[:, None] + y_norm[None, :]
     squared = torch.addmm(norms, x, y.T, alpha=-2.0)  # |x|^2 + |y|^2 - 2 x.y in one pass
     noise = norms.detach() * (_GRAM_NOISE_FACTOR * torch.finfo(x.dtype).eps)
-    squared = squared.masked_fill(squared <= noise, 0.0)
+    squared = torch.where(squared <= noise, 0.0, squared)
     if self_distance:
-        # In place on a fresh tensor: masked_fill's backward does not need its output.
+        # In place on a fresh tensor: where's backward does not need its output.
         squared.diagonal().zero_()
     return squared
 

@@ -49,7 +49,7 @@ def mean_over_active(terms: Tensor) -> tuple[Tensor, int]:
     distance matrix with empty indices still is), so the zero loss of a batch
     without active terms back-propagates zeros.
     """
-    count = int((terms > 0).sum().item())
+    count = int(torch.count_nonzero(terms).item()) if terms.numel() else 0
     if count == 0:
         return zero_loss(terms), 0
     return terms.sum() / count, count

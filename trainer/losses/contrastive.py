@@ -13,7 +13,16 @@ from torch.nn import functional as F
 
 from trainer.distances import paired_distances, safe_sqrt, squared_distance_matrix
 from trainer.losses.base import LossOutput, check_embeddings, check_index_tuple, mean_over_active
-from trainer.miners.base import MiningStats, PairIndices, PairMiner, check_labels, check_margin, label_masks
+from trainer.miners.base import (
+    MiningStats,
+    PairIndices,
+    PairMasks,
+    PairSelection,
+    check_labels,
+    check_margin,
+    label_masks,
+)
+from trainer.miners.pair_base import PairMiner
 
 
 class ContrastiveLoss(nn.Module):
@@ -38,36 +47,42 @@ class ContrastiveLoss(nn.Module):
         self,
         embeddings: Tensor,
         labels: Tensor | None = None,
-        pairs: PairIndices | None = None,
+        pairs: PairIndices | PairMasks | None = None,
     ) -> LossOutput:
         """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``pairs`` is given.
 
-        ``pairs``: ``PairIndices(a1, p, a2, n)``; ``(a1[i], p[i])`` are similar
-        (Y = 0), ``(a2[j], n[j])`` dissimilar (Y = 1).
+        ``pairs``: ``PairIndices(a1, p, a2, n)``, where ``(a1[i], p[i])`` are
+        similar (Y = 0) and ``(a2[j], n[j])`` dissimilar (Y = 1); or ``PairMasks``.
         """
         check_embeddings(embeddings)
         batch = embeddings.shape[0]
         squared = squared_distance_matrix(embeddings)
         mining: MiningStats | None = None
+        selection: PairSelection
         if pairs is not None:
-            pairs = PairIndices(*pairs)
-            check_index_tuple(pairs, batch, "pairs")
-            if pairs.a1.numel() != pairs.p.numel() or pairs.a2.numel() != pairs.n.numel():
-                raise ValueError("pairs: a1 and p, and a2 and n, must have equal lengths")
-            a1, p, a2, n = pairs
+            selection = pairs if isinstance(pairs, PairMasks) else PairIndices(*pairs)
+            _check_pairs(selection, batch)
+        elif labels is None:
+            raise ValueError("ContrastiveLoss needs labels or explicit pairs")
+        elif self.miner is not None:
+            selection, mining = self.miner.select_squared(squared.detach(), labels)
         else:
-            if labels is None:
-                raise ValueError("ContrastiveLoss needs labels or explicit pairs")
-            labels = check_labels(labels, batch, embeddings.device)
-            if self.miner is not None:
-                (a1, p, a2, n), mining = self.miner.mine_squared(squared.detach(), labels)
-            else:
-                a1, p, a2, n = _all_pairs(labels)
-        # Square roots only for the dissimilar pairs; the similar term is D^2 itself.
-        neg_distance = safe_sqrt(squared[a2, n])
-        terms = torch.cat([squared[a1, p], F.relu(self.margin - neg_distance) ** 2])
+            positive, negative = label_masks(check_labels(labels, batch, embeddings.device))
+            upper = torch.ones_like(positive).triu_(diagonal=1)
+            selection = PairMasks(positive & upper, negative & upper)
+        if isinstance(selection, PairMasks):
+            # Dense: no gather of up to B^2 / 2 pairs, no scatter in the backward pass.
+            hinge = F.relu(self.margin - safe_sqrt(squared)) ** 2
+            terms = torch.where(selection.positive, squared, torch.where(selection.negative, hinge, 0.0))
+            total = int((torch.count_nonzero(selection.positive) + torch.count_nonzero(selection.negative)).item())
+        else:
+            a1, p, a2, n = selection
+            # Square roots only for the dissimilar pairs; the similar term is D^2 itself.
+            hinge = F.relu(self.margin - safe_sqrt(squared[a2, n])) ** 2
+            terms = torch.cat([squared[a1, p], hinge])
+            total = int(terms.numel())
         loss, active = mean_over_active(terms)
-        return LossOutput(loss, active, int(terms.numel()), mining)
+        return LossOutput(loss, active, total, mining)
 
     def forward_pairs(self, x1: Tensor, x2: Tensor, y: Tensor) -> LossOutput:
         """Loss over explicit pairs ``(x1[i], x2[i])`` with ``y[i]`` 0 (similar) or 1 (dissimilar).
@@ -89,13 +104,15 @@ class ContrastiveLoss(nn.Module):
         return LossOutput(loss, active, int(terms.numel()), None)
 
 
-def _all_pairs(labels: Tensor) -> PairIndices:
-    """Every unordered pair of the batch once (i < j), split into similar and dissimilar."""
-    positive, negative = label_masks(labels)
-    upper = torch.ones_like(positive).triu_(diagonal=1)
-    a1, p = (positive & upper).nonzero(as_tuple=True)
-    a2, n = (negative & upper).nonzero(as_tuple=True)
-    return PairIndices(a1, p, a2, n)
+def _check_pairs(pairs: PairSelection, batch: int) -> None:
+    if isinstance(pairs, PairMasks):
+        for mask in pairs:
+            if mask.shape != (batch, batch) or mask.dtype != torch.bool:
+                raise ValueError(f"pair masks must be boolean ({batch}, {batch}), got {mask.dtype} {tuple(mask.shape)}")
+        return
+    check_index_tuple(pairs, batch, "pairs")
+    if pairs.a1.numel() != pairs.p.numel() or pairs.a2.numel() != pairs.n.numel():
+        raise ValueError("pairs: a1 and p, and a2 and n, must have equal lengths")
 
 
 __all__ = ["ContrastiveLoss"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -17,13 +18,12 @@ from trainer.miners.base import (
     MiningStats,
     TripletBlock,
     TripletIndices,
-    TripletMiner,
     TripletSelection,
     check_labels,
     check_margin,
     label_masks,
 )
-from trainer.miners.batch_all import all_triplets_block
+from trainer.miners.triplet_base import TripletMiner, all_triplets_block
 
 
 class TripletLoss(nn.Module):
@@ -103,7 +103,7 @@ class TripletLoss(nn.Module):
         violation = d_ap - d_an + self.margin
         total = int(violation.numel())
         if self.soft_margin:
-            active = int((violation > 0).sum().item())
+            active = int(torch.count_nonzero(violation > 0).item())
             loss = F.softplus(violation).mean() if total else zero_loss(violation)
             return LossOutput(loss, active, total, mining)
         loss, active = mean_over_active(F.relu(violation))
@@ -117,13 +117,13 @@ class TripletLoss(nn.Module):
                 f"got {tuple(block.mask.shape)}"
             )
         violation = (dist[block.anchor, block.positive] + self.margin)[:, None] - dist.index_select(0, block.anchor)
-        total = int(block.mask.sum().item())
+        total = int(torch.count_nonzero(block.mask).item())
         if self.soft_margin:
-            active = int((block.mask & (violation > 0)).sum().item())
-            terms = F.softplus(violation).masked_fill(~block.mask, 0.0)
+            active = int(torch.count_nonzero(block.mask & (violation > 0)).item())
+            terms = torch.where(block.mask, F.softplus(violation), 0.0)
             loss = terms.sum() / total if total else zero_loss(terms)
             return LossOutput(loss, active, total, mining)
-        loss, active = mean_over_active(F.relu(violation).masked_fill(~block.mask, 0.0))
+        loss, active = mean_over_active(torch.where(block.mask, F.relu(violation), 0.0))
         return LossOutput(loss, active, total, mining)
 
 

@@ -5,12 +5,14 @@ from trainer.miners.base import (
     MinedTriplets,
     MiningStats,
     PairIndices,
-    PairMiner,
+    PairMasks,
+    PairSelection,
     TripletBlock,
     TripletIndices,
-    TripletMiner,
     TripletSelection,
 )
+from trainer.miners.pair_base import PairMiner
+from trainer.miners.triplet_base import TripletMiner
 from trainer.miners.batch_all import BatchAllMiner
 from trainer.miners.batch_hard import BatchHardMiner
 from trainer.miners.hard_pair import HardPairMiner, PairStrategy
@@ -24,7 +26,9 @@ __all__ = [
     "MinedTriplets",
     "MiningStats",
     "PairIndices",
+    "PairMasks",
     "PairMiner",
+    "PairSelection",
     "PairStrategy",
     "SemiHardMiner",
     "SemiHardMode",

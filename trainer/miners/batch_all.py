@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainer.miners.base import TripletBlock, TripletMiner
-
-
-def all_triplets_block(positive: Tensor, negative: Tensor) -> TripletBlock:
-    """Every valid (a, p, n): one row per anchor-positive pair, its anchor's negatives as mask."""
-    anchor, pos = positive.nonzero(as_tuple=True)
-    return TripletBlock(anchor, pos, negative.index_select(0, anchor))
+from trainer.miners.base import MiningStats, TripletBlock
+from trainer.miners.triplet_base import TripletMiner, anchor_negative_rows, block_stats
 
 
 class BatchAllMiner(TripletMiner):
@@ -32,11 +27,15 @@ class BatchAllMiner(TripletMiner):
         super().__init__(margin, squared)
         self.only_active = bool(only_active)
 
-    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletBlock:
-        if not self.only_active:
-            return all_triplets_block(positive, negative)
+    def _select(
+        self, dist: Tensor, positive: Tensor, negative: Tensor, candidates: int
+    ) -> tuple[TripletBlock, MiningStats]:
         anchor, pos = positive.nonzero(as_tuple=True)
-        bound = (dist[anchor, pos] + self.margin)[:, None]
-        # Non-negatives at +inf fail the bound, so no separate label test.
-        d_an = dist.masked_fill(~negative, torch.inf).index_select(0, anchor)
-        return TripletBlock(anchor, pos, d_an < bound)
+        d_ap = dist[anchor, pos]
+        d_an = anchor_negative_rows(dist, negative, anchor)
+        if self.only_active:
+            mask = d_an < (d_ap + self.margin)[:, None]
+        else:
+            mask = negative.index_select(0, anchor)
+        stats = block_stats(d_ap, d_an, mask, self.margin, candidates, all_active=self.only_active)
+        return TripletBlock(anchor, pos, mask), stats

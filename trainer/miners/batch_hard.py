@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainer.miners.base import TripletIndices, TripletMiner
+from trainer.miners.base import MiningStats, TripletIndices
+from trainer.miners.triplet_base import TripletMiner, index_stats
 
 
 class BatchHardMiner(TripletMiner):
@@ -17,8 +18,11 @@ class BatchHardMiner(TripletMiner):
     not.  The margin only affects that count.  Ties go to the lowest index.
     """
 
-    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
-        hardest_pos = dist.masked_fill(~positive, -torch.inf).argmax(dim=1)
-        hardest_neg = dist.masked_fill(~negative, torch.inf).argmin(dim=1)
+    def _select(
+        self, dist: Tensor, positive: Tensor, negative: Tensor, candidates: int
+    ) -> tuple[TripletIndices, MiningStats]:
+        hardest_pos = torch.where(positive, dist, -torch.inf).argmax(dim=1)
+        hardest_neg = torch.where(negative, dist, torch.inf).argmin(dim=1)
         anchors = (positive.any(dim=1) & negative.any(dim=1)).nonzero(as_tuple=True)[0]
-        return TripletIndices(anchors, hardest_pos[anchors], hardest_neg[anchors])
+        triplets = TripletIndices(anchors, hardest_pos[anchors], hardest_neg[anchors])
+        return triplets, index_stats(dist, triplets, self.margin, candidates)

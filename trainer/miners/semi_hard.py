@@ -7,7 +7,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from trainer.miners.base import TripletBlock, TripletIndices, TripletMiner, TripletSelection
+from trainer.miners.base import MiningStats, TripletBlock, TripletIndices, TripletSelection
+from trainer.miners.triplet_base import TripletMiner, anchor_negative_rows, block_stats, index_stats
 
 
 class SemiHardMode(StrEnum):
@@ -55,24 +56,28 @@ class SemiHardMiner(TripletMiner):
         super().__init__(margin, squared)
         self.mode = SemiHardMode(mode)
 
-    def _select(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletSelection:
+    def _select(
+        self, dist: Tensor, positive: Tensor, negative: Tensor, candidates: int
+    ) -> tuple[TripletSelection, MiningStats]:
         if self.mode is SemiHardMode.ALL:
             anchor, pos = positive.nonzero(as_tuple=True)
-            d_ap = dist[anchor, pos][:, None]
-            # Non-negatives at +inf fail the upper bound, so no separate label test.
-            d_an = dist.masked_fill(~negative, torch.inf).index_select(0, anchor)
-            return TripletBlock(anchor, pos, (d_an > d_ap) & (d_an < d_ap + self.margin))
+            d_ap = dist[anchor, pos]
+            d_an = anchor_negative_rows(dist, negative, anchor)
+            mask = (d_an > d_ap[:, None]) & (d_an < (d_ap + self.margin)[:, None])
+            stats = block_stats(d_ap, d_an, mask, self.margin, candidates, all_active=True)
+            return TripletBlock(anchor, pos, mask), stats
         batch = dist.shape[0]
-        pairs = int(positive.sum().item())
+        pairs = int(torch.count_nonzero(positive).item())
         if pairs <= self.DENSE_MAX_POSITIVES_PER_ANCHOR * batch and pairs * batch <= self.DENSE_MAX_ELEMENTS:
-            return self._hardest_dense(dist, positive, negative)
-        return self._hardest_sorted(dist, positive, negative)
+            triplets = self._hardest_dense(dist, positive, negative)
+        else:
+            triplets = self._hardest_sorted(dist, positive, negative)
+        return triplets, index_stats(dist, triplets, self.margin, candidates)
 
     def _hardest_dense(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
         anchor, pos = positive.nonzero(as_tuple=True)
         d_ap = dist[anchor, pos][:, None]
-        # Non-negatives at +inf, so one comparison tests "negative and farther".
-        d_an = dist.masked_fill(~negative, torch.inf).index_select(0, anchor)
+        d_an = anchor_negative_rows(dist, negative, anchor)
         nearest, neg = d_an.masked_fill_(d_an <= d_ap, torch.inf).min(dim=1)
         keep = nearest < d_ap[:, 0] + self.margin  # +inf (none farther) never passes
         return TripletIndices(anchor[keep], pos[keep], neg[keep])
@@ -80,10 +85,10 @@ class SemiHardMiner(TripletMiner):
     def _hardest_sorted(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
         batch = dist.shape[0]
         # Row a: distances from a to its negatives in increasing order, then +inf.
-        neg_sorted, neg_order = dist.masked_fill(~negative, torch.inf).sort(dim=1, stable=True)
+        neg_sorted, neg_order = torch.where(negative, dist, torch.inf).sort(dim=1, stable=True)
         # Row a: its positives' distances (+inf padding), at most max-positives wide.
-        width = max(int(positive.sum(dim=1).max().item()), 1)
-        d_ap, pos = dist.masked_fill(~positive, torch.inf).topk(width, dim=1, largest=False)
+        width = max(int(torch.count_nonzero(positive, dim=1).max().item()), 1)
+        d_ap, pos = torch.where(positive, dist, torch.inf).topk(width, dim=1, largest=False)
         # Position of the first negative strictly farther than each d(a, p).
         first = torch.searchsorted(neg_sorted, d_ap.contiguous(), right=True).clamp_(max=batch - 1)
         nearest = neg_sorted.gather(1, first)

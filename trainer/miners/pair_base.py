@@ -1,0 +1,91 @@
+"""Base class of the pair miners (for the contrastive loss) and the stats they report."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from trainer.distances import safe_sqrt, squared_distance_matrix
+from trainer.miners.base import (
+    MinedPairs,
+    MiningStats,
+    PairIndices,
+    PairMasks,
+    PairSelection,
+    check_distance_matrix,
+    check_margin,
+    label_masks,
+    mean_or_none,
+)
+
+
+class PairMiner(ABC):
+    """Base class for pair miners (for the contrastive loss), on Euclidean distance.
+
+    Pair mining only compares distances with thresholds, so it works on squared
+    distances (``d > t`` iff ``d^2 > t^2``) and never needs a square root.
+    """
+
+    def __init__(self, margin: float = 1.0) -> None:
+        self.margin = check_margin(margin)
+
+    def __call__(self, embeddings: Tensor, labels: Tensor) -> MinedPairs:
+        """Mine a batch of (B, D) embeddings with their B class labels."""
+        with torch.no_grad():
+            return self.mine_squared(squared_distance_matrix(embeddings.detach()), labels)
+
+    def mine(self, dist: Tensor, labels: Tensor) -> MinedPairs:
+        """Mine from a precomputed (B, B) plain Euclidean distance matrix."""
+        with torch.no_grad():
+            return self.mine_squared(dist.detach() ** 2, labels)
+
+    def mine_squared(self, squared: Tensor, labels: Tensor) -> MinedPairs:
+        """Mine from a precomputed (B, B) squared Euclidean distance matrix."""
+        selection, stats = self.select_squared(squared, labels)
+        if isinstance(selection, PairMasks):
+            selection = selection.to_indices()
+        return MinedPairs(selection, stats)
+
+    def select_squared(self, squared: Tensor, labels: Tensor) -> tuple[PairSelection, MiningStats]:
+        """Like ``mine_squared``, but may answer in the compact ``PairMasks`` form (losses use this)."""
+        with torch.no_grad():
+            squared = squared.detach()
+            labels = check_distance_matrix(squared, labels)
+            positive, negative = label_masks(labels)
+            candidates = int((torch.count_nonzero(positive) + torch.count_nonzero(negative)).item()) // 2
+            return self._select(squared, positive, negative, candidates)
+
+    @abstractmethod
+    def _select(
+        self, squared: Tensor, positive: Tensor, negative: Tensor, candidates: int
+    ) -> tuple[PairSelection, MiningStats]:
+        """Select pairs from a detached squared-distance matrix and the label masks;
+        build the stats with ``pair_index_stats`` / ``pair_mask_stats``."""
+
+
+def pair_index_stats(squared: Tensor, pairs: PairIndices, margin: float, candidates: int) -> MiningStats:
+    """Stats of index pairs; active: similar pairs apart, dissimilar pairs inside the margin."""
+    pos, neg = squared[pairs.a1, pairs.p], squared[pairs.a2, pairs.n]
+    return MiningStats(
+        candidates=candidates,
+        selected=int(pos.numel() + neg.numel()),
+        active=int(torch.count_nonzero(pos > 0).item() + torch.count_nonzero(neg < margin**2).item()),
+        mean_ap=mean_or_none(safe_sqrt(pos)),
+        mean_an=mean_or_none(safe_sqrt(neg)),
+    )
+
+
+def pair_mask_stats(squared: Tensor, masks: PairMasks, candidates: int) -> MiningStats:
+    """Stats of mask-form pairs, which miners only build from active pairs."""
+    n_pos = int(torch.count_nonzero(masks.positive).item())
+    n_neg = int(torch.count_nonzero(masks.negative).item())
+    distance = safe_sqrt(squared)
+    return MiningStats(
+        candidates=candidates,
+        selected=n_pos + n_neg,
+        active=n_pos + n_neg,
+        mean_ap=float(torch.where(masks.positive, distance, 0.0).sum().item()) / n_pos if n_pos else None,
+        mean_an=float(torch.where(masks.negative, distance, 0.0).sum().item()) / n_neg if n_neg else None,
+    )
