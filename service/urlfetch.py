@@ -111,7 +111,7 @@ class UrlFetcher:
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise UrlFetchError(f"remote image is {int(declared):,} bytes, more than {self.max_bytes:,}",
                                     refused=False)
-            return self._read_capped(response, deadline)
+            return self._read_capped(conn, response, deadline)
         except (OSError, http.client.HTTPException) as exc:
             raise UrlFetchError(f"fetching {host} failed: {exc}", refused=False) from exc
         finally:
@@ -136,13 +136,21 @@ class UrlFetcher:
             return _PinnedHTTPSConnection(address, port, server_hostname=host, timeout=self.timeout)
         return http.client.HTTPConnection(address, port, timeout=self.timeout)
 
-    def _read_capped(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
+    def _read_capped(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                     deadline: float) -> bytes:
+        """Read whatever arrives (read1), never waiting past the deadline for more."""
         chunks: list[bytes] = []
         total = 0
         while True:
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise UrlFetchError(f"fetching took longer than {self.timeout:g} s", refused=False)
-            chunk = response.read(_CHUNK)
+            if conn.sock is not None:
+                conn.sock.settimeout(remaining)
+            try:
+                chunk = response.read1(_CHUNK)
+            except TimeoutError as exc:
+                raise UrlFetchError(f"fetching took longer than {self.timeout:g} s", refused=False) from exc
             if not chunk:
                 return b"".join(chunks)
             total += len(chunk)

@@ -241,7 +241,7 @@ def _current_images(external_id: str) -> list[ImageRef]:
         images.sort(key=lambda img: (img.position, img.id))
         keys = [(img.source_uri, img.media_key) for img in images]
     if not keys:
-        raise ApiError(400, ErrorCode.BAD_REQUEST,
+        raise ApiError(409, ErrorCode.CONFLICT,
                        f"item {external_id!r} has no images yet: send multipart/form-data with "
                        "'metadata' and at least one 'image' file")
     return [ImageRef(uri=uri or f"media:{key}", data=ctx.media.path(key).read_bytes()) for uri, key in keys]

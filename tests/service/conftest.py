@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import make_session_factory
+from core.tasks import TaskName
 from service.apikeys import create_key
 from service.app import create_app
 from tests.service.support import Catalog, add_items, embed, new_catalog, publish, unit_rows
@@ -74,6 +76,25 @@ def app(catalog: Catalog) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+class RecordingDispatcher:
+    """Records what would be sent; for endpoints whose task (a real training run) is too slow to run here."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[TaskName, dict[str, Any]]] = []
+
+    def send(self, task: TaskName, **kwargs: Any) -> str:
+        self.sent.append((TaskName(task), kwargs))
+        return f"recorded-{len(self.sent)}"
+
+
+@pytest.fixture
+def recording(catalog: Catalog) -> Iterator[tuple[FlaskClient, RecordingDispatcher]]:
+    dispatcher = RecordingDispatcher()
+    application = create_app(catalog.settings, dispatcher=dispatcher)
+    yield application.test_client(), dispatcher
+    application.extensions["lookalike"].close()
 
 
 @pytest.fixture
