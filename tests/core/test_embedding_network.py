@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.models as tvm
+from efficientnet_lite_pytorch import EfficientNet as PackageLiteNet
 
 from core.embedding import Backbone, ModelSpec, Pretrained, build_model
 from core.embedding.backbones import (
@@ -136,3 +137,17 @@ def test_lite0_pretrained_loads_the_shipped_weights() -> None:
         assert torch.equal(value, shipped[key]), key
     scratch = build_model(spec.replace(pretrained=Pretrained.NONE)).backbone.body
     assert not torch.equal(scratch._conv_stem.weight, shipped["_conv_stem.weight"])
+
+
+@pytest.mark.parametrize("size", [64, 57])
+def test_lite0_native_padding_matches_the_package_network(size: int) -> None:
+    """Our padding rewrite of the stride-1 convs computes exactly what the package does."""
+    torch.manual_seed(0)
+    trunk = build_model(ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0)).backbone.eval()
+    reference = PackageLiteNet.from_name("efficientnet-lite0", image_size=None).eval()
+    reference.load_state_dict(trunk.body.state_dict(), strict=False)  # ours has no classifier
+    assert any(isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0) for m in trunk.modules())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = reference.extract_features(x).mean(dim=(2, 3))
+        torch.testing.assert_close(trunk(x), expected, atol=1e-5, rtol=1e-5)
