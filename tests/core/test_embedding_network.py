@@ -9,15 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.models as tvm
-from efficientnet_lite_pytorch import EfficientNet as PackageLiteNet
 
-from core.embedding import Backbone, ModelSpec, Pretrained, build_model
+from core.embedding import Backbone, ModelSpec, Pretrained, backbones, build_model
 from core.embedding.backbones import (
+    MissingDependencyError,
     PretrainedWeightsMissingError,
     default_weights_dir,
     lite0_weights_file,
     torchvision_weight_files,
 )
+
+try:  # the optional `pretrained` extra
+    from efficientnet_lite_pytorch import EfficientNet as PackageLiteNet
+except ImportError:  # pragma: no cover
+    PackageLiteNet = None
+
+needs_lite = pytest.mark.skipif(PackageLiteNet is None, reason="pip install lookalike[pretrained] to test Lite0")
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +39,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("backbone", list(Backbone))
 def test_every_backbone_embeds_to_unit_vectors(backbone: Backbone) -> None:
+    if backbone is Backbone.EFFICIENTNET_LITE0 and PackageLiteNet is None:
+        pytest.skip("efficientnet-lite packages not installed")
     torch.manual_seed(0)
     spec = ModelSpec.for_backbone(backbone, embedding_dim=24, input_size=64)
     model = build_model(spec).eval()
@@ -128,6 +137,7 @@ def test_unreadable_weights_file_is_reported(tmp_path: Path) -> None:
         build_model(spec, weights_dir=tmp_path)
 
 
+@needs_lite
 def test_lite0_pretrained_loads_the_shipped_weights() -> None:
     shipped = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
     spec = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0, pretrained=Pretrained.IMAGENET)
@@ -139,6 +149,7 @@ def test_lite0_pretrained_loads_the_shipped_weights() -> None:
     assert not torch.equal(scratch._conv_stem.weight, shipped["_conv_stem.weight"])
 
 
+@needs_lite
 @pytest.mark.parametrize("size", [64, 57])
 def test_lite0_native_padding_matches_the_package_network(size: int) -> None:
     """Our padding rewrite of the stride-1 convs computes exactly what the package does."""
@@ -151,3 +162,10 @@ def test_lite0_native_padding_matches_the_package_network(size: int) -> None:
     with torch.no_grad():
         expected = reference.extract_features(x).mean(dim=(2, 3))
         torch.testing.assert_close(trunk(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lite0_without_its_packages_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backbones, "LiteEfficientNet", None)
+    monkeypatch.setattr(backbones, "EfficientnetLite0ModelFile", None)
+    with pytest.raises(MissingDependencyError, match=re.escape("pip install lookalike[pretrained]")):
+        build_model(ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0))
