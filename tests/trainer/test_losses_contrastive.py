@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.losses import ContrastiveLoss
-from trainer.miners import HardPairMiner, PairIndices, PairMasks, PairStrategy
+from trainer.miners import HardPairMiner, PairIndices, PairStrategy
 
 CASES = ["random", "single_class", "singletons", "duplicates"]
 
@@ -108,24 +108,6 @@ def test_explicit_labelled_pairs_match_brute_force() -> None:
         out.loss.backward()
         assert torch.isfinite(x.grad).all()
         x.grad = None
-
-
-def test_mask_form_and_index_form_give_the_same_loss_and_gradient() -> None:
-    x, labels = make_batch("duplicates", seed=4)
-    positive = (labels[:, None] == labels[None, :]).triu(diagonal=1)
-    negative = (labels[:, None] != labels[None, :]).triu(diagonal=1)
-    masks = PairMasks(positive, negative)
-    results = []
-    for pairs in (masks, masks.to_indices()):
-        out = ContrastiveLoss(0.8)(x, pairs=pairs)
-        out.loss.backward()
-        results.append((out.loss.item(), out.active, out.total, x.grad.clone()))
-        x.grad = None
-    (l1, a1, t1, g1), (l2, a2, t2, g2) = results
-    assert l1 == pytest.approx(l2, abs=1e-12) and (a1, t1) == (a2, t2) == (a1, 45)
-    assert torch.allclose(g1, g2, atol=1e-12) and torch.isfinite(g1).all()
-    with pytest.raises(ValueError, match="pair masks must be boolean"):
-        ContrastiveLoss(0.8)(x, pairs=PairMasks(positive[:3], negative))
 
 
 def test_no_pairs_or_no_active_pair_gives_a_zero_loss_that_backpropagates() -> None:

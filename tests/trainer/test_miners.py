@@ -18,7 +18,6 @@ from trainer.miners import (
     BatchAllMiner,
     BatchHardMiner,
     HardPairMiner,
-    PairMasks,
     PairStrategy,
     SemiHardMiner,
     SemiHardMode,
@@ -278,18 +277,3 @@ def test_row_form_selection_expands_to_the_mined_indices(miner) -> None:
     assert stats.mean_ap == pytest.approx(dist[a, p].mean().item())
     assert stats.mean_an == pytest.approx(dist[a, n].mean().item())
     assert stats.active == int((dist[a, p] - dist[a, n] + 0.3 > 0).sum())
-
-
-def test_pair_mask_selection_expands_to_the_mined_pairs() -> None:
-    x, labels = make_batch("duplicates", seed=9)
-    squared = torch.cdist(x, x) ** 2
-    miner = HardPairMiner(1.3)
-    masks, stats = miner.select_squared(squared, labels)
-    assert isinstance(masks, PairMasks)
-    mined = miner.mine_squared(squared, labels)
-    assert [t.tolist() for t in masks.to_indices()] == [t.tolist() for t in mined.indices]
-    assert stats == mined.stats
-    a1, p, a2, n = mined.indices
-    assert len(a1) > 0 and len(a2) > 0
-    assert stats.mean_ap == pytest.approx(squared[a1, p].sqrt().mean().item())
-    assert stats.mean_an == pytest.approx(squared[a2, n].sqrt().mean().item())

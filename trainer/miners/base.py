@@ -41,24 +41,6 @@ class PairIndices(NamedTuple):
     n: Tensor
 
 
-class PairMasks(NamedTuple):
-    """Selected pairs as (B, B) boolean masks, similar and dissimilar, each
-    unordered pair once (upper triangle).  "Every pair with a non-zero loss" is
-    up to B^2 / 2 pairs: a loss evaluates them densely on the distance matrix
-    instead of gathering them; ``to_indices`` expands them."""
-
-    positive: Tensor
-    negative: Tensor
-
-    def to_indices(self) -> PairIndices:
-        a1, p = self.positive.nonzero(as_tuple=True)
-        a2, n = self.negative.nonzero(as_tuple=True)
-        return PairIndices(a1, p, a2, n)
-
-
-PairSelection = PairIndices | PairMasks
-
-
 @dataclass(frozen=True)
 class MiningStats:
     """How much signal a miner found in one batch.

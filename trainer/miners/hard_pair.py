@@ -7,8 +7,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from trainer.miners.base import MiningStats, PairIndices, PairMasks, PairSelection, check_margin
-from trainer.miners.pair_base import PairMiner, pair_index_stats, pair_mask_stats
+from trainer.miners.base import PairIndices, check_margin
+from trainer.miners.pair_base import PairMiner
 
 
 class PairStrategy(StrEnum):
@@ -40,18 +40,16 @@ class HardPairMiner(PairMiner):
         self.pos_threshold = check_margin(pos_threshold)
         self.strategy = PairStrategy(strategy)
 
-    def _select(
-        self, squared: Tensor, positive: Tensor, negative: Tensor, candidates: int
-    ) -> tuple[PairSelection, MiningStats]:
+    def _select(self, squared: Tensor, positive: Tensor, negative: Tensor) -> PairIndices:
         pos_active = positive & (squared > self.pos_threshold**2)
         neg_active = negative & (squared < self.margin**2)
         if self.strategy is PairStrategy.ACTIVE:
             upper = torch.ones_like(positive).triu_(diagonal=1)
-            masks = PairMasks(pos_active & upper, neg_active & upper)
-            return masks, pair_mask_stats(squared, masks, candidates)
+            a1, p = (pos_active & upper).nonzero(as_tuple=True)
+            a2, n = (neg_active & upper).nonzero(as_tuple=True)
+            return PairIndices(a1, p, a2, n)
         hardest_pos = torch.where(positive, squared, -torch.inf).argmax(dim=1)
         hardest_neg = torch.where(negative, squared, torch.inf).argmin(dim=1)
         a1 = pos_active.gather(1, hardest_pos[:, None]).squeeze(1).nonzero(as_tuple=True)[0]
         a2 = neg_active.gather(1, hardest_neg[:, None]).squeeze(1).nonzero(as_tuple=True)[0]
-        pairs = PairIndices(a1, hardest_pos[a1], a2, hardest_neg[a2])
-        return pairs, pair_index_stats(squared, pairs, self.margin, candidates)
+        return PairIndices(a1, hardest_pos[a1], a2, hardest_neg[a2])

@@ -12,8 +12,6 @@ from trainer.miners.base import (
     MinedPairs,
     MiningStats,
     PairIndices,
-    PairMasks,
-    PairSelection,
     check_distance_matrix,
     check_margin,
     label_masks,
@@ -43,30 +41,21 @@ class PairMiner(ABC):
 
     def mine_squared(self, squared: Tensor, labels: Tensor) -> MinedPairs:
         """Mine from a precomputed (B, B) squared Euclidean distance matrix."""
-        selection, stats = self.select_squared(squared, labels)
-        if isinstance(selection, PairMasks):
-            selection = selection.to_indices()
-        return MinedPairs(selection, stats)
-
-    def select_squared(self, squared: Tensor, labels: Tensor) -> tuple[PairSelection, MiningStats]:
-        """Like ``mine_squared``, but may answer in the compact ``PairMasks`` form (losses use this)."""
         with torch.no_grad():
             squared = squared.detach()
             labels = check_distance_matrix(squared, labels)
             positive, negative = label_masks(labels)
             candidates = int((torch.count_nonzero(positive) + torch.count_nonzero(negative)).item()) // 2
-            return self._select(squared, positive, negative, candidates)
+            pairs = self._select(squared, positive, negative)
+            return MinedPairs(pairs, pair_index_stats(squared, pairs, self.margin, candidates))
 
     @abstractmethod
-    def _select(
-        self, squared: Tensor, positive: Tensor, negative: Tensor, candidates: int
-    ) -> tuple[PairSelection, MiningStats]:
-        """Select pairs from a detached squared-distance matrix and the label masks;
-        build the stats with ``pair_index_stats`` / ``pair_mask_stats``."""
+    def _select(self, squared: Tensor, positive: Tensor, negative: Tensor) -> PairIndices:
+        """Select pairs from a detached squared-distance matrix and the label masks."""
 
 
 def pair_index_stats(squared: Tensor, pairs: PairIndices, margin: float, candidates: int) -> MiningStats:
-    """Stats of index pairs; active: similar pairs apart, dissimilar pairs inside the margin."""
+    """Stats of pairs; active: similar pairs apart, dissimilar pairs inside the margin."""
     pos, neg = squared[pairs.a1, pairs.p], squared[pairs.a2, pairs.n]
     return MiningStats(
         candidates=candidates,
@@ -74,18 +63,4 @@ def pair_index_stats(squared: Tensor, pairs: PairIndices, margin: float, candida
         active=int(torch.count_nonzero(pos > 0).item() + torch.count_nonzero(neg < margin**2).item()),
         mean_ap=mean_or_none(safe_sqrt(pos)),
         mean_an=mean_or_none(safe_sqrt(neg)),
-    )
-
-
-def pair_mask_stats(squared: Tensor, masks: PairMasks, candidates: int) -> MiningStats:
-    """Stats of mask-form pairs, which miners only build from active pairs."""
-    n_pos = int(torch.count_nonzero(masks.positive).item())
-    n_neg = int(torch.count_nonzero(masks.negative).item())
-    distance = safe_sqrt(squared)
-    return MiningStats(
-        candidates=candidates,
-        selected=n_pos + n_neg,
-        active=n_pos + n_neg,
-        mean_ap=float(torch.where(masks.positive, distance, 0.0).sum().item()) / n_pos if n_pos else None,
-        mean_an=float(torch.where(masks.negative, distance, 0.0).sum().item()) / n_neg if n_neg else None,
     )

@@ -44,7 +44,7 @@ class SemiHardMiner(TripletMiner):
 
     # Average positives per anchor up to which the dense masked minimum beats
     # sorting (measured on CPU; both are exact), and its memory cap in elements.
-    DENSE_MAX_POSITIVES_PER_ANCHOR = 8
+    DENSE_MAX_POSITIVES_PER_ANCHOR = 14
     DENSE_MAX_ELEMENTS = 1 << 24
 
     def __init__(
