@@ -1,0 +1,137 @@
+"""Registering trained (or untrained) models, and evaluating versions on a holdout.
+
+The SQL side (versions, status, activation) is :mod:`core.registry`. This module
+adds what needs training code: copying a run's checkpoint to where the registry
+keeps checkpoints (``settings.models_dir / f"{version}.pt"``, which outlives the run
+directory), registering a model that was never trained (so a catalog can be indexed
+before any training), and scoring versions on one and the same holdout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.embedding import ModelSpec, Pretrained, build_model, load_model, save_checkpoint
+from core.registry import get_model, new_version, register_model
+from trainer.config import TrainConfig
+from trainer.data import DataContext, build_eval_data
+from trainer.evaluate import evaluate_holdout
+from trainer.metrics import DEFAULT_KS, RetrievalMetrics
+from trainer.train import TrainResult
+
+
+class NoHoldoutError(ValueError):
+    """There is no evaluation data to score a model on; the message says what to pass."""
+
+
+def model_checkpoint_path(settings: Settings, version: str) -> Path:
+    return settings.models_dir / f"{version}.pt"
+
+
+def register_trained(
+    sessions: sessionmaker[Session], settings: Settings, result: TrainResult, *,
+    version: str | None = None, notes: str = "",
+) -> str:
+    """Copy the run's checkpoint into the models directory and record it as a candidate."""
+    version = version or new_version("m")
+    destination = model_checkpoint_path(settings, version)
+    _copy_atomically(result.checkpoint, destination)
+    metrics = {**result.final_metrics, "holdout": result.summary, "run_dir": str(result.run_dir)}
+    return register_model(
+        sessions, checkpoint_path=destination, spec=result.spec.to_dict(), train_config=result.config.to_dict(),
+        metrics=metrics, version=version, notes=notes or result.config.notes,
+    )
+
+
+def register_untrained(
+    sessions: sessionmaker[Session], settings: Settings, spec: ModelSpec, *,
+    version: str | None = None, notes: str = "",
+) -> str:
+    """Register a network that was never trained here: ImageNet features if ``spec`` says so.
+
+    Its projection head is a fixed random linear map (seeded, so the same spec gives the
+    same model), which keeps distances roughly as the backbone's features have them.
+    """
+    version = version or new_version("m")
+    with torch.random.fork_rng(devices=[]):  # seed the head without touching the caller's RNG
+        torch.manual_seed(0)
+        model = build_model(spec)
+    destination = model_checkpoint_path(settings, version)
+    save_checkpoint(destination, model, extra={"untrained": True})
+    kind = "random weights" if spec.pretrained is Pretrained.NONE else f"{spec.pretrained.value} features"
+    return register_model(
+        sessions, checkpoint_path=destination, spec=spec.to_dict(), train_config={},
+        metrics={}, version=version, notes=notes or f"untrained {spec.backbone.value} ({kind})",
+    )
+
+
+def evaluate_version(
+    sessions: sessionmaker[Session], settings: Settings, version: str, *,
+    config: TrainConfig | None = None, device: torch.device | None = None, ks: tuple[int, ...] = DEFAULT_KS,
+) -> RetrievalMetrics:
+    """Leave-one-out holdout metrics of ``version`` on ``config``'s holdout (default: its own)."""
+    record = get_model(sessions, version)
+    cfg = config or _config_of(record.train_config, version)
+    model, _ = load_model(Path(record.checkpoint_path))
+    data = build_eval_data(cfg.data, model.spec, DataContext(settings, sessions))
+    if data is None:
+        raise NoHoldoutError(f"the config of {version} yields no holdout (no held-out classes and no data.eval_path)")
+    device = device or torch.device("cpu")
+    return evaluate_holdout(model.to(device), data, device=device, ks=ks, batch_size=cfg.eval_batch_size,
+                            num_workers=cfg.data.num_workers)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    metrics: dict[str, dict[str, Any]]
+
+    def delta(self, key: str = "map_at_r") -> float:
+        """``b``'s score minus ``a``'s."""
+        return float(self.metrics[self.b][key]) - float(self.metrics[self.a][key])
+
+
+def compare_versions(
+    sessions: sessionmaker[Session], settings: Settings, a: str, b: str, *,
+    config: TrainConfig | None = None, device: torch.device | None = None,
+) -> Comparison:
+    """Score two versions on the same holdout: ``config``'s, else that of the first one trained."""
+    if config is None:
+        for version in (a, b):
+            if get_model(sessions, version).train_config:
+                config = _config_of(get_model(sessions, version).train_config, version)
+                break
+        else:
+            raise NoHoldoutError(f"neither {a} nor {b} was trained here: give a config that names the holdout data")
+    scores = {v: evaluate_version(sessions, settings, v, config=config, device=device).to_dict() for v in (a, b)}
+    return Comparison(a, b, scores)
+
+
+def _config_of(train_config: dict[str, Any], version: str) -> TrainConfig:
+    if not train_config:
+        raise NoHoldoutError(f"{version} was not trained here and has no holdout of its own: give a config")
+    return TrainConfig.from_dict(train_config)
+
+
+def _copy_atomically(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
