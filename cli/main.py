@@ -10,6 +10,7 @@ from cli.catalog import catalog
 from cli.context import CliContext
 from cli.db import db
 from cli.serve import keys, serve
+from cli.train import evaluate, models, train
 from cli.worker import beat, jobs, reindex, retrain, worker
 
 
@@ -30,6 +31,9 @@ lookalike.add_command(retrain)
 lookalike.add_command(jobs)
 lookalike.add_command(serve)
 lookalike.add_command(keys)
+lookalike.add_command(train)
+lookalike.add_command(evaluate)
+lookalike.add_command(models)
 
 
 def main() -> None:
