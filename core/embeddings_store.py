@@ -107,20 +107,19 @@ def put_vectors(
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
     if insert is None:
         raise EmbeddingStoreError(f"put_vectors does not support the {dialect!r} database")
-    written = 0
-    for start in range(0, len(rows), _IN_CHUNK // 5):
-        stmt = insert(Embedding).values(rows[start:start + _IN_CHUNK // 5])
-        keys = [Embedding.image_id, Embedding.model_id]
-        if replace:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=keys,
-                set_={"dim": stmt.excluded.dim, "vector": stmt.excluded.vector,
-                      "created_at": stmt.excluded.created_at},
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-        # RETURNING lists only the rows actually written (rowcount is -1 on some drivers).
-        written += len(session.execute(stmt.returning(Embedding.image_id)).all())
+    keys = [Embedding.image_id, Embedding.model_id]
+    stmt = insert(Embedding)
+    if replace:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={"dim": stmt.excluded.dim, "vector": stmt.excluded.vector, "created_at": stmt.excluded.created_at},
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    # One statement compiled once, executed for all rows (SQLAlchemy batches them into
+    # multi-row INSERTs); RETURNING lists only the rows actually written, which is how
+    # they are counted (rowcount is -1 for batches on some drivers).
+    written = len(session.execute(stmt.returning(Embedding.image_id), rows).all())
     return written
 
 
