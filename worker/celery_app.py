@@ -1,6 +1,6 @@
 """The Celery app: Redis broker and result backend, settings fit for long ML tasks.
 
-Why each setting (docs/WORKER.md has the operator's view):
+Why each setting:
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged
   only when its task ends, and a worker process that dies (SIGKILL, OOM) puts it

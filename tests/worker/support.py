@@ -29,14 +29,15 @@ TINY_SPEC = ModelSpec(input_size=32, embedding_dim=32)
 
 
 def register_tiny_model(settings: Settings, sessions: sessionmaker[Session], *, seed: int = 0,
-                        activate: bool = True, metrics: dict | None = None, version: str | None = None) -> str:
-    """An untrained small CNN (32 px, 32-d) saved as a checkpoint and registered."""
+                        activate: bool = True, metrics: dict | None = None, version: str | None = None,
+                        spec: ModelSpec = TINY_SPEC) -> str:
+    """An untrained network (default: small CNN, 32 px, 32-d) saved as a checkpoint and registered."""
     torch.manual_seed(seed)
-    net = build_model(TINY_SPEC)
+    net = build_model(spec)
     version = version or f"m-test-{seed}"
     path = settings.models_dir / f"{version}.pt"
     save_checkpoint(path, net, metrics=metrics)
-    register_model(sessions, checkpoint_path=path, spec=TINY_SPEC.to_dict(), version=version,
+    register_model(sessions, checkpoint_path=path, spec=spec.to_dict(), version=version,
                    metrics=metrics or {})
     if activate:
         activate_model(sessions, version)
@@ -108,17 +109,21 @@ class WorkerProcess:
     settings: Settings
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    concurrency: int = 1
     extra_args: list[str] = field(default_factory=list)
+    _ready_before: int = 0
 
     def start(self, timeout: float = 60.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._ready_before = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker", "-c", "1", "--pool", "prefork", *self.extra_args],
+            [sys.executable, "-m", "cli", "worker", "-c", str(self.concurrency), "--pool", "prefork",
+             *self.extra_args],
             cwd=REPO, env=settings_env(self.settings), start_new_session=True,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
         )
-        wait_until(lambda: b" ready." in self.log_path.read_bytes() or self.process.poll() is not None,
-                   timeout, 0.1, "celery worker ready")
+        wait_until(lambda: self.log_path.read_bytes().count(b" ready.") > self._ready_before
+                   or self.process.poll() is not None, timeout, 0.1, "celery worker ready")
         if self.process.poll() is not None:
             raise RuntimeError("celery worker exited:\n" + self.log_path.read_text(errors="replace")[-4000:])
 
