@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from cli.context import CliContext
 from core.embedding import Backbone, ModelSpec, Pretrained, load_model, resolve_device
@@ -27,6 +28,12 @@ from trainer.metrics import RetrievalMetrics
 from trainer.registry import NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained
 from trainer.state import RunPaths
 from trainer.train import train as run_training
+
+def _use_threads(ctx: CliContext) -> None:
+    """Apply LOOKALIKE_TORCH_THREADS (this command is the process's top level)."""
+    if ctx.settings.torch_threads > 0:
+        torch.set_num_threads(ctx.settings.torch_threads)
+
 
 _SHOWN = ("precision_at_1", "r_precision", "map_at_r", "recall@5", "recall@10", "n_queries")
 
@@ -58,6 +65,7 @@ def train(ctx: CliContext, config_path: Path | None, overrides: tuple[str, ...],
             cfg = TrainConfig.from_yaml(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    _use_threads(ctx)
     version = version or (resume_dir.name if resume_dir is not None else new_version("m"))
     run_dir = resume_dir or out or ctx.settings.models_dir / "runs" / version
     needs_db = register or cfg.data.source.value in ("catalog", "pairs", "triplets")
@@ -92,6 +100,7 @@ def evaluate(ctx: CliContext, version: str, config_path: Path | None, overrides:
              queries: Path | None, references: Path | None, save: bool, as_json: bool) -> None:
     """Retrieval metrics of a model: leave-one-out on a holdout, or queries against references."""
     version = _resolve_version(ctx, version)
+    _use_threads(ctx)
     device = resolve_device(ctx.settings.device)
     try:
         if (queries is None) != (references is None):
@@ -163,6 +172,7 @@ def activate(ctx: CliContext, version: str) -> None:
 def compare(ctx: CliContext, a: str, b: str, config_path: Path | None, overrides: tuple[str, ...], as_json: bool) -> None:
     """Score versions A and B on the same holdout."""
     a, b = _resolve_version(ctx, a), _resolve_version(ctx, b)
+    _use_threads(ctx)
     try:
         cfg = TrainConfig.from_yaml(config_path, overrides) if config_path or overrides else None
         result = compare_versions(ctx.sessions, ctx.settings, a, b, config=cfg, device=resolve_device(ctx.settings.device))

@@ -1,0 +1,109 @@
+"""Registering trained and untrained models, scoring and comparing them; the CLI on top."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.main import lookalike
+from core.config import Settings
+from core.db import ModelStatus, make_session_factory
+from core.embedding import Backbone, ModelSpec, Pretrained, load_model
+from core.embedding.backbones import lite0_weights_file
+from core.registry import get_model, list_models
+from trainer.data import DataContext
+from trainer.registry import (
+    NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained,
+)
+from trainer.train import train
+from tests.trainer.test_train import fmnist_config, one_torch_thread  # noqa: F401 - autouse fixture
+
+SHORT = ("epochs=1", "steps_per_epoch=20", "classes_per_batch=6", "images_per_class=16", "optim.lr=3e-3",
+         "optim.warmup_epochs=0.2", "data.eval_max_per_class=60", "data.max_per_class=2000")
+
+
+@pytest.fixture
+def trained(tmp_path: Path, fashion_mnist_dir: Path):
+    cfg = fmnist_config(fashion_mnist_dir, *SHORT)
+    return train(cfg, tmp_path / "run", DataContext(Settings()))
+
+
+def test_register_evaluate_compare(
+    trained, any_db_settings: Settings, sessions: sessionmaker[Session]
+):
+    settings = any_db_settings
+    version = register_trained(sessions, settings, trained, version="m-trained")
+    record = get_model(sessions, version)
+    assert record.status is ModelStatus.CANDIDATE
+    assert Path(record.checkpoint_path) == settings.models_dir / "m-trained.pt" and Path(record.checkpoint_path).is_file()
+    assert record.train_config == trained.config.to_dict() and record.spec == trained.spec.to_dict()
+    assert record.metrics["map_at_r"] == trained.final_metrics["map_at_r"]
+    assert record.metrics["holdout"]["eval_images"] == 240
+
+    # scoring the registered version again on its own holdout reproduces the training-time numbers
+    again = evaluate_version(sessions, settings, version)
+    assert again.map_at_r == pytest.approx(trained.final_metrics["map_at_r"], abs=1e-6)
+
+    untrained = register_untrained(sessions, settings, ModelSpec(input_size=28), version="m-random")
+    with pytest.raises(NoHoldoutError, match="was not trained here"):
+        evaluate_version(sessions, settings, untrained)
+    comparison = compare_versions(sessions, settings, untrained, version)  # on the trained one's holdout
+    assert comparison.metrics[untrained]["n_queries"] == comparison.metrics[version]["n_queries"] == 240
+    assert comparison.metrics[untrained]["map_at_r"] == pytest.approx(trained.history[0]["map_at_r"], abs=0.05)
+    assert comparison.delta() > 0.05  # training helped, measured on the same images
+    assert [m.version for m in list_models(sessions)] == [untrained, version]
+
+
+def test_untrained_pretrained_model_carries_imagenet_features(settings: Settings, sqlite_engine):
+    sessions = make_session_factory(sqlite_engine)
+    spec = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0, pretrained=Pretrained.IMAGENET, embedding_dim=64)
+    version = register_untrained(sessions, settings, spec)
+    model, ckpt = load_model(Path(get_model(sessions, version).checkpoint_path))
+    assert ckpt.spec == spec and ckpt.extra == {"untrained": True}
+    shipped = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.body._blocks[5]._project_conv.weight, shipped["_blocks.5._project_conv.weight"])
+    assert "ImageNet" in get_model(sessions, version).notes or "imagenet" in get_model(sessions, version).notes
+
+
+def test_cli_models_train_evaluate(tmp_path: Path, fashion_mnist_dir: Path):
+    env = {"LOOKALIKE_HOME": str(tmp_path / "home"), "LOOKALIKE_DEVICE": "cpu", "LOOKALIKE_TORCH_THREADS": "1"}
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(lookalike, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = run("models", "list")
+    assert "no models yet" in out
+    out = run("models", "init", "--backbone", "small_cnn", "--input-size", "28", "--version", "m-init")
+    assert "registered untrained model m-init" in out and "activated m-init" in out  # first model: active
+
+    config = tmp_path / "fm.yaml"
+    config.write_text(yaml.safe_dump(fmnist_config(fashion_mnist_dir, *SHORT).to_dict()))
+    out = run("train", "--config", str(config), "epochs=1", "steps_per_epoch=5", "--version", "m-cli")
+    assert "registered model m-cli (candidate)" in out and "map_at_r=" in out
+    run_dir = tmp_path / "home" / "artifacts" / "models" / "runs" / "m-cli"
+    assert (run_dir / "report.txt").is_file() and (run_dir / "retrieval.png").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["steps_per_epoch"] == 5
+
+    listing = json.loads(run("models", "list", "--json"))
+    assert [(m["version"], m["status"]) for m in listing] == [("m-cli", "candidate"), ("m-init", "active")]
+    run("models", "activate", "m-cli")
+    assert json.loads(run("models", "list", "--json"))[0]["status"] == "active"
+
+    metrics = json.loads(run("evaluate", "--model", "active", "--json"))
+    assert metrics["n_queries"] == 240 and metrics["map_at_r"] == pytest.approx(listing[0]["map_at_r"], abs=1e-6)
+    compared = json.loads(run("models", "compare", "m-init", "m-cli", "--json"))
+    assert set(compared["metrics"]) == {"m-init", "m-cli"}
+
+    bad = runner.invoke(lookalike, ["train", "--config", str(config), "optim.lr=fast"], env=env)
+    assert bad.exit_code != 0 and "optim.lr must be a number" in bad.output
+    bad = runner.invoke(lookalike, ["models", "activate", "nope"], env=env)
+    assert bad.exit_code != 0 and "does not exist" in bad.output
