@@ -33,7 +33,7 @@ from pytorch_metric_learning import miners as pml_miners
 from torch import Tensor, nn
 
 from trainer.losses import ContrastiveLoss, TripletLoss
-from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner, SemiHardMode
+from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner, SemiHardMode, TripletMiner
 
 K = 4
 TRIPLET_MARGIN = 0.2
@@ -47,9 +47,12 @@ class SmallCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+            conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
-        self.features = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(
+            block(1, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.head = nn.Linear(128, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -83,11 +86,11 @@ def miner_pairs() -> list[tuple[str, Runner, Runner]]:
     """(name, ours, PML): each returns the scalar loss to back-propagate."""
     m = TRIPLET_MARGIN
 
-    def ours_triplet(miner) -> Runner:
+    def ours_triplet(miner: TripletMiner) -> Runner:
         loss = TripletLoss(m, miner=miner)
         return lambda e, y: loss(e, y).loss
 
-    def pml_triplet(miner) -> Runner:
+    def pml_triplet(miner: Callable[[Tensor, Tensor], tuple[Tensor, ...]]) -> Runner:
         loss = pml_losses.TripletMarginLoss(margin=m)
         return lambda e, y: loss(e, y, miner(e, y))
 
@@ -96,13 +99,21 @@ def miner_pairs() -> list[tuple[str, Runner, Runner]]:
     pml_pair_miner = pml_miners.PairMarginMiner(pos_margin=0.0, neg_margin=PAIR_MARGIN)
     return [
         ("batch-hard", ours_triplet(BatchHardMiner(m)), pml_triplet(pml_miners.BatchHardMiner())),
-        ("semi-hard", ours_triplet(SemiHardMiner(m)), pml_triplet(pml_miners.TripletMarginMiner(m, type_of_triplets="semihard"))),
+        (
+            "semi-hard",
+            ours_triplet(SemiHardMiner(m)),
+            pml_triplet(pml_miners.TripletMarginMiner(m, type_of_triplets="semihard")),
+        ),
         (
             "semi-hard (all)",
             ours_triplet(SemiHardMiner(m, mode=SemiHardMode.ALL)),
             pml_triplet(pml_miners.TripletMarginMiner(m, type_of_triplets="semihard")),
         ),
-        ("batch-all", ours_triplet(BatchAllMiner(m)), pml_triplet(pml_miners.TripletMarginMiner(m, type_of_triplets="all"))),
+        (
+            "batch-all",
+            ours_triplet(BatchAllMiner(m)),
+            pml_triplet(pml_miners.TripletMarginMiner(m, type_of_triplets="all")),
+        ),
         (
             "hard-pair (contrastive)",
             lambda e, y: our_pair_loss(e, y).loss,
@@ -111,20 +122,18 @@ def miner_pairs() -> list[tuple[str, Runner, Runner]]:
     ]
 
 
-# Single-threaded, the process CPU time is the code's own cost even while other
-# processes share the cores; with more threads only wall time is meaningful.
-CLOCK: Callable[[], float] = time.process_time
+Clock = Callable[[], float]
 
 
-def timed(fn: Callable[[], object], budget_s: float, min_runs: int = 5, max_runs: int = 40) -> float:
+def timed(fn: Callable[[], object], clock: Clock, budget_s: float, min_runs: int = 5, max_runs: int = 40) -> float:
     """Best time in ms after one warm-up call (the minimum: interference only adds)."""
     fn()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() - start < budget_s):
-        t0 = CLOCK()
+        t0 = clock()
         fn()
-        times.append(CLOCK() - t0)
+        times.append(clock() - t0)
     return min(times) * 1000.0
 
 
@@ -133,21 +142,56 @@ def pk_labels(batch: int, generator: torch.Generator) -> Tensor:
     return labels[torch.randperm(batch, generator=generator)]
 
 
-def model_step_ms(model: nn.Module, x: Tensor, runs: int) -> float:
+def model_step_ms(model: nn.Module, x: Tensor, clock: Clock, runs: int) -> float:
     def step() -> None:
         model.zero_grad(set_to_none=True)
         emb = model(x)
         emb.backward(torch.ones_like(emb) / emb.numel())
 
-    return timed(step, budget_s=0.0, min_runs=runs, max_runs=runs)
+    return timed(step, clock, budget_s=0.0, min_runs=runs, max_runs=runs)
 
 
-def loss_ms(run: Runner, emb: Tensor, labels: Tensor, budget_s: float) -> float:
+def loss_ms(run: Runner, emb: Tensor, labels: Tensor, clock: Clock, budget_s: float) -> float:
     def once() -> None:
         emb.grad = None
         run(emb, labels).backward()
 
-    return timed(once, budget_s)
+    return timed(once, clock, budget_s)
+
+
+def bench_case(case: ModelCase, clock: Clock, budget: float, generator: torch.Generator) -> tuple[list[str], list[str]]:
+    """(model step rows, miner rows) of the two tables for one model."""
+    model = case.make().train()
+    params = sum(p.numel() for p in model.parameters())
+    steps: list[str] = []
+    rows: list[str] = []
+    step_by_batch: dict[int, float] = {}
+    for batch in case.batches:
+        labels = pk_labels(batch, generator)
+        if batch in case.step_batches:
+            x = torch.randn(batch, *case.input_shape, generator=generator)
+            step = model_step_ms(model, x, clock, runs=2 if case.input_shape[1] > 100 else 5)
+            step_by_batch[batch] = step
+            note = ""
+            with torch.no_grad():
+                emb = model(x)
+        else:
+            # Too slow on this CPU: scale the largest measured step linearly in the batch.
+            ref = max(step_by_batch)
+            step = step_by_batch[ref] * batch / ref
+            note = f" (step extrapolated from batch {ref})"
+            emb = nn.functional.normalize(torch.randn(batch, 128, generator=generator), dim=1)
+        steps.append(f"| {case.name} ({params / 1e3:.0f}k params) | {batch} | {step:.1f}{note} |")
+        emb.requires_grad_()
+        for name, ours, theirs in miner_pairs():
+            t_ours = loss_ms(ours, emb, labels, clock, budget)
+            t_pml = loss_ms(theirs, emb, labels, clock, budget)
+            rows.append(
+                f"| {case.name} | {batch} | {name} | {t_ours:.2f} | {t_pml:.2f} | {t_pml / t_ours:.1f}x | "
+                f"{100 * t_ours / (step + t_ours):.2f} % | {100 * t_pml / (step + t_pml):.2f} %{'*' if note else ''} |"
+            )
+            print(rows[-1], flush=True)
+    return steps, rows
 
 
 def main() -> None:
@@ -160,8 +204,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.threads == 1 else time.perf_counter
+    # Single-threaded, process CPU time is the code's own cost even while other
+    # processes share the cores; with more threads only wall time is meaningful.
+    clock, clock_name = (time.process_time, "process CPU time") if args.threads == 1 else (time.perf_counter, "wall time")
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     budget = 0.3 if args.quick else 1.0
@@ -175,40 +220,14 @@ def main() -> None:
             (32,) if args.quick else (32, 128),
         ),
     ]
-    rows: list[str] = []
     steps: list[str] = []
+    rows: list[str] = []
     for case in cases:
-        model = case.make().train()
-        params = sum(p.numel() for p in model.parameters())
-        step_by_batch: dict[int, float] = {}
-        for batch in case.batches:
-            labels = pk_labels(batch, generator)
-            if batch in case.step_batches:
-                x = torch.randn(batch, *case.input_shape, generator=generator)
-                step = model_step_ms(model, x, runs=2 if case.input_shape[1] > 100 else 5)
-                step_by_batch[batch] = step
-                note = ""
-                with torch.no_grad():
-                    emb = model(x).detach()
-            else:
-                # Too slow on this CPU: scale the largest measured step linearly in the batch.
-                ref = max(step_by_batch)
-                step = step_by_batch[ref] * batch / ref
-                note = f" (step extrapolated from batch {ref})"
-                emb = nn.functional.normalize(torch.randn(batch, 128, generator=generator), dim=1)
-            steps.append(f"| {case.name} ({params / 1e3:.0f}k params) | {batch} | {step:.1f}{note} |")
-            emb.requires_grad_()
-            for name, ours, theirs in miner_pairs():
-                t_ours = loss_ms(ours, emb, labels, budget)
-                t_pml = loss_ms(theirs, emb, labels, budget)
-                rows.append(
-                    f"| {case.name} | {batch} | {name} | {t_ours:.2f} | {t_pml:.2f} | {t_pml / t_ours:.1f}x | "
-                    f"{100 * t_ours / (step + t_ours):.2f} % | {100 * t_pml / (step + t_pml):.2f} %{'*' if note else ''} |"
-                )
-                print(rows[-1], flush=True)
+        case_steps, case_rows = bench_case(case, clock, budget, generator)
+        steps += case_steps
+        rows += case_rows
     print()
-    clock = "process CPU time" if CLOCK is time.process_time else "wall time"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock}, best of >= 5 runs, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock_name}, best of >= 5 runs, "
           f"K = {K} images per class, triplet margin {TRIPLET_MARGIN}, pair margin {PAIR_MARGIN}")
     print()
     print("| model | batch | model step ms (fwd + bwd) |")

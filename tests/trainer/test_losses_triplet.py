@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from trainer.losses import TripletLoss
-from trainer.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletIndices
+from trainer.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletBlock, TripletIndices
 
 CASES = ["random", "single_class", "singletons", "duplicates"]
 
@@ -201,5 +201,9 @@ def test_bad_configuration_and_input_are_reported() -> None:
         TripletLoss()(x)
     with pytest.raises(IndexError, match="out of range for a batch of 10"):
         TripletLoss()(x, triplets=TripletIndices(torch.tensor([0]), torch.tensor([1]), torch.tensor([10])))
+    with pytest.raises(ValueError, match="equal lengths"):
+        TripletLoss()(x, triplets=TripletIndices(torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([2])))
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        TripletLoss()(x, triplets=TripletBlock(torch.tensor([0]), torch.tensor([1]), torch.ones(1, 9, dtype=torch.bool)))
     with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
         TripletLoss(margin=float("nan"))

@@ -34,6 +34,7 @@ class LossOutput:
 
     @property
     def active_fraction(self) -> float:
+        """Share of the evaluated terms that are active (0.0 when there were none)."""
         return self.active / self.total if self.total else 0.0
 
 
@@ -56,6 +57,7 @@ def mean_over_active(terms: Tensor) -> tuple[Tensor, int]:
 
 
 def check_embeddings(embeddings: Tensor, name: str = "embeddings") -> None:
+    """Embeddings must be a 2-D floating-point (batch, dim) tensor."""
     if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
         shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
         raise ValueError(f"{name} must be a 2-D (batch, dim) tensor, got {shape}")
@@ -64,7 +66,7 @@ def check_embeddings(embeddings: Tensor, name: str = "embeddings") -> None:
 
 
 def check_index_tuple(indices: tuple[Tensor, ...], batch_size: int, what: str) -> None:
-    """Index tuples must be 1-D integer tensors, pairwise of equal length, inside the batch."""
+    """Index tuples must be 1-D integer tensors pointing inside the batch."""
     for t in indices:
         if not isinstance(t, Tensor) or t.ndim != 1 or torch.is_floating_point(t):
             raise ValueError(f"{what} must be 1-D integer tensors")

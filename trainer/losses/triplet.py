@@ -32,8 +32,9 @@ class TripletLoss(nn.Module):
 
     ``soft_margin`` replaces the hinge ``max(0, x)`` by ``log(1 + exp(x))``
     (Hermans et al. 2017), which never stops pulling; it is averaged over all
-    triplets, since none is ever exactly 0.  The hinge form is averaged over the
-    active (non-zero) triplets.
+    triplets, since none is ever exactly 0 (so pair it with
+    ``BatchAllMiner(only_active=False)`` or no miner, not with a filter on the
+    hinge).  The hinge form is averaged over the active (non-zero) triplets.
 
     Triplets come, in order of precedence, from explicit ``triplets`` passed to
     ``forward``, from the ``miner`` given here, or else every valid triplet of
@@ -79,7 +80,7 @@ class TripletLoss(nn.Module):
         selection: TripletSelection
         if triplets is not None:
             selection = triplets if isinstance(triplets, TripletBlock) else TripletIndices(*triplets)
-            check_index_tuple(selection[:2] if isinstance(selection, TripletBlock) else selection, batch, "triplets")
+            _check_triplets(selection, batch)
         elif labels is None:
             raise ValueError("TripletLoss needs labels or explicit triplets")
         elif self.miner is not None:
@@ -111,20 +112,53 @@ class TripletLoss(nn.Module):
 
     def _reduce_block(self, dist: Tensor, block: TripletBlock, mining: MiningStats | None) -> LossOutput:
         """Same as ``_reduce`` on every triplet of the block, evaluated densely row by row."""
-        if block.mask.shape != (block.anchor.numel(), dist.shape[1]):
-            raise ValueError(
-                f"triplet block mask must be (rows, B) = ({block.anchor.numel()}, {dist.shape[1]}), "
-                f"got {tuple(block.mask.shape)}"
-            )
-        violation = (dist[block.anchor, block.positive] + self.margin)[:, None] - dist.index_select(0, block.anchor)
-        total = int(torch.count_nonzero(block.mask).item())
         if self.soft_margin:
+            d_ap = dist[block.anchor, block.positive]
+            violation = (d_ap + self.margin)[:, None] - dist.index_select(0, block.anchor)
+            total = int(torch.count_nonzero(block.mask).item())
             active = int(torch.count_nonzero(block.mask & (violation > 0)).item())
-            terms = torch.where(block.mask, F.softplus(violation), 0.0)
+            terms = F.softplus(violation) * block.mask  # not torch.where: slow on irregular masks
             loss = terms.sum() / total if total else zero_loss(terms)
             return LossOutput(loss, active, total, mining)
-        loss, active = mean_over_active(torch.where(block.mask, F.relu(violation), 0.0))
-        return LossOutput(loss, active, total, mining)
+        # The hinge is piecewise linear: the mean over the active triplets equals
+        # sum(dist * weights) / count + margin, where each active (a, p, n) adds +1 at
+        # (a, p) and -1 at (a, n).  The (rows x B) work then runs without autograd and
+        # the backward pass is one B x B product instead of a pass over every triplet.
+        with torch.no_grad():
+            d_ap = dist[block.anchor, block.positive]
+            violation = (d_ap + self.margin)[:, None] - dist.index_select(0, block.anchor)
+            active_mask = block.mask & (violation > 0)
+            per_row = torch.count_nonzero(active_mask, dim=1)
+            active = int(per_row.sum().item())
+            total = int(torch.count_nonzero(block.mask).item())
+            if active:
+                active_weight = active_mask.to(dist.dtype)  # products beat where() on irregular masks
+                value = (violation * active_weight).sum() / active
+                weights = torch.zeros_like(dist).index_add_(0, block.anchor, active_weight, alpha=-1.0)
+                weights.index_put_((block.anchor, block.positive), per_row.to(dist.dtype), accumulate=True)
+                weights /= active
+        if not active:
+            return LossOutput(zero_loss(dist), 0, total, mining)
+        # The value summed directly (no cancellation between the +/- weighted terms),
+        # the gradient from the weights.
+        linear = (dist * weights).sum()
+        return LossOutput(value + (linear - linear.detach()), active, total, mining)
+
+
+def _check_triplets(triplets: TripletSelection, batch: int) -> None:
+    if isinstance(triplets, TripletBlock):
+        check_index_tuple(triplets[:2], batch, "triplets")
+        rows = triplets.anchor.numel()
+        mask = triplets.mask
+        if triplets.positive.numel() != rows or mask.shape != (rows, batch) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"triplet block: positive must have one entry per anchor and mask must be boolean "
+                f"(rows, B) = ({rows}, {batch}), got {mask.dtype} {tuple(mask.shape)}"
+            )
+        return
+    check_index_tuple(triplets, batch, "triplets")
+    if not triplets.anchor.numel() == triplets.positive.numel() == triplets.negative.numel():
+        raise ValueError("triplets: anchor, positive and negative must have equal lengths")
 
 
 __all__ = ["TripletLoss"]

@@ -1,4 +1,4 @@
-"""What every miner returns, the checks they share, and their base classes.
+"""What every miner returns, and the checks and label masks they share.
 
 A miner looks at one batch (embeddings + class labels) and picks the index
 tuples a loss should be computed on.  Triplet miners return
@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-
 
 
 class TripletIndices(NamedTuple):
@@ -88,11 +87,15 @@ TripletSelection = TripletIndices | TripletBlock
 
 
 class MinedTriplets(NamedTuple):
+    """A triplet miner's answer: what to train on, and how much signal there was."""
+
     indices: TripletIndices
     stats: MiningStats
 
 
 class MinedPairs(NamedTuple):
+    """A pair miner's answer: what to train on, and how much signal there was."""
+
     indices: PairIndices
     stats: MiningStats
 
@@ -140,4 +143,5 @@ def count_valid_triplets(positive: Tensor, negative: Tensor) -> int:
 
 
 def mean_or_none(values: Tensor) -> float | None:
+    """Mean as a float, None for an empty tensor (stats must stay JSON-friendly: no NaN)."""
     return float(values.mean().item()) if values.numel() else None
