@@ -153,3 +153,34 @@ def test_a_finished_job_is_not_run_again(embedded: Embedded) -> None:
     import_job = create_job(env.sessions, JobKind.IMPORT)
     env.dispatcher.send(TaskName.IMPORT_CATALOG, job_id=import_job, path="/nonexistent.csv")
     assert get_job(env.sessions, import_job).error == "/nonexistent.csv does not exist"
+
+
+def test_new_images_are_embedded_for_the_query_model_and_the_next_one(embedded: Embedded) -> None:
+    env = embedded
+    served = _indexed(env, 20)
+    next_model = register_tiny_model(env.settings, env.sessions, seed=1, version="m-next")  # active, not served
+    new_images = import_fmnist(env.settings, env.sessions, 5, split=Split.TEST)
+    job_id = create_job(env.sessions, JobKind.EMBED)
+    env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=new_images, job_id=job_id)
+    job = get_job(env.sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED and (job.progress_done, job.progress_total) == (10, 10)
+    assert job.result["models"] == [served.model.version, next_model]
+    with session_scope(env.sessions) as s:
+        for model_id in (served.model_id, active_model(env.sessions).id):
+            assert load_vectors(s, model_id, new_images)[0].tolist() == new_images
+    assert fresh_set(env.sessions)[0].tolist() == new_images  # findable with the served model
+
+
+def test_the_scheduled_reindex_runs_only_when_something_changed(embedded: Embedded) -> None:
+    env = embedded
+    first = _indexed(env, 20)
+    env.dispatcher.send(TaskName.SCHEDULED_REINDEX)
+    assert active_index(env.sessions).version == first.version
+    import_fmnist(env.settings, env.sessions, 4, split=Split.TEST)  # not embedded yet
+    env.dispatcher.send(TaskName.SCHEDULED_REINDEX)
+    second = active_index(env.sessions)
+    assert second.version != first.version and second.image_count == 24
+    register_tiny_model(env.settings, env.sessions, seed=1, version="m-next")
+    env.dispatcher.send(TaskName.SCHEDULED_REINDEX)  # the active model has no index yet
+    third = active_index(env.sessions)
+    assert third.model.version == "m-next" and third.image_count == 24

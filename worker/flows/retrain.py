@@ -123,9 +123,12 @@ def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, A
     if candidate is None:
         run_dir = settings.resolved_artifacts_dir / "runs" / f"retrain-{job_id}"
         update_progress(sessions, job_id, 0, cfg.epochs)
-        trained = train(cfg, run_dir, DataContext(settings, sessions),
-                        resume=RunPaths(run_dir).state.exists(),
-                        on_epoch_end=lambda record: update_progress(sessions, job_id, int(record["epoch"])))
+        try:
+            trained = train(cfg, run_dir, DataContext(settings, sessions),
+                            resume=RunPaths(run_dir).state.exists(),
+                            on_epoch_end=lambda record: update_progress(sessions, job_id, int(record["epoch"])))
+        except ValueError as exc:  # the catalog does not fit the config (ConfigError is one too)
+            raise RetrainError(f"training could not start: {exc}") from exc
         metrics = holdout_metrics(settings, rt, cfg, trained.checkpoint)
         candidate = f"m-retrain-{job_id}"
         path = _install_checkpoint(trained.checkpoint, settings.models_dir, candidate)
