@@ -9,6 +9,7 @@ from core.index.manifest import (
     ManifestError,
     Metric,
 )
+from core.index.verify import self_recall
 
 __all__ = [
     "FORMAT_VERSION",
@@ -20,4 +21,5 @@ __all__ = [
     "build_index",
     "exact_search",
     "recall_at_k",
+    "self_recall",
 ]
