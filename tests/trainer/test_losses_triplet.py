@@ -146,6 +146,17 @@ def test_row_form_and_index_form_give_the_same_loss_and_gradient(soft: bool) -> 
     assert torch.allclose(g1, g2, atol=1e-12) and torch.isfinite(g1).all()
 
 
+@pytest.mark.parametrize("miner_margin", [0.1, 0.6])
+def test_a_miner_with_another_margin_selects_and_the_loss_margin_scores(miner_margin: float) -> None:
+    x, labels = make_batch("random", seed=6, batch=12)
+    mined = BatchAllMiner(miner_margin)(x.detach(), labels).indices
+    expected, active = ref_loss(x.detach(), list(zip(*[t.tolist() for t in mined])), 0.3, False, False)
+    out = TripletLoss(0.3, miner=BatchAllMiner(miner_margin))(x, labels)
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-12)
+    assert (out.active, out.total) == (active, len(mined.anchor))
+    assert 0 < active <= out.total
+
+
 def test_batch_all_miner_gives_the_same_loss_as_no_miner() -> None:
     # Inactive triplets add nothing to a mean over active ones, so pre-filtering them is free.
     x, labels = make_batch("random", seed=3, batch=14)
