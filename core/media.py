@@ -30,7 +30,8 @@ import hashlib
 import io
 import os
 import re
-import tempfile
+import secrets
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """Formats accepted by :func:`decode_image` (the JPEG plugin also opens camera MPO files)."""
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+_HEADER_LOCK = threading.Lock()
 _TMP_PREFIX = ".tmp-"
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class MediaErrorReason(str, enum.Enum):
@@ -87,20 +90,22 @@ def _decode(data: bytes, *, max_pixels: int, max_bytes: int | None) -> tuple[Ima
         )
     if not data:
         raise MediaError(MediaErrorReason.NOT_AN_IMAGE, "empty file: not an image")
-    with warnings.catch_warnings():
+    try:
         # Pillow only *warns* between its limit and twice its limit; that is a bomb for us too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
+        # Warning filters are process-wide and catch_warnings is not thread-safe, hence the
+        # lock; it covers only the header parse, so pixel decoding still runs in parallel.
+        with _HEADER_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = _open_checked(data, max_pixels)
-            image.load()
-        except MediaError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, f"image refused as a decompression bomb: {exc}") from exc
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-            raise MediaError(MediaErrorReason.TRUNCATED, f"image data is truncated or corrupt: {exc}") from exc
-        except MemoryError as exc:  # a header that slipped past the checks
-            raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, "image needs too much memory to decode") from exc
+        image.load()
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, f"image refused as a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise MediaError(MediaErrorReason.TRUNCATED, f"image data is truncated or corrupt: {exc}") from exc
+    except MemoryError as exc:  # a header that slipped past the checks
+        raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, "image needs too much memory to decode") from exc
     _check_pixels(image.size, max_pixels)  # GIF frames may grow the canvas while loading
     return _to_rgb(_apply_orientation(image)), image.format or "UNKNOWN"
 
@@ -178,6 +183,7 @@ class MediaStore:
         self.max_bytes = max_bytes
         self.fsync = fsync
         """Flush every write to disk before renaming it; bulk writers turn it off and call :meth:`sync`."""
+        self._made_dirs: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, fsync: bool = True) -> MediaStore:
@@ -246,14 +252,27 @@ class MediaStore:
         os.sync()
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=_TMP_PREFIX)
+        # os.open rather than mkstemp: mkstemp makes 0600 files, which an API process
+        # running as another user could not read; the umask decides here, as for any file.
+        directory = str(target.parent)
+        if directory not in self._made_dirs:  # one mkdir per shard and process, not per image
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
+        tmp_name = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            fd = os.open(tmp_name, _CREATE_FLAGS, 0o644)
+        except FileNotFoundError:  # the shard was removed behind our back (a clean-up job)
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp_name, _CREATE_FLAGS, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)

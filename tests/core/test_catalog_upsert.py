@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,12 +136,14 @@ class _RacingStore(MediaStore):
     def __init__(self, base: MediaStore, sessions: sessionmaker[Session], external_id: str) -> None:
         super().__init__(base.root, max_pixels=base.max_pixels, max_bytes=base.max_bytes)
         self._sessions, self._external_id = sessions, external_id
+        self._lock = threading.Lock()  # the import stores images from several threads
 
     def put_bytes(self, data: bytes) -> StoredImage:
-        if self._external_id:
-            with session_scope(self._sessions) as other:
-                other.add(Item(external_id=self._external_id, title="got there first"))
-            self._external_id = ""
+        with self._lock:
+            if self._external_id:
+                with session_scope(self._sessions) as other:
+                    other.add(Item(external_id=self._external_id, title="got there first"))
+                self._external_id = ""
         return super().put_bytes(data)
 
 

@@ -225,3 +225,15 @@ def test_fsync_off_still_writes_atomically(tmp_path: Path) -> None:
     assert fast.path(key).read_bytes() == data
     assert [p.name for p in _all_files(fast.root)] == [key]
     assert not any(name.startswith(".tmp-") for _, _, names in os.walk(fast.root) for name in names)
+
+
+def test_files_are_readable_by_others_and_removed_shards_come_back(store: MediaStore) -> None:
+    data = encode(gradient_image(8, 8), "PNG")
+    key = store.put_bytes(data).key
+    umask = os.umask(0)
+    os.umask(umask)
+    assert store.path(key).stat().st_mode & 0o777 == 0o644 & ~umask  # not mkstemp's 0600
+    store.path(key).unlink()
+    store.path(key).parent.rmdir()
+    assert store.put_bytes(data).key == key
+    assert store.path(key).read_bytes() == data
