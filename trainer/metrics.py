@@ -27,7 +27,9 @@ import torch
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
-_BYTES_PER_CELL = 16  # float32 distance + int64 top-k index + float32 top-k value, rounded up
+_BYTES_PER_CELL = 48
+"""Peak bytes per (query, reference) cell of a chunk: the float32 distances, top-k's
+workspace, and the per-rank masks and counts; measured by bench/bench_quality.py."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,13 @@ def retrieval_metrics(
         if not bool(keep.any()):
             continue
         # |q|^2 is constant per row, so it does not change the ranking: leave it out.
-        dist = r_sq.unsqueeze(0) - 2.0 * (qt[start:stop] @ rt.T)
+        # In place, so that a chunk holds one distance block: r_sq - 2 q.r
+        dist = torch.matmul(qt[start:stop], rt.T).mul_(-2.0).add_(r_sq)
         if leave_one_out:
             rows = torch.arange(stop - start)
             dist[rows, rows + start] = float("inf")
-        dist, rel = dist[keep], rel[keep]
+        if not bool(keep.all()):
+            dist, rel = dist[keep], rel[keep]
         q_lab = torch.from_numpy(q_codes[start:stop])[keep]
         depth = min(n_rankable, max(int(rel.max()), ks[-1]))
         _, order = torch.topk(dist, depth, dim=1, largest=False, sorted=True)
@@ -131,16 +135,22 @@ def retrieval_metrics(
 def _accumulate(
     match: torch.Tensor, rel: torch.Tensor, ks: list[int], sums: dict[str, float], hits: dict[int, float]
 ) -> None:
-    """Add one chunk's per-query precision@1, R-precision, MAP@R and Recall@k hits."""
-    depth = match.shape[1]
-    ranks = torch.arange(1, depth + 1, dtype=torch.float64).unsqueeze(0)
-    within_r = ranks <= rel.unsqueeze(1).to(torch.float64)  # the first R positions
-    m = (match & within_r).to(torch.float64)
-    precision_at_i = m.cumsum(1) / ranks
+    """Add one chunk's per-query precision@1, R-precision, MAP@R and Recall@k hits.
+
+    Per-cell work stays in bool / int32; float64 only for the relevant positions
+    within R, so the sums are exact whatever the chunking.
+    """
+    rows, depth = match.shape
+    within_r = torch.arange(depth).unsqueeze(0) < rel.unsqueeze(1)  # the first R positions
+    relevant = match & within_r
+    correct_so_far = relevant.cumsum(1, dtype=torch.int32)
+    row_idx, col_idx = relevant.nonzero(as_tuple=True)
+    precision_at_hits = correct_so_far[row_idx, col_idx].to(torch.float64) / (col_idx + 1).to(torch.float64)
+    ap = torch.zeros(rows, dtype=torch.float64).index_add_(0, row_idx, precision_at_hits)
     rel64 = rel.to(torch.float64)
     sums["p1"] += float(match[:, 0].sum())
-    sums["rp"] += float((m.sum(1) / rel64).sum())
-    sums["map"] += float(((precision_at_i * m).sum(1) / rel64).sum())
+    sums["rp"] += float((correct_so_far[:, -1].to(torch.float64) / rel64).sum())
+    sums["map"] += float((ap / rel64).sum())
     for k in ks:
         hits[k] += float(match[:, : min(k, depth)].any(1).sum())
 
