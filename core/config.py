@@ -61,8 +61,8 @@ class Settings:
     """Largest encoded image accepted by the media store and by uploads."""
 
     annoy_trees: int = 50
-    annoy_search_k: int = -1
-    """Annoy's search_k at query time; -1 means Annoy's default (k * trees)."""
+    annoy_search_k: int = 10_000
+    """Nodes Annoy inspects per query; -1 means Annoy's default (k * trees), too few for real data."""
     keep_index_versions: int = 3
     verify_sample_size: int = 500
     min_verify_recall: float = 0.9
