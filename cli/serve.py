@@ -10,6 +10,7 @@ Celery.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -20,14 +21,20 @@ from cli.context import CliContext
 from core.config import Settings
 from service.apikeys import ApiKeyError, create_key, list_keys, revoke_key
 from service.app import create_app
-from worker.local import InProcessDispatcher
 
 
 def wsgi_app() -> Flask:
-    """The app for one gunicorn worker (``cli.serve:wsgi_app()``), settings from the environment."""
+    """The app for one gunicorn worker (``cli.serve:wsgi_app()``), settings from the environment.
+
+    The worker package (and the trainer it brings along) is imported only in the
+    embedded setup, where this process runs the jobs; an API worker in broker mode
+    never loads it, which keeps its private memory small.
+    """
     settings = Settings.from_env()
-    dispatcher = InProcessDispatcher(settings, background=True) if settings.embedded else None
-    return create_app(settings, dispatcher=dispatcher)
+    if not settings.embedded:
+        return create_app(settings)
+    local = importlib.import_module("worker.local")
+    return create_app(settings, dispatcher=local.InProcessDispatcher(settings, background=True))
 
 
 def gunicorn_argv(*, bind: str, workers: int, timeout: int | None) -> list[str]:

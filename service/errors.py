@@ -99,34 +99,39 @@ def error_response(status: int, code: ErrorCode | str, message: str, *,
     return response
 
 
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def _is_api_request() -> bool:
-    return request.path.startswith(API_PREFIX) or request.path.rstrip("/") == API_PREFIX.rstrip("/")
+    """API and ops paths get JSON errors; everything else is the UI."""
+    path = request.path
+    return path.startswith(API_PREFIX) or path.rstrip("/") == API_PREFIX.rstrip("/") or path in OPS_PATHS
 
 
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers that give the API JSON errors and the UI HTML ones."""
 
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response | tuple[str, int]:
+    def _api_error(exc: ApiError) -> Response:
         if not _is_api_request():
             return _html(exc.status, exc.message)
         return error_response(exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response | tuple[str, int]:
+    def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = _http_message(exc)
-        if not _is_api_request():
-            return _html(status, message)
         headers = {}
-        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
+        if not _is_api_request():
+            return _html(status, message, headers)
         return error_response(status, _DEFAULT_CODES.get(status, ErrorCode.BAD_REQUEST
                                                          if status < 500 else ErrorCode.INTERNAL),
                               message, headers=headers)
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response | tuple[str, int]:
+    def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         message = "internal error; the request id identifies it in the server log"
         if not _is_api_request():
@@ -144,5 +149,9 @@ def _http_message(exc: HTTPException) -> str:
     return exc.description or exc.name
 
 
-def _html(status: int, message: str) -> tuple[str, int]:
-    return render_template("error.html", status=status, message=message), status
+def _html(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = Response(render_template("error.html", status=status, message=message), status=status,
+                        mimetype="text/html")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response

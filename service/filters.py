@@ -159,7 +159,8 @@ def parse_query_filters(args: Mapping[str, list[str]]) -> Filters:
         _check_attribute_name(name)
         attrs[name] = (*attrs.get(name, ()), value)
     attrs = {name: tuple(dict.fromkeys(values)) for name, values in attrs.items()}
-    return Filters(categories=categories, groups=groups, attributes=_attributes(attrs))
+    # at most 50 attr parameters in all (checked above), so no separate cap on names
+    return Filters(categories=categories, groups=groups, attributes=tuple(sorted(attrs.items())))
 
 
 def parse_json_filters(body: Any) -> Filters:

@@ -8,6 +8,11 @@
   worker (Annoy and torch release the GIL while they compute).
 * Each worker loads the active index in ``post_worker_init``, before it accepts a
   request, so the first queries do not pay for it.
+* The master imports the heavy *libraries* (torch, torchvision, numpy, annoy via
+  ``core.embedding`` and ``core.index``) before forking — not the app, not the
+  index. Importing torch dirties ~280 MB of relocated library pages per process;
+  imported once in the master they stay shared copy-on-write by every worker
+  instead of being private to each.
 * Prometheus multi-process mode: the master puts a fresh directory into
   ``PROMETHEUS_MULTIPROC_DIR`` (``raw_env``) before forking; ``/metrics`` then
   aggregates all workers. The master itself never imports prometheus_client,
@@ -25,6 +30,8 @@ import shutil
 import tempfile
 from typing import Any
 
+import core.embedding  # noqa: F401 - shared library pages, see above
+import core.index  # noqa: F401
 from core.config import Settings
 from service.requestlog import LOG_FORMAT
 

@@ -82,7 +82,7 @@ def create_import() -> Response:
     check_params(())
     body_kind(BodyKind.MULTIPART)
     allow_body(IMPORT_MAX_BYTES + MULTIPART_OVERHEAD)
-    unknown = sorted(set(request.form) - {"format", "delete_missing"})
+    unknown = sorted(str(k) for k in set(request.form) - {"format", "delete_missing"})
     if unknown:
         raise ApiError(400, ErrorCode.BAD_REQUEST,
                        f"unknown form field {unknown[0]!r}: allowed are file, format, delete_missing")
@@ -98,10 +98,10 @@ def create_import() -> Response:
 
 
 def _form_bool(name: str) -> bool:
-    raw = (request.form.get(name) or "false").strip().lower()
-    if raw not in {"true", "false", "1", "0"}:
+    raw = request.form.get(name, "false")
+    if raw not in {"true", "false"}:
         raise bad_param(name, f"must be true or false, got {raw!r}")
-    return raw in {"true", "1"}
+    return raw == "true"
 
 
 def _import_format(given: str | None, filename: str) -> ImportFormat:

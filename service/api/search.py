@@ -44,7 +44,7 @@ def search() -> Response:
     kind = body_kind(BodyKind.MULTIPART, BodyKind.JSON)
     if kind is BodyKind.MULTIPART:
         allow_body(ctx.settings.max_image_bytes + MULTIPART_OVERHEAD)
-        unknown = sorted(set(request.form) - set(FORM_KEYS))
+        unknown = sorted(str(k) for k in set(request.form) - set(FORM_KEYS))
         if unknown:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown form field {unknown[0]!r}: allowed are "
                            "image (file), k, filters")

@@ -56,7 +56,7 @@ class LiveServer:
             try:
                 if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused while binding, slow while workers boot
                 pass
             time.sleep(0.2)
         raise TimeoutError("server not ready:\n" + self.log())
