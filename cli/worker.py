@@ -67,7 +67,9 @@ def worker(ctx: CliContext, queues: str, concurrency: int, pool: str,
     if not wanted or set(wanted) - known:
         raise click.BadParameter(f"queues must be among {sorted(known)}, got {queues!r}", param_hint="--queues")
     argv = ["worker", "-Q", ",".join(wanted), "-c", str(concurrency), "--pool", pool,
-            "--loglevel", loglevel or ctx.settings.log_level, "-n", f"lookalike-{'-'.join(wanted)}@%h"]
+            "--loglevel", loglevel or ctx.settings.log_level, "-n", f"lookalike-{'-'.join(wanted)}@%h",
+            # Job state lives in SQL, not in worker-to-worker sync: skip the start-up handshake.
+            "--without-mingle", "--without-gossip"]
     if max_memory_per_child:
         argv += ["--max-memory-per-child", str(max_memory_per_child)]
     _celery_app(ctx.settings).worker_main(argv=argv)

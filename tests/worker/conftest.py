@@ -64,17 +64,18 @@ def celery_stack(request: pytest.FixtureRequest, tmp_path: Path, postgres_server
     Parametrise it indirectly with a dict of settings overrides for the worker.
     """
     url = postgres_server.create_database(f"w{uuid.uuid4().hex[:12]}")
-    command.upgrade(alembic_config(url), "head")
     broker = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
+    settings = tuned(Settings(home=tmp_path / "home", database_url=url, broker_url=broker, log_level="INFO"))
+    settings = settings.replace(**getattr(request, "param", {}))
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
     client = redis.Redis.from_url(broker)
     client.flushdb()
     client.close()
-    settings = tuned(Settings(home=tmp_path / "home", database_url=url, broker_url=broker, log_level="INFO"))
-    settings = settings.replace(**getattr(request, "param", {}))
+    worker.launch()  # it imports torch while we migrate; it touches SQL only when a task comes
+    command.upgrade(alembic_config(url), "head")
     engine = make_engine(settings)
     app = make_celery(settings)
-    worker = WorkerProcess(settings, tmp_path / "worker.log")
-    worker.start()
+    worker.wait_ready()
     stack = CeleryStack(settings, make_session_factory(engine), app, CeleryTaskSender(app), worker)
     try:
         yield stack

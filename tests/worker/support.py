@@ -114,6 +114,11 @@ class WorkerProcess:
     _ready_before: int = 0
 
     def start(self, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (it takes seconds to import torch)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._ready_before = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
         self.process = subprocess.Popen(
@@ -122,6 +127,9 @@ class WorkerProcess:
             cwd=REPO, env=settings_env(self.settings), start_new_session=True,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
         )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        assert self.process is not None
         wait_until(lambda: self.log_path.read_bytes().count(b" ready.") > self._ready_before
                    or self.process.poll() is not None, timeout, 0.1, "celery worker ready")
         if self.process.poll() is not None:
@@ -134,15 +142,11 @@ class WorkerProcess:
         return [int(c) for c in children]
 
     def stop(self) -> None:
+        """SIGKILL the whole process group: nothing a test looks at later depends on it."""
         if self.process is None or self.process.poll() is not None:
             return
-        pgid = self.process.pid  # start_new_session: the worker leads its own group
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait(5)
+        os.killpg(self.process.pid, signal.SIGKILL)  # start_new_session: it leads its own group
+        self.process.wait(10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
