@@ -13,9 +13,10 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,7 +67,7 @@ def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
         yield [int(i) for i in ids[start:start + _IN_CHUNK]]
 
 
-def _servable(query):  # type: ignore[no-untyped-def]
+def _servable(query: Select[Any]) -> Select[Any]:
     """Restrict an embeddings query to active images of active items."""
     return (
         query.join(ItemImage, ItemImage.id == Embedding.image_id)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from core.db import IndexStatus, IndexVersion, JobKind, JobStatus, session_scope
-from core.embedding import Embedder
+from core.catalog.sample import Split
+from core.db import IndexStatus, IndexVersion, ItemImage, Job, JobKind, JobStatus, session_scope
+from core.embedding import Embedder, ModelSpec
 from core.embeddings_store import load_vectors
 from core.index import IndexManifest, VectorIndex
 from core.jobs import create_job, get_job
@@ -21,10 +22,9 @@ from core.notify import IndexChangeListener
 from core.registry import active_index, active_model, get_model
 from core.reindex_requests import ReindexRequest, submit_reindex
 from core.tasks import TaskName
-from core.catalog.sample import Split
 from tests.worker.conftest import CeleryStack
 from tests.worker.support import (
-    image_ids, import_fmnist, register_tiny_model, wait_for_job, wait_until, write_fmnist_folder,
+    TINY_SPEC, image_ids, import_fmnist, register_tiny_model, wait_for_job, wait_until, write_fmnist_folder,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
@@ -37,14 +37,13 @@ def _index_rows(stack: CeleryStack) -> list[IndexVersion]:
 
 def _no_open_jobs(stack: CeleryStack) -> bool:
     with session_scope(stack.sessions) as s:
-        from core.db import Job
         return not s.scalar(select(func.count()).select_from(Job).where(
             Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
 
 
-def _indexed_catalog(stack: CeleryStack, n: int) -> IndexVersion:
+def _indexed_catalog(stack: CeleryStack, n: int, spec: ModelSpec = TINY_SPEC) -> IndexVersion:
     """A registered model, ``n`` items, embedded by the worker; its first index (auto-built)."""
-    register_tiny_model(stack.settings, stack.sessions)
+    register_tiny_model(stack.settings, stack.sessions, spec=spec)
     ids = import_fmnist(stack.settings, stack.sessions, n)
     stack.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=ids)
     index = wait_until(lambda: active_index(stack.sessions), 90, what="first index")
@@ -80,7 +79,6 @@ def test_import_then_reindex_publishes_the_right_counts_and_model(celery_stack: 
     embedder = Embedder.from_checkpoint(Path(model.checkpoint_path), device=None)
     media = MediaStore.from_settings(stack.settings)
     with session_scope(stack.sessions) as s:
-        from core.db import ItemImage
         some = list(s.execute(select(ItemImage.id, ItemImage.media_key).order_by(ItemImage.id).limit(5)))
         stored_ids, stored = load_vectors(s, model.id, [r.id for r in some])
     expected = embedder.embed([media.open(r.media_key) for r in some])
@@ -133,8 +131,9 @@ def test_two_concurrent_reindex_requests_give_one_build(celery_stack: CeleryStac
 
 def test_worker_killed_mid_reindex_leaves_the_served_index_and_the_retry_completes(celery_stack: CeleryStack) -> None:
     stack = celery_stack
-    served = _indexed_catalog(stack, 60)
-    # New images nobody has embedded yet: the reindex must embed them, which takes a while.
+    # 64 px and new images nobody has embedded yet: the reindex has a second or so of work
+    # to do before it builds, plenty of time to catch it half way.
+    served = _indexed_catalog(stack, 60, ModelSpec(input_size=64, embedding_dim=32))
     import_fmnist(stack.settings, stack.sessions, 700, split=Split.TEST)
     request = submit_reindex(stack.settings, stack.sessions, stack.dispatcher)
     child = stack.worker.child_pids()[0]

@@ -70,7 +70,7 @@ def test_an_item_added_after_the_build_is_findable_at_once_and_a_deleted_one_nev
     assert fresh_ids.tolist() == new_images
     model_id = active_model(env.sessions).id
     with session_scope(env.sessions) as s:
-        every_id, every = load_vectors(env.sessions and s, model_id)
+        every_id, every = load_vectors(s, model_id)
         _, query = load_vectors(s, model_id, new_images[:1])
     # Reference: brute force over every servable vector; the new image is its own nearest.
     rows, _ = exact_search(every, query, 5, metric=Metric.EUCLIDEAN)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from core.dispatch import DispatchUnavailable
 from core.db import session_scope
+from core.dispatch import DispatchUnavailable
 from core.embeddings_store import fresh_image_ids
 from core.reindex_requests import request_reindex
 from core.registry import active_index, active_model
