@@ -75,6 +75,9 @@ def candidates(state: SearchState, vector: np.ndarray, n: int, search_k: int) ->
     The third value says whether nothing more could be found by asking for more.
     """
     index, fresh = state.index, state.fresh
+    if search_k > 0:
+        # a fixed search_k sized for small k would cap a widened query below n results
+        search_k = max(search_k, n * index.manifest.n_trees)
     ids, dists = index.query(vector, n, search_k=search_k) if len(index) else (
         np.empty(0, np.int64), np.empty(0, np.float32))
     exhausted = n >= len(index) and n >= len(fresh)

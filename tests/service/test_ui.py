@@ -1,0 +1,120 @@
+"""The web UI in headless Chromium (Playwright): browse, item page with look-alikes, photo search, jobs.
+
+The screenshot of an item page is kept next to the test's temp files; the test
+asserts that every result image has really been decoded by the browser
+(``naturalWidth > 0``), not only that the ``<img>`` tags exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, sync_playwright
+from sqlalchemy import select
+
+from core.db import Item, ItemImage, session_scope
+from core.embedding import Embedder
+from core.media import MediaStore
+from tests.service.live import LiveServer
+from tests.service.support import Catalog, embed, new_catalog, publish
+from tests.worker.support import import_fmnist
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+ALL_LOADED = "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+
+
+@pytest.fixture
+def fmnist_catalog(service_settings, service_sessions) -> Catalog:
+    """60 Fashion-MNIST items embedded with the (untrained) tiny model and published."""
+    settings = service_settings.replace(database_url=service_settings.resolved_database_url)
+    cat = new_catalog(settings, service_sessions)
+    import_fmnist(settings, service_sessions, limit=60)
+    store = MediaStore.from_settings(settings)
+    with session_scope(service_sessions) as s:
+        rows = s.execute(select(ItemImage.id, ItemImage.media_key, Item.external_id)
+                         .join(Item).order_by(ItemImage.id)).all()
+    for image_id, _, external_id in rows:
+        cat.items[external_id] = {"image_ids": [image_id]}
+    embedder = Embedder.from_checkpoint(settings.models_dir / f"{cat.model_version}.pt")
+    embed(cat, [r[0] for r in rows], embedder.embed([store.open(r[1]) for r in rows]))
+    publish(cat, [r[0] for r in rows])
+    return cat
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def grid_images_loaded(page: Page, selector: str) -> int:
+    page.wait_for_function(f"() => ({ALL_LOADED})(Array.from(document.querySelectorAll('{selector}')))",
+                           timeout=15_000)
+    widths = page.eval_on_selector_all(selector, "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths and all(w > 0 for w in widths)
+    return len(widths)
+
+
+@pytest.mark.slow
+def test_ui_in_chromium(fmnist_catalog: Catalog, browser: Browser, tmp_path: Path) -> None:
+    server = LiveServer(fmnist_catalog.settings, tmp_path / "server.log", workers=1).start()
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        # catalog, browse by category
+        page.goto(server.url + "/")
+        assert page.locator("ul.categories a").count() == 11  # "All" + ten classes
+        page.click("ul.categories >> text=sneaker")
+        assert "category=sneaker" in page.url
+        titles = page.locator("#catalog .title").all_inner_texts()
+        assert titles and all(t.startswith("Sneaker") for t in titles)
+        grid_images_loaded(page, "#catalog img")
+
+        # an item page with its look-alikes, rendered
+        page.click("#catalog li >> nth=0 >> a")
+        assert "/items/fmnist-" in page.url
+        assert grid_images_loaded(page, "#results img.thumb") == 12
+        scores = page.locator("#results .score").all_inner_texts()
+        assert len(scores) == 12 and all(s.startswith("score ") for s in scores)
+        values = [float(s.split()[1]) for s in scores]
+        assert values == sorted(values, reverse=True)
+        shot = tmp_path / "item-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        with Image.open(shot) as image:
+            assert image.width == 1200 and image.height > 600
+            assert len(image.convert("L").getcolors(maxcolors=256) or range(256)) > 20  # photos, not a blank page
+
+        # search by photo: the uploaded image is a catalog photo, so its item comes first
+        photo = tmp_path / "query.png"
+        first_external_id = next(iter(fmnist_catalog.items))
+        key = _media_key(fmnist_catalog, fmnist_catalog.items[first_external_id]["image_ids"][0])
+        photo.write_bytes(MediaStore.from_settings(fmnist_catalog.settings).path(key).read_bytes())
+        page.goto(server.url + "/search")
+        page.set_input_files("#image", str(photo))
+        page.click("form.upload button")
+        page.wait_for_selector("#results")
+        assert grid_images_loaded(page, "#results img.thumb") == 12
+        assert page.locator("#results .card a").first.get_attribute("href").endswith(f"/items/{first_external_id}")
+
+        # a bad upload shows the API's message, not a crash
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not a picture")
+        page.set_input_files("#image", str(bad))
+        page.click("form.upload button")
+        assert "not an image" in page.locator(".problem").inner_text()
+
+        # job status page
+        page.goto(server.url + "/jobs")
+        assert fmnist_catalog.index_version in page.locator(".serving").inner_text()
+    finally:
+        server.stop()
+
+
+def _media_key(cat: Catalog, image_id: int) -> str:
+    with session_scope(cat.sessions) as s:
+        return s.scalar(select(ItemImage.media_key).where(ItemImage.id == image_id))
