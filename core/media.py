@@ -256,13 +256,13 @@ class MediaStore:
         # running as another user could not read; the umask decides here, as for any file.
         directory = str(target.parent)
         if directory not in self._made_dirs:  # one mkdir per shard and process, not per image
-            os.makedirs(directory, exist_ok=True)
+            _make_shard(directory)
             self._made_dirs.add(directory)
         tmp_name = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             fd = os.open(tmp_name, _CREATE_FLAGS, 0o644)
         except FileNotFoundError:  # the shard was removed behind our back (a clean-up job)
-            os.makedirs(directory, exist_ok=True)
+            _make_shard(directory)
             fd = os.open(tmp_name, _CREATE_FLAGS, 0o644)
         try:
             try:
@@ -278,3 +278,12 @@ class MediaStore:
             Path(tmp_name).unlink(missing_ok=True)
             raise
 
+
+def _make_shard(directory: str) -> None:
+    """mkdir the ``ab/cd`` shard (and ``ab`` if needed) without os.makedirs' extra stat calls."""
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)

@@ -29,6 +29,7 @@ are content-addressed and harmless.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,8 +51,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 500
 """Rows per transaction; also keeps ``IN (...)`` lists well inside every backend's limits."""
 
-DEFAULT_IMAGE_WORKERS = 4
-"""Threads that read, validate and store images while the main thread talks to SQL."""
+DEFAULT_IMAGE_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads that read, validate and store images while the main thread talks to SQL.
+
+File creation and image decoding release the GIL, so a few threads overlap them;
+more than the cores only adds GIL hand-offs (measured in bench/bench_import.py)."""
 
 Progress = Callable[[int], None]
 """Called with the number of rows just processed (``tqdm.update`` fits)."""
