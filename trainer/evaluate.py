@@ -33,10 +33,14 @@ def embed_dataset(
     device: torch.device,
     batch_size: int = 256,
     num_workers: int = 0,
-    channels_last: bool = False,
+    channels_last: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """Embeddings ``[len(dataset), dim]`` (float32), in dataset order; restores the train/eval mode."""
+    """Embeddings ``[len(dataset), dim]`` (float32), in dataset order; restores the train/eval mode.
+
+    channels_last by default: the layout ``core.embedding.Embedder`` serves with, so
+    the trainer's numbers and the service's vectors agree to the last bit.
+    """
     spec = unwrap_model(model).spec
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")

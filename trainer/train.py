@@ -35,6 +35,8 @@ from trainer.state import RunPaths, load_state, save_state, seed_everything
 log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption without changing what is computed.
 RESUME_FREE_KEYS = frozenset({"progress", "notes"})
+# Keys of an epoch record that describe training; the rest are holdout metrics.
+_TRAIN_KEYS = frozenset({"epoch", "loss", "active_fraction", "lr", "images_per_second", "seconds", "steps"})
 
 
 @dataclass
@@ -51,9 +53,6 @@ class TrainResult:
         """The holdout metrics of the last evaluated epoch (empty if none was evaluated)."""
         evaluated = [r for r in self.history if "map_at_r" in r]
         return {k: v for k, v in evaluated[-1].items() if k not in _TRAIN_KEYS} if evaluated else {}
-
-
-_TRAIN_KEYS = frozenset({"epoch", "loss", "active_fraction", "lr", "images_per_second", "seconds", "steps"})
 
 
 def train(
@@ -101,7 +100,7 @@ def train(
         history = list(state["history"])
     start_epoch = int(state["epoch"]) if state is not None else 0
     if not history and data.eval is not None and cfg.eval_every:
-        history.append({"epoch": 0, **_evaluate(model, data, cfg, device, channels_last, autocast)})
+        history.append({"epoch": 0, **_evaluate(model, data, cfg, device)})
         write_jsonl(paths.metrics, history)
 
     # ---- the epochs
@@ -138,7 +137,7 @@ def train(
             "images_per_second": totals["images"] / seconds if seconds > 0 else None,
         }
         if data.eval is not None and cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            record.update(_evaluate(model, data, cfg, device, channels_last, autocast))
+            record.update(_evaluate(model, data, cfg, device))
         history.append(record)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
 
@@ -155,8 +154,6 @@ def train(
             on_epoch_end(record)
 
     # ---- the end: plots and report
-    if not paths.checkpoint.exists():  # resumed a finished run that never saved (cannot happen) or 0 epochs
-        save_checkpoint(paths.checkpoint, model, extra={"epoch": 0, "train_config": cfg.to_dict()})
     write_plots(paths.root, history)
     write_atomic(paths.report, render_report(
         name=paths.root.name, config=cfg.to_dict(), summary=data.summary, history=history,
@@ -165,14 +162,11 @@ def train(
     return TrainResult(paths.root, paths.checkpoint, spec, cfg, history, data.summary)
 
 
-def _evaluate(
-    model: EmbeddingNet, data: TrainingData, cfg: TrainConfig, device: torch.device,
-    channels_last: bool, autocast: torch.dtype | None,
-) -> dict[str, Any]:
+def _evaluate(model: EmbeddingNet, data: TrainingData, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Holdout metrics, embedded as the service embeds: float32, its memory layout (see trainer.evaluate)."""
     assert data.eval is not None
     metrics = evaluate_holdout(model, data.eval, device=device, ks=cfg.ks, batch_size=cfg.eval_batch_size,
-                               num_workers=cfg.data.num_workers, channels_last=channels_last,
-                               autocast_dtype=autocast)
+                               num_workers=cfg.data.num_workers)
     return metrics.to_dict()
 
 
