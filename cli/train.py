@@ -16,7 +16,7 @@ import click
 import torch
 
 from cli.context import CliContext
-from core.embedding import Backbone, ModelSpec, Pretrained, load_model, resolve_device
+from core.embedding import Backbone, load_model, resolve_device
 from core.registry import RegistryError, activate_model, active_model, get_model, list_models, new_version
 from core.registry import set_model_metrics
 from trainer.augment import eval_pipeline
@@ -25,7 +25,9 @@ from trainer.data import DataContext, ImageDataset
 from trainer.data.folder import scan_folder
 from trainer.evaluate import evaluate_query_reference
 from trainer.metrics import RetrievalMetrics
-from trainer.registry import NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained
+from trainer.registry import (
+    NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained, untrained_spec,
+)
 from trainer.state import RunPaths
 from trainer.train import train as run_training
 
@@ -190,24 +192,22 @@ def compare(ctx: CliContext, a: str, b: str, config_path: Path | None, overrides
 @models.command()
 @click.option("--backbone", type=click.Choice([b.value for b in Backbone]), required=True)
 @click.option("--pretrained", is_flag=True, help="ImageNet weights for the trunk (from local files only).")
-@click.option("--embedding-dim", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--embedding-dim", type=click.IntRange(min=1),
+              help="Default: the trunk's feature size with --pretrained (the exact frozen features), else 128.")
 @click.option("--input-size", type=click.IntRange(min=16), help="Default: the backbone's natural size.")
 @click.option("--version", help="Version name (default: generated).")
-@click.option("--activate", "make_active", is_flag=True, help="Also make it the active model.")
+@click.option("--activate", "make_active", is_flag=True,
+              help="Make it the active model (done anyway when there is no active model yet).")
 @click.pass_obj
-def init(ctx: CliContext, backbone: str, pretrained: bool, embedding_dim: int, input_size: int | None,
+def init(ctx: CliContext, backbone: str, pretrained: bool, embedding_dim: int | None, input_size: int | None,
          version: str | None, make_active: bool) -> None:
     """Register a model without training it, so the catalog can be indexed right away."""
-    overrides: dict[str, Any] = {"embedding_dim": embedding_dim,
-                                 "pretrained": Pretrained.IMAGENET if pretrained else Pretrained.NONE}
-    if input_size:
-        overrides["input_size"] = input_size
     try:
-        spec = ModelSpec.for_backbone(backbone, **overrides)
+        spec = untrained_spec(backbone, pretrained=pretrained, embedding_dim=embedding_dim, input_size=input_size)
         registered = register_untrained(ctx.sessions, ctx.settings, spec, version=version)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"registered untrained model {registered} ({backbone}, pretrained={pretrained})")
+    click.echo(f"registered untrained model {registered} ({backbone}, {spec.embedding_dim}-d, pretrained={pretrained})")
     if make_active or active_model(ctx.sessions) is None:
         activate_model(ctx.sessions, registered)
         click.echo(f"activated {registered}; run `lookalike reindex` to index the catalog with it")

@@ -19,7 +19,7 @@ from core.embedding.backbones import lite0_weights_file
 from core.registry import get_model, list_models
 from trainer.data import DataContext
 from trainer.registry import (
-    NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained,
+    NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained, untrained_spec,
 )
 from trainer.train import train
 from tests.trainer.test_train import fmnist_config, one_torch_thread  # noqa: F401 - autouse fixture
@@ -60,15 +60,23 @@ def test_register_evaluate_compare(
     assert [m.version for m in list_models(sessions)] == [untrained, version]
 
 
-def test_untrained_pretrained_model_carries_imagenet_features(settings: Settings, sqlite_engine):
+def test_untrained_pretrained_model_is_the_frozen_imagenet_features(settings: Settings, sqlite_engine):
     sessions = make_session_factory(sqlite_engine)
-    spec = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0, pretrained=Pretrained.IMAGENET, embedding_dim=64)
+    spec = untrained_spec(Backbone.EFFICIENTNET_LITE0, pretrained=True, input_size=64)
+    assert spec.embedding_dim == 1280 and spec.pretrained is Pretrained.IMAGENET
     version = register_untrained(sessions, settings, spec)
     model, ckpt = load_model(Path(get_model(sessions, version).checkpoint_path))
     assert ckpt.spec == spec and ckpt.extra == {"untrained": True}
+    assert "imagenet features" in get_model(sessions, version).notes
     shipped = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
     assert torch.equal(model.backbone.body._blocks[5]._project_conv.weight, shipped["_blocks.5._project_conv.weight"])
-    assert "ImageNet" in get_model(sessions, version).notes or "imagenet" in get_model(sessions, version).notes
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # the embedding is exactly the normalised trunk feature vector
+        assert torch.allclose(model(x), torch.nn.functional.normalize(model.backbone(x), dim=1), atol=1e-6)
+
+    narrow = register_untrained(sessions, settings, untrained_spec("resnet18", pretrained=False, embedding_dim=64))
+    head = load_model(Path(get_model(sessions, narrow).checkpoint_path))[0].head[0].weight
+    assert head.shape == (64, 512) and torch.allclose(head @ head.T, torch.eye(64), atol=1e-5)  # orthogonal rows
 
 
 def test_cli_models_train_evaluate(tmp_path: Path, fashion_mnist_dir: Path):
