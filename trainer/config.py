@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import yaml
 from core.config import DeviceChoice
 from core.embedding import Backbone, Distance, ModelSpec, Pretrained
 from trainer.config_tree import ConfigError, apply_overrides, build, plain
+from trainer.files import replacing
 
 __all__ = [
     "AugmentPolicy", "ConfigError", "DataConfig", "DataSource", "LabelKind", "LossConfig", "LossKind",
@@ -225,12 +224,5 @@ class TrainConfig:
 
     def save_yaml(self, path: Path) -> None:
         """Write the resolved config atomically (temp file + rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                yaml.safe_dump(self.to_dict(), fh, sort_keys=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

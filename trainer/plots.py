@@ -6,14 +6,14 @@ global figure state and no display needed) and saved via a temp file + rename.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from trainer.files import replacing
 
 RETRIEVAL_SERIES = ("recall@1", "recall@5", "recall@10", "map_at_r", "r_precision")
 
@@ -25,14 +25,8 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], lis
 
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plot(path: Path, title: str, ylabel: str, history: Sequence[dict[str, Any]], keys: Sequence[str]) -> Path | None:

@@ -9,9 +9,7 @@ before any training), and scoring versions on one and the same holdout.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from core.registry import get_model, new_version, register_model
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data
 from trainer.evaluate import evaluate_holdout
+from trainer.files import replacing
 from trainer.metrics import DEFAULT_KS, RetrievalMetrics
 from trainer.train import TrainResult
 
@@ -151,14 +150,5 @@ def _config_of(train_config: dict[str, Any], version: str) -> TrainConfig:
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(fd)
-    try:
+    with replacing(destination, fsync=True) as tmp:
         shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,15 +16,15 @@ after epoch ``e`` therefore replays exactly what an uninterrupted run would have
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from trainer.files import replacing
 
 STATE_FORMAT = "lookalike.train_state"
 STATE_VERSION = 1
@@ -71,17 +71,8 @@ def seed_everything(seed: int, epoch: int = 0) -> int:
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the resumable state atomically (temp file + fsync + rename)."""
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_state(path: Path) -> dict[str, Any]:

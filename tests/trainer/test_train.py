@@ -125,6 +125,9 @@ def test_run_outputs(tmp_path: Path, fashion_mnist_dir: Path):
     for name in ("loss.png", "active_fraction.png", "retrieval.png"):
         with Image.open(run / name) as png:
             assert png.format == "PNG" and png.size[0] > 100
+    # written atomically: no temporary files left behind, readable by the worker and the API
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in run.iterdir() if p.suffix != ".pt")
     report = (run / "report.txt").read_text()
     assert "MAP@R" in report and "small_cnn" in report
 
