@@ -22,6 +22,7 @@ from trainer.registry import (
     NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained, untrained_spec,
 )
 from trainer.train import train
+from tests.trainer.test_data import make_folder
 from tests.trainer.test_train import fmnist_config, one_torch_thread  # noqa: F401 - autouse fixture
 
 SHORT = ("epochs=1", "steps_per_epoch=20", "classes_per_batch=6", "images_per_class=16", "optim.lr=3e-3",
@@ -108,6 +109,11 @@ def test_cli_models_train_evaluate(tmp_path: Path, fashion_mnist_dir: Path):
 
     metrics = json.loads(run("evaluate", "--model", "active", "--json"))
     assert metrics["n_queries"] == 240 and metrics["map_at_r"] == pytest.approx(listing[0]["map_at_r"], abs=1e-6)
+    # shop photos against catalog photos: queries rank the reference folder
+    queries, references = make_folder(tmp_path / "shop", 3, 2), make_folder(tmp_path / "catalog", 4, 3)
+    metrics = json.loads(run("evaluate", "--model", "m-cli", "--queries", str(queries),
+                             "--references", str(references), "--json"))
+    assert metrics["n_queries"] == 6 and metrics["n_lone"] == 0 and 0 <= metrics["map_at_r"] <= 1
     compared = json.loads(run("models", "compare", "m-init", "m-cli", "--json"))
     assert set(compared["metrics"]) == {"m-init", "m-cli"}
 

@@ -75,11 +75,14 @@ def test_training_lifts_map_at_r_on_unseen_classes(tmp_path: Path, fashion_mnist
     assert result.history[-1]["loss"] < result.history[1]["loss"] * 1.05  # and the loss did not blow up
 
 
-def test_resume_continues_exactly(tmp_path: Path, fashion_mnist_dir: Path):
-    """A run killed after epoch 2 and resumed equals an uninterrupted run, loss for loss."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_continues_exactly(tmp_path: Path, fashion_mnist_dir: Path, workers: int):
+    """A run killed after epoch 2 and resumed equals an uninterrupted run, loss for loss
+    (random augmentation included, loaded in the main process or in a worker process)."""
     cfg = fmnist_config(
         fashion_mnist_dir, "epochs=3", "steps_per_epoch=3", "classes_per_batch=3", "images_per_class=4",
         "data.max_per_class=40", "data.eval_max_per_class=10", "data.augment=light", "seed=7",
+        f"data.num_workers={workers}",
     )
     ctx = DataContext(Settings())
     whole = train(cfg, tmp_path / "whole", ctx)
