@@ -50,6 +50,8 @@ keepalive = 5
 max_requests = 0
 """Workers are not recycled: each restart would re-read the index pages it needs."""
 limit_request_line = 8190
+control_socket_disable = True
+"""No ``gunicornc`` socket: nothing uses it, and two servers of one user would share its path."""
 raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'

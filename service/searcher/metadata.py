@@ -9,11 +9,12 @@ index query itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, or_, select
+from sqlalchemy import Connection, Select, bindparam, or_, select
 
 from core.db import ImageStatus, Item, ItemImage, ItemStatus
 from service.filters import Filters
@@ -54,14 +55,35 @@ _COLUMNS = (Item.id, Item.external_id, Item.title, Item.category, Item.group_key
             ItemImage.id, ItemImage.media_key)
 
 
-def _servable(query: Select[Any], filters: Filters, exclusions: Exclusions, dialect: str) -> Select[Any]:
-    query = query.where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE,
-                        *filters.clauses(dialect))
-    if exclusions.item_id is not None:
-        query = query.where(Item.id != exclusions.item_id)
-    if exclusions.group_key is not None:
-        query = query.where(or_(Item.group_key.is_(None), Item.group_key != exclusions.group_key))
+@functools.lru_cache(maxsize=512)
+def _statement(dialect: str, filters: Filters, exclude_item: bool, exclude_group: bool,
+               by_ids: bool) -> Select[Any]:
+    """The metadata query for one shape of request, built once and reused.
+
+    Building a ``select`` costs more than running it on an indexed table, so each
+    shape (filters, which exclusions, by ids or not) is built once per process; the
+    varying values are bound parameters: ``ids`` (expanding), ``exclude_item_id``,
+    ``exclude_group``.
+    """
+    query = (select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id)
+             .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE,
+                    *filters.clauses(dialect)))
+    if exclude_item:
+        query = query.where(Item.id != bindparam("exclude_item_id"))
+    if exclude_group:
+        query = query.where(or_(Item.group_key.is_(None), Item.group_key != bindparam("exclude_group")))
+    if by_ids:
+        query = query.where(ItemImage.id.in_(bindparam("ids", expanding=True)))
     return query
+
+
+def _params(exclusions: Exclusions) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if exclusions.item_id is not None:
+        params["exclude_item_id"] = exclusions.item_id
+    if exclusions.group_key is not None:
+        params["exclude_group"] = exclusions.group_key
+    return params
 
 
 def _meta(row: Any) -> ImageMeta:
@@ -72,12 +94,13 @@ def _meta(row: Any) -> ImageMeta:
 def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filters,
                    exclusions: Exclusions) -> dict[int, ImageMeta]:
     """Metadata of the servable, matching images among ``image_ids`` (one query per 10k ids)."""
-    dialect = conn.dialect.name
-    base = _servable(select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id), filters, exclusions, dialect)
+    statement = _statement(conn.dialect.name, filters, exclusions.item_id is not None,
+                           exclusions.group_key is not None, True)
+    params = _params(exclusions)
     out: dict[int, ImageMeta] = {}
     ids = [int(i) for i in image_ids]
     for start in range(0, len(ids), IN_CHUNK):
-        for row in conn.execute(base.where(ItemImage.id.in_(ids[start:start + IN_CHUNK]))):
+        for row in conn.execute(statement, {**params, "ids": ids[start:start + IN_CHUNK]}).all():
             out[row[6]] = _meta(row)
     return out
 
@@ -85,20 +108,24 @@ def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filte
 def matching_images(conn: Connection, *, filters: Filters, exclusions: Exclusions,
                     limit: int) -> list[ImageMeta] | None:
     """Every servable image matching the filters, or None if there are more than ``limit``."""
-    query = _servable(select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id), filters, exclusions,
-                      conn.dialect.name).order_by(ItemImage.id).limit(limit + 1)
-    rows = [_meta(r) for r in conn.execute(query)]
+    statement = _statement(conn.dialect.name, filters, exclusions.item_id is not None,
+                           exclusions.group_key is not None, False)
+    rows = [_meta(r) for r in conn.execute(statement.order_by(ItemImage.id).limit(limit + 1),
+                                           _params(exclusions))]
     return None if len(rows) > limit else rows
+
+
+_LOOKUP = (
+    select(Item.id, Item.group_key, ItemImage.id)
+    .outerjoin(ItemImage, (ItemImage.item_id == Item.id) & (ItemImage.status == ImageStatus.ACTIVE))
+    .where(Item.external_id == bindparam("external_id"), Item.status == ItemStatus.ACTIVE)
+    .order_by(ItemImage.position, ItemImage.id)
+)
 
 
 def lookup_item(conn: Connection, external_id: str) -> QueryItem | None:
     """The active item with this external id and its active images; None if absent or deleted."""
-    rows = conn.execute(
-        select(Item.id, Item.group_key, ItemImage.id)
-        .outerjoin(ItemImage, (ItemImage.item_id == Item.id) & (ItemImage.status == ImageStatus.ACTIVE))
-        .where(Item.external_id == external_id, Item.status == ItemStatus.ACTIVE)
-        .order_by(ItemImage.position, ItemImage.id)
-    ).all()
+    rows = conn.execute(_LOOKUP, {"external_id": external_id}).all()
     if not rows:
         return None
     return QueryItem(item_id=rows[0][0], group_key=rows[0][1],

@@ -50,16 +50,20 @@ class LiveServer:
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("server exited:\n" + self.log())
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:  # refused while binding, slow while workers boot
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server not ready:\n" + self.log())
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError("server exited:\n" + self.log())
+                try:
+                    if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                        return self
+                except requests.RequestException:  # refused while binding, slow while workers boot
+                    pass
+                time.sleep(0.2)
+            raise TimeoutError("server not ready:\n" + self.log())
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
 
     def worker_pids(self) -> list[int]:
         assert self.process is not None

@@ -1,0 +1,348 @@
+"""API latency and throughput: similar-by-id over HTTP on a large index, image search, worker memory.
+
+    PYTHONPATH=. MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 python bench/bench_api.py [--quick]
+
+Builds (once, cached in --home) a catalog of N items with one image each and a
+synthetic 128-d unit vector per image (clustered, 100 per cluster), an Annoy index
+over them with the default settings (50 trees, search_k 10000), and a registered
+(untrained) small-CNN model. Then it starts ``lookalike serve`` (gunicorn, 2
+workers) and measures, in one run:
+
+1. Annoy's own query time in this process on the same index (the same call the
+   server makes: ``vector(id)`` + ``query(v, 2k+8, search_k)``);
+2. sequential similar-by-id requests on one keep-alive connection, split with the
+   ``Server-Timing`` header into index / metadata / serialisation / framework;
+3. throughput with wrk (if installed; else Python threads) at a few concurrencies;
+4. search by uploaded image, split into decode / embed / search / metadata;
+5. each worker's memory from /proc/<pid>/smaps_rollup, and its share of the index file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from alembic import command
+from PIL import Image
+from sqlalchemy import insert
+
+from core.config import Settings
+from core.db import IndexStatus, IndexVersion, Item, ItemImage, make_engine, make_session_factory, session_scope
+from core.embedding import ModelSpec, build_model, save_checkpoint
+from core.index import Metric, VectorIndex, build_index
+from core.registry import activate_model, get_model, register_model
+from migrations import alembic_config
+from service.searcher.engine import first_fetch
+from service.filters import Filters
+from service.searcher.metadata import Exclusions
+
+REPO = Path(__file__).resolve().parents[1]
+DIM, K, CATEGORIES = 128, 10, 20
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# ----------------------------------------------------------------------------- dataset
+def build_dataset(home: Path, n: int) -> dict:
+    marker = home / "dataset.json"
+    if marker.exists() and json.loads(marker.read_text())["n"] == n:
+        return json.loads(marker.read_text())
+    shutil.rmtree(home, ignore_errors=True)
+    settings = Settings(home=home)
+    command.upgrade(alembic_config(settings.resolved_database_url), "head")
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    t0 = time.perf_counter()
+    spec = ModelSpec()  # small CNN, 128-d, 64 px; untrained weights: latency is what is measured
+    checkpoint = settings.models_dir / "m-bench.pt"
+    save_checkpoint(checkpoint, build_model(spec))
+    register_model(sessions, checkpoint_path=checkpoint, spec=spec.to_dict(), version="m-bench")
+    activate_model(sessions, "m-bench")
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        for start in range(0, n, 50_000):
+            rows = range(start, min(n, start + 50_000))
+            conn.execute(insert(Item), [
+                {"external_id": f"b{i:07d}", "title": f"Bench item {i}", "category": f"cat{i % CATEGORIES:02d}",
+                 "attributes": {"color": f"c{i % 8}", "size": 36 + i % 10}, "group_key": f"g{i // 5}",
+                 "created_at": now, "updated_at": now} for i in rows])
+            conn.execute(insert(ItemImage), [
+                {"item_id": i + 1, "position": 0, "source_uri": "", "media_key": f"{i:064x}", "width": 64,
+                 "height": 64, "created_at": now, "updated_at": now} for i in rows])
+    sql_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((max(1, n // 100), DIM)).astype(np.float32)
+    vectors = centers[rng.integers(0, len(centers), n)] + 0.1 * rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)  # image ids of a fresh database
+    directory = settings.indexes_dir / "i-bench"
+    t1 = time.perf_counter()
+    manifest = build_index(directory, ids, vectors, index_version="i-bench", model_version="m-bench",
+                           metric=Metric.EUCLIDEAN, n_trees=settings.annoy_trees)
+    build_s = time.perf_counter() - t1
+    model_id = get_model(sessions, "m-bench").id
+    with session_scope(sessions) as s:
+        s.add(IndexVersion(version="i-bench", model_id=model_id, path=str(directory), item_count=n,
+                           image_count=n, status=IndexStatus.ACTIVE, n_trees=manifest.n_trees,
+                           build_seconds=build_s, max_embedding_created_at=now, published_at=now))
+    info = {"n": n, "sql_seconds": round(sql_s, 1), "build_seconds": round(build_s, 1),
+            "index_mb": round((directory / "index.ann").stat().st_size / 2**20)}
+    marker.write_text(json.dumps(info))
+    engine.dispose()
+    return info
+
+
+# ----------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(home: Path, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")},
+           "PYTHONPATH": str(REPO), "LOOKALIKE_HOME": str(home), "LOOKALIKE_LOG_LEVEL": "WARNING",
+           "LOOKALIKE_TORCH_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bind", f"127.0.0.1:{port}",
+                             "--workers", str(workers)], cwd=REPO, env=env, start_new_session=True,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        time.sleep(0.5)
+    raise TimeoutError(log.read_text()[-3000:])
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(60)
+
+
+def server_timing(header: str) -> dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+);dur=([0-9.]+)", header)}
+
+
+def sequential(port: int, paths: list[str], method: str = "GET", body: bytes | None = None,
+               headers: dict | None = None) -> tuple[list[float], list[dict[str, float]]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    latencies, phases = [], []
+    for path in paths:
+        t0 = time.perf_counter()
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        latencies.append((time.perf_counter() - t0) * 1000)
+        assert response.status == 200, (response.status, path)
+        phases.append(server_timing(response.getheader("Server-Timing", "")))
+    conn.close()
+    return latencies, phases
+
+
+# ----------------------------------------------------------------------------- load
+def wrk_run(port: int, n: int, connections: int, seconds: int) -> dict:
+    script = Path(tempfile.mkdtemp()) / "ids.lua"
+    script.write_text(f"math.randomseed(7)\nrequest = function()\n  return wrk.format('GET', "
+                      f"string.format('/api/v1/items/b%07d/similar?k={K}', math.random(0, {n - 1})))\nend\n")
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s",
+                          str(script), f"http://127.0.0.1:{port}"], capture_output=True, text=True).stdout
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def latency(label: str) -> float:
+        m = re.search(rf"{label}%\s+([0-9.]+)(us|ms|s)", out)
+        return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), "p50": latency("50"),
+            "p99": latency("99"), "errors": int(errors.group(1)) if errors else 0, "tool": "wrk"}
+
+
+def python_load(port: int, n: int, connections: int, seconds: int) -> dict:
+    lat: list[float] = []
+    errors = [0]
+    stop = time.monotonic() + seconds
+    rng = np.random.default_rng(7)
+
+    def loop(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            conn.request("GET", f"/api/v1/items/b{int(r.integers(n)):07d}/similar?k={K}")
+            response = conn.getresponse()
+            response.read()
+            lat.append((time.perf_counter() - t0) * 1000)
+            errors[0] += response.status != 200
+
+    threads = [threading.Thread(target=loop, args=(int(rng.integers(1 << 30)),)) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"rps": len(lat) / seconds, "p50": pct(lat, 50), "p99": pct(lat, 99), "errors": errors[0],
+            "tool": "python threads"}
+
+
+# ----------------------------------------------------------------------------- memory
+def memory_of(pid: int, index_file: Path) -> dict[str, float]:
+    rollup = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in open(f"/proc/{pid}/smaps_rollup")
+              if line.split(":")[0] in {"Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean",
+                                        "Private_Dirty"}}
+    index = {"Rss": 0.0, "Shared_Clean": 0.0, "Private_Clean": 0.0}
+    inside = False
+    for line in open(f"/proc/{pid}/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith(str(index_file))
+        elif inside and line.split(":")[0] in index:
+            index[line.split(":")[0]] += int(line.split()[1]) / 1024
+    return {**rollup, **{f"index_{k}": v for k, v in index.items()}}
+
+
+# ----------------------------------------------------------------------------- parts
+def annoy_alone(home: Path, ids: list[int], search_k: int) -> tuple[list[float], list[float]]:
+    """(vector + query ms, query-only ms) per id, in this process, like the server's call."""
+    index = VectorIndex.load(home / "artifacts" / "indexes" / "i-bench")
+    n = first_fetch(K, Filters(), Exclusions(item_id=1))
+    effective = max(search_k, n * index.manifest.n_trees)
+    both, query_only = [], []
+    for image_id in ids:
+        t0 = time.perf_counter()
+        v = index.vector(image_id)
+        t1 = time.perf_counter()
+        index.query(v, n, search_k=effective)
+        t2 = time.perf_counter()
+        both.append((t2 - t0) * 1000)
+        query_only.append((t2 - t1) * 1000)
+    index.close()
+    return both, query_only
+
+
+def query_photo() -> bytes:
+    photos = sorted(Path("/work/shared/data/clothing-small/test").glob("*/*.jpg"))
+    if photos:
+        return photos[0].read_bytes()
+    y, x = np.mgrid[0:400, 0:400]
+    pixels = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def multipart(photo: bytes) -> tuple[bytes, dict[str, str]]:
+    boundary = "benchboundary7d2f"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + (
+            f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{K}\r\n--{boundary}--\r\n"
+            ).encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def phase_row(name: str, values: list[float], goal: str = "") -> str:
+    return f"| {name} | {pct(values, 50):.3f} | {pct(values, 99):.3f} | {goal} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200,000 items instead of 1,000,000")
+    parser.add_argument("--items", type=int, default=None)
+    parser.add_argument("--home", type=Path, default=None, help="dataset cache (default /tmp/lookalike-bench-api-N)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
+    args = parser.parse_args()
+    n = args.items or (200_000 if args.quick else 1_000_000)
+    home = args.home or Path(tempfile.gettempdir()) / f"lookalike-bench-api-{n}"
+    settings = Settings(home=home)
+    info = build_dataset(home, n)
+    print(f"dataset: {n:,} items/images, 128-d synthetic vectors; SQL insert {info['sql_seconds']} s, "
+          f"index build {info['build_seconds']} s, index file {info['index_mb']} MB "
+          f"({settings.annoy_trees} trees, search_k {settings.annoy_search_k})\n")
+
+    rng = np.random.default_rng(1)
+    sample = [int(i) for i in rng.integers(0, n, args.requests)]
+    log = home / "server.log"
+    proc, port = start_server(home, 2, log)
+    try:
+        workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample[:200]])  # warm-up
+        annoy_both, annoy_query = annoy_alone(home, [i + 1 for i in sample], settings.annoy_search_k)
+        client, phases = sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample])
+        index_ms = [p.get("index", 0.0) for p in phases]
+        meta_ms = [p.get("meta", 0.0) for p in phases]
+        ser_ms = [p.get("ser", 0.0) for p in phases]
+        app_ms = [p.get("app", 0.0) for p in phases]
+        print(f"### Similar-by-id, sequential ({args.requests} requests, one keep-alive connection, k={K})\n")
+        print("| part | p50 ms | p99 ms | goal |\n|---|---|---|---|")
+        print(phase_row("Annoy alone in the bench process: vector(id) + query", annoy_both))
+        print(phase_row("Annoy alone: query only", annoy_query))
+        print(phase_row("index query in the server (`index`)", index_ms))
+        print(phase_row("metadata fetch, 2 SQL queries (`meta`)", meta_ms))
+        print(phase_row("serialisation (`ser`)", ser_ms))
+        print(phase_row("framework inside Flask (app - index - meta - ser)",
+                        [a - i - m - s for a, i, m, s in zip(app_ms, index_ms, meta_ms, ser_ms)]))
+        print(phase_row("HTTP + gunicorn + client (client - app)", [c - a for c, a in zip(client, app_ms)]))
+        print(phase_row("**everything outside the index query** (client - index)",
+                        [c - i for c, i in zip(client, index_ms)], "≤ 2 ms at p50"))
+        print(phase_row("**total, client side**", client, "p99 ≤ 20 ms"))
+
+        load = wrk_run if shutil.which("wrk") else python_load
+        print(f"\n### Similar-by-id under load (gunicorn 2 workers x 4 threads, {args.seconds} s each)\n")
+        print("| tool | connections | requests/s | p50 ms | p99 ms | errors | goal |\n|---|---|---|---|---|---|---|")
+        for c in args.concurrency:
+            r = load(port, n, c, args.seconds)
+            print(f"| {r['tool']} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
+                  f"≥ 500 req/s, p99 ≤ 20 ms |")
+
+        body, headers = multipart(query_photo())
+        client_img, phases_img = sequential(port, ["/api/v1/search"] * 60, "POST", body, headers)
+        print(f"\n### Search by uploaded image (60 sequential uploads of a {len(body) // 1024} KB JPEG; "
+              f"model: small CNN 64 px, 128-d, CPU, 1 torch thread)\n")
+        print("| part | p50 ms | p99 ms | goal |\n|---|---|---|---|")
+        for name, key in (("decode", "decode"), ("embed", "embed"), ("search (index)", "index"),
+                          ("metadata", "meta"), ("serialisation", "ser"), ("app total", "app")):
+            print(phase_row(name, [p.get(key, 0.0) for p in phases_img[10:]]))
+        print(phase_row("total, client side", client_img[10:]))
+
+        index_file = (home / "artifacts" / "indexes" / "i-bench" / "index.ann").resolve()
+        print(f"\n### Memory per API worker (index file {index_file.stat().st_size / 2**20:.0f} MB; "
+              "/proc/<pid>/smaps_rollup, MB)\n")
+        print("| worker | RSS | PSS | shared clean | shared dirty | private clean | private dirty | "
+              "index file resident (shared / private) | goal |\n|---|---|---|---|---|---|---|---|---|")
+        for pid in workers:
+            m = memory_of(pid, index_file)
+            print(f"| {pid} | {m['Rss']:.0f} | {m['Pss']:.0f} | {m['Shared_Clean']:.0f} | {m['Shared_Dirty']:.0f} | "
+                  f"{m['Private_Clean']:.0f} | {m['Private_Dirty']:.0f} | {m['index_Rss']:.0f} "
+                  f"({m['index_Shared_Clean']:.0f} / {m['index_Private_Clean']:.0f}) | private ≤ 250 |")
+        print(f"\nserver log: {log}; median similar-by-id index phase {statistics.median(index_ms):.3f} ms")
+    finally:
+        stop_server(proc)
+
+
+if __name__ == "__main__":
+    main()
