@@ -45,6 +45,9 @@ ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _HEADER_LOCK = threading.Lock()
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+"""EXIF orientations that swap width and height (the 90- and 270-degree ones)."""
 _TMP_PREFIX = ".tmp-"
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -78,11 +81,11 @@ class StoredImage:
 
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> Image.Image:
     """Decode ``data`` into an RGB image, or raise :class:`MediaError` saying why not."""
-    return _decode(data, max_pixels=max_pixels, max_bytes=max_bytes)[0]
+    return _to_rgb(_apply_orientation(_load(data, max_pixels=max_pixels, max_bytes=max_bytes)))
 
 
-def _decode(data: bytes, *, max_pixels: int, max_bytes: int | None) -> tuple[Image.Image, str]:
-    """The RGB image and the name of its encoded format."""
+def _load(data: bytes, *, max_pixels: int, max_bytes: int | None) -> Image.Image:
+    """The fully decoded image as stored (no rotation, original mode), after every check."""
     if max_bytes is not None and len(data) > max_bytes:
         raise MediaError(
             MediaErrorReason.TOO_LARGE,
@@ -107,7 +110,7 @@ def _decode(data: bytes, *, max_pixels: int, max_bytes: int | None) -> tuple[Ima
     except MemoryError as exc:  # a header that slipped past the checks
         raise MediaError(MediaErrorReason.TOO_MANY_PIXELS, "image needs too much memory to decode") from exc
     _check_pixels(image.size, max_pixels)  # GIF frames may grow the canvas while loading
-    return _to_rgb(_apply_orientation(image)), image.format or "UNKNOWN"
+    return image
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
@@ -144,6 +147,16 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
             MediaErrorReason.TOO_MANY_PIXELS,
             f"image is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}",
         )
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """The size after EXIF rotation, without rotating any pixels."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF is ignored here as in _apply_orientation
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
@@ -194,15 +207,20 @@ class MediaStore:
         """Where ``key`` lives (whether or not it exists); refuses anything but a SHA-256 hex key."""
         if not isinstance(key, str) or not _KEY_RE.match(key):
             raise ValueError(f"invalid media key {key!r}: expected 64 lower-case hex characters")
-        return self.root / key[:2] / key[2:4] / key
+        return self.root / f"{key[:2]}/{key[2:4]}/{key}"
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
     def describe(self, data: bytes) -> StoredImage:
-        """Validate ``data`` like :meth:`put_bytes` would, without storing anything."""
-        image, fmt = _decode(data, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
-        return StoredImage(key=media_key(data), width=image.width, height=image.height, format=fmt)
+        """Validate ``data`` like :meth:`put_bytes` would, without storing anything.
+
+        The pixels are fully decoded (that is the validation) but not rotated or
+        converted: the size after EXIF rotation is computed from the tag.
+        """
+        image = _load(data, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        width, height = _oriented_size(image)
+        return StoredImage(key=media_key(data), width=width, height=height, format=image.format or "UNKNOWN")
 
     def put_bytes(self, data: bytes) -> StoredImage:
         """Validate and store ``data``; storing bytes that are already there changes nothing."""

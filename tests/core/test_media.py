@@ -237,3 +237,13 @@ def test_files_are_readable_by_others_and_removed_shards_come_back(store: MediaS
     store.path(key).parent.rmdir()
     assert store.put_bytes(data).key == key
     assert store.path(key).read_bytes() == data
+
+
+@pytest.mark.parametrize(("orientation", "size"), [(1, (40, 20)), (3, (40, 20)), (6, (20, 40)), (8, (20, 40))])
+def test_stored_size_is_the_size_after_exif_rotation(store: MediaStore, orientation: int,
+                                                     size: tuple[int, int]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = store.put_bytes(encode(gradient_image(40, 20), "JPEG", exif=exif.tobytes()))
+    assert (stored.width, stored.height) == size
+    assert store.open(stored.key).size == size

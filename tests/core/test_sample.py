@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CatalogFormatError, Split, fashion_mnist_source, import_fashion_mnist
-from core.catalog.sample import CLASSES, balanced_subset, read_idx
+from core.catalog.sample import CLASSES, balanced_subset, png_bytes, read_idx
 from core.config import Settings
 from core.media import MediaStore
 from tests.fixtures.catalog import snapshot
@@ -96,3 +98,13 @@ def test_broken_dataset_files_are_reported(tmp_path: Path) -> None:
     bad.write_bytes(b"plain text")
     with pytest.raises(CatalogFormatError, match="gzip"):
         read_idx(bad)
+
+
+def test_png_bytes_decode_to_the_same_pixels_with_pillow() -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (28, 31), dtype=np.uint8)
+    data = png_bytes(pixels)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        assert (image.format, image.mode, image.size) == ("PNG", "L", (31, 28))
+        assert np.array_equal(np.asarray(image), pixels)
+    assert png_bytes(pixels.copy()) == data
