@@ -143,7 +143,7 @@ class TrainConfig:
     images_per_class: int = 4
     """P x K batches; pairs / triplets training uses P*K tuples per batch."""
     steps_per_epoch: int = 0
-    """0: one pass over the training images (or tuples)."""
+    """Batches per epoch: 0 (or anything larger) means one pass over the training images or tuples."""
     seed: int = 0
     device: DeviceChoice = DeviceChoice.AUTO
     amp: bool = True
