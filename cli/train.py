@@ -16,11 +16,12 @@ import click
 import torch
 
 from cli.context import CliContext
+from core.config import DeviceChoice
 from core.embedding import Backbone, load_model, resolve_device
 from core.registry import RegistryError, activate_model, active_model, get_model, list_models, new_version
 from core.registry import set_model_metrics
 from trainer.augment import eval_pipeline
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, DataSource, TrainConfig
 from trainer.data import DataContext, ImageDataset
 from trainer.data.folder import scan_folder
 from trainer.evaluate import evaluate_query_reference
@@ -65,12 +66,14 @@ def train(ctx: CliContext, config_path: Path | None, overrides: tuple[str, ...],
             if config_path is None:
                 raise click.UsageError("give --config FILE (see trainer/configs/) or --resume DIR")
             cfg = TrainConfig.from_yaml(config_path, overrides)
+        if cfg.device is DeviceChoice.AUTO and ctx.settings.device is not DeviceChoice.AUTO:
+            cfg = cfg.with_overrides([f"device={ctx.settings.device.value}"])  # LOOKALIKE_DEVICE decides
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     _use_threads(ctx)
     version = version or (resume_dir.name if resume_dir is not None else new_version("m"))
     run_dir = resume_dir or out or ctx.settings.models_dir / "runs" / version
-    needs_db = register or cfg.data.source.value in ("catalog", "pairs", "triplets")
+    needs_db = register or cfg.data.source in (DataSource.CATALOG, DataSource.PAIRS, DataSource.TRIPLETS)
     data_ctx = DataContext(ctx.settings, ctx.sessions if needs_db else None)
     try:
         result = run_training(cfg, run_dir, data_ctx, resume=resume_dir is not None)
