@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.catalog import delete_items
 from core.catalog.sample import Split
-from core.db import IndexStatus, IndexVersion, Item, ItemImage, JobKind, JobStatus, session_scope
+from core.db import (
+    IndexStatus, IndexVersion, Item, ItemImage, JobKind, JobStatus, ModelVersion, session_scope,
+)
 from core.embeddings_store import active_image_mask, fresh_set, load_vectors
 from core.index import Metric, VectorIndex, exact_search
 from core.jobs import create_job, get_job, list_jobs
@@ -19,7 +21,9 @@ from core.reindex_requests import request_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import Embedded
 from tests.worker.support import import_fmnist, register_tiny_model
+from trainer.config import DataSource, LabelKind
 from worker.flows.publish import publish_index
+from worker.flows.retrain import retrain_config
 
 
 def _indexed(env: Embedded, n: int) -> IndexVersion:
@@ -184,3 +188,37 @@ def test_the_scheduled_reindex_runs_only_when_something_changed(embedded: Embedd
     env.dispatcher.send(TaskName.SCHEDULED_REINDEX)  # the active model has no index yet
     third = active_index(env.sessions)
     assert third.model.version == "m-next" and third.image_count == 24
+
+
+TINY_TRAINING = [
+    "model.input_size=32", "model.embedding_dim=32", "epochs=1", "steps_per_epoch=2",
+    "classes_per_batch=4", "images_per_class=2", "data.label=category",
+    "data.holdout_classes=[trouser, bag, sandal]", "eval_batch_size=64", "amp=false",
+]
+
+
+def test_a_retrain_trains_on_the_catalog_even_after_a_model_trained_on_files(embedded: Embedded) -> None:
+    env = embedded
+    register_tiny_model(env.settings, env.sessions)
+    with session_scope(env.sessions) as s:  # the active model came from `lookalike train` on idx files
+        s.execute(update(ModelVersion).values(train_config={
+            "data": {"source": "idx", "path": "/data/train.gz", "eval_path": "/data/t10k.gz",
+                     "holdout_classes": ["6", "7"]}, "epochs": 3}))
+    cfg = retrain_config(env.dispatcher.runtime, None, ["epochs=2"])
+    assert (cfg.data.source, cfg.data.label, cfg.data.path, cfg.data.eval_path) == (
+        DataSource.CATALOG, LabelKind.CATEGORY, "", "")
+    assert cfg.data.holdout_classes == [] and cfg.epochs == 2 and cfg.progress is False
+
+
+def test_a_retried_retrain_does_not_train_a_registered_candidate_again(embedded: Embedded) -> None:
+    env = embedded
+    env.dispatcher.runtime.settings = env.settings.replace(promotion_margin=1.0)
+    _indexed(env, 60)
+    job_id = create_job(env.sessions, JobKind.RETRAIN)
+    # The first attempt died right after registering its candidate.
+    register_tiny_model(env.settings, env.sessions, seed=3, activate=False, version=f"m-retrain-{job_id}")
+    env.dispatcher.send(TaskName.RETRAIN, job_id=job_id, overrides=TINY_TRAINING)
+    job = get_job(env.sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.result["candidate"] == f"m-retrain-{job_id}" and "run_dir" not in job.result
+    assert job.result["promoted"] is False and "below the margin 1.0" in job.result["decision"]["reason"]

@@ -12,21 +12,15 @@ index keep serving, and if that reindex fails they simply stay.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from core.config import Settings
 from core.db import JobKind
-from core.embedding import load_model, resolve_device
+from core.embedding import resolve_device
 from core.jobs import create_job, fail_job, finish_job, get_job, start_job, update_progress
-from core.registry import RegistryError, active_model, register_model, set_model_metrics
-from trainer.config import DataSource, TrainConfig
+from core.registry import RegistryError, active_model, get_model, set_model_metrics
+from trainer.config import DataSource, LabelKind, TrainConfig
 from trainer.data import DataContext
-from trainer.data.build import build_eval_data
-from trainer.evaluate import evaluate_holdout
+from trainer.registry import NoHoldoutError, evaluate_version, register_trained
 from trainer.state import RunPaths
 from trainer.train import train
 from worker.flows.errors import FlowError
@@ -46,46 +40,34 @@ class RetrainError(FlowError):
     pass
 
 
+CATALOG_SWITCH = ("data.path=''", "data.eval_path=''", "data.holdout_classes=[]",
+                  f"data.label={LabelKind.CATEGORY.value}")
+"""Applied when the base config trained on files (idx, folder): the retrain trains on the
+catalog instead, where every item has a category but often a single photo, and the
+file source's holdout classes mean nothing. Overrides given with the job come after."""
+
+
 def retrain_config(rt: Runtime, config: dict[str, Any] | None, overrides: list[str]) -> TrainConfig:
     """The config to train with: ``config``, else the active model's, plus overrides; on the catalog."""
     base: dict[str, Any] = dict(config or {})
     current = active_model(rt.sessions)
     if not base and current is not None and current.train_config:
         base = dict(current.train_config)
-    forced = [f"data.source={DataSource.CATALOG.value}", "progress=false"]
     try:
-        cfg = TrainConfig.from_dict(base).with_overrides([f"device={rt.settings.device.value}", *overrides])
-        return cfg.with_overrides(forced)
+        cfg = TrainConfig.from_dict(base).with_overrides([f"device={rt.settings.device.value}"])
+        switch = list(CATALOG_SWITCH) if cfg.data.source is not DataSource.CATALOG else []
+        return cfg.with_overrides([*switch, *overrides, f"data.source={DataSource.CATALOG.value}", "progress=false"])
     except ValueError as exc:
         raise RetrainError(f"invalid training config: {exc}") from exc
 
 
-def holdout_metrics(settings: Settings, rt: Runtime, cfg: TrainConfig, checkpoint: Path) -> dict[str, Any]:
-    """Leave-one-out metrics of a checkpoint on the config's fixed holdout of the catalog."""
-    model, _ = load_model(checkpoint)
-    dataset = build_eval_data(cfg.data, model.spec, DataContext(settings, rt.sessions))
-    if dataset is None:
-        raise RetrainError("the training config leaves no holdout to compare models on "
-                           "(set data.holdout_fraction or data.holdout_classes)")
-    device = resolve_device(settings.device)
-    metrics = evaluate_holdout(model.to(device), dataset, device=device, ks=cfg.ks,
-                               batch_size=cfg.eval_batch_size)
-    return metrics.to_dict()
-
-
-def _install_checkpoint(source: Path, models_dir: Path, version: str) -> Path:
-    """Copy a run's checkpoint to ``models/<version>.pt`` (temp name, then rename)."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    target = models_dir / f"{version}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=models_dir)
-    os.close(fd)
+def holdout_metrics(rt: Runtime, version: str, cfg: TrainConfig) -> dict[str, Any]:
+    """Leave-one-out metrics of ``version`` on ``cfg``'s fixed holdout of the current catalog."""
     try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+        return evaluate_version(rt.sessions, rt.settings, version, config=cfg,
+                                device=resolve_device(rt.settings.device)).to_dict()
+    except NoHoldoutError as exc:
+        raise RetrainError(str(exc)) from exc
 
 
 def run_retrain(rt: Runtime, job_id: int | None = None, config: dict[str, Any] | None = None,
@@ -103,7 +85,7 @@ def run_retrain(rt: Runtime, job_id: int | None = None, config: dict[str, Any] |
         return {"error": error}
     start_job(rt.sessions, job_id)
     try:
-        result = _retrain(rt, job_id, job.result, config, overrides)
+        result = _retrain(rt, job_id, job.result, config, overrides, reason)
     except (FlowError, LockBusy, RegistryError) as exc:
         fail_job(rt.sessions, job_id, str(exc), result=get_job(rt.sessions, job_id).result)
         return {"error": str(exc)}
@@ -114,32 +96,38 @@ def run_retrain(rt: Runtime, job_id: int | None = None, config: dict[str, Any] |
     return result
 
 
+def _registered(rt: Runtime, version: str) -> bool:
+    try:
+        get_model(rt.sessions, version)
+    except RegistryError:
+        return False
+    return True
+
+
 def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, Any] | None,
-             overrides: list[str]) -> dict[str, Any]:
+             overrides: list[str], reason: str) -> dict[str, Any]:
     settings, sessions = rt.settings, rt.sessions
     cfg = retrain_config(rt, config, overrides)
     incumbent = active_model(sessions)
-    candidate = done.get("candidate")
-    if candidate is None:
-        run_dir = settings.resolved_artifacts_dir / "runs" / f"retrain-{job_id}"
-        update_progress(sessions, job_id, 0, cfg.epochs)
-        try:
-            trained = train(cfg, run_dir, DataContext(settings, sessions),
-                            resume=RunPaths(run_dir).state.exists(),
-                            on_epoch_end=lambda record: update_progress(sessions, job_id, int(record["epoch"])))
-        except ValueError as exc:  # the catalog does not fit the config (ConfigError is one too)
-            raise RetrainError(f"training could not start: {exc}") from exc
-        metrics = holdout_metrics(settings, rt, cfg, trained.checkpoint)
-        candidate = f"m-retrain-{job_id}"
-        path = _install_checkpoint(trained.checkpoint, settings.models_dir, candidate)
-        register_model(sessions, checkpoint_path=path, spec=trained.spec.to_dict(), train_config=cfg.to_dict(),
-                       metrics=metrics, version=candidate, notes=f"retrain job {job_id}")
-        done = merge_result(sessions, job_id, candidate=candidate, candidate_metrics=metrics,
-                            run_dir=str(run_dir))
+    candidate = f"m-retrain-{job_id}"
+    if "candidate_metrics" not in done:
+        if not _registered(rt, candidate):  # a retry after registering skips the training
+            run_dir = settings.resolved_artifacts_dir / "runs" / f"retrain-{job_id}"
+            update_progress(sessions, job_id, 0, cfg.epochs)
+            try:
+                trained = train(cfg, run_dir, DataContext(settings, sessions),
+                                resume=RunPaths(run_dir).state.exists(),
+                                on_epoch_end=lambda record: update_progress(sessions, job_id, int(record["epoch"])))
+            except ValueError as exc:  # the catalog does not fit the config (ConfigError is one too)
+                raise RetrainError(f"training could not start: {exc}") from exc
+            register_trained(sessions, settings, trained, version=candidate, notes=f"retrain job {job_id} ({reason})")
+            merge_result(sessions, job_id, run_dir=str(run_dir))
+        done = merge_result(sessions, job_id, candidate=candidate,
+                            candidate_metrics=holdout_metrics(rt, candidate, cfg))
 
     active_metrics = None
     if incumbent is not None and incumbent.version != candidate:
-        active_metrics = holdout_metrics(settings, rt, cfg, Path(incumbent.checkpoint_path))
+        active_metrics = holdout_metrics(rt, incumbent.version, cfg)
     decision = decide(done["candidate_metrics"], active_metrics, settings.promotion_margin)
     set_model_metrics(sessions, candidate, {"promotion": decision.to_dict()})
     done = merge_result(sessions, job_id, active=incumbent.version if incumbent else None,
