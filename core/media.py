@@ -17,10 +17,13 @@ before it can cost memory or CPU:
 * EXIF orientation is applied and the result is converted to RGB (transparent
   pixels are composited on white, which is what product cut-outs expect).
 
-The store keeps the *original* bytes under ``root/ab/cd/<sha256>``. Writes go to a
-temporary file in the destination directory and are renamed into place, so a
-reader never sees a partial file under a key and a crash leaves at most a stray
-``.tmp-*`` file. Storing the same bytes twice is a no-op.
+The store keeps the *original* bytes under ``root/ab/cd/<sha256>`` (mode 0644 less
+the umask). Writes go to a temporary file in the destination directory and are
+renamed into place, so a reader never sees a partial file under a key and a crash
+leaves at most a stray ``.tmp-*`` file. Each write is fsynced, unless a bulk writer
+opts out and calls :meth:`MediaStore.sync` once before committing rows that point at
+its files. Storing the same bytes twice is a no-op (a short file left by a crash is
+rewritten).
 """
 
 from __future__ import annotations

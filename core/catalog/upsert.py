@@ -89,6 +89,8 @@ def import_rows(
     already store chunk *k + 1* (their rows are disjoint: an external id is only
     ever in one chunk).
     """
+    if chunk_size < 1 or image_workers < 1:
+        raise ValueError(f"chunk_size and image_workers must be at least 1, got {chunk_size}, {image_workers}")
     started = time.perf_counter()
     report = ImportReport()
     claimed: dict[str, int] = {}

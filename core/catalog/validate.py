@@ -55,10 +55,13 @@ def make_row(
     ``image_refs`` replaces the ``images`` field for sources that already know their
     images (a folder's file, the sample's bytes).
     """
-    external_id = _external_id_or_none(fields.get("external_id"))
+    raw_id = fields.get("external_id")
+    external_id = _external_id_or_none(raw_id)
     try:
         if external_id is None:
-            raise RowInvalid("missing external_id")
+            if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+                raise RowInvalid("missing external_id")
+            raise RowInvalid(f"external_id must be a string or an integer, got {_json_type(raw_id)}")
         _check_text("external_id", external_id, MAX_EXTERNAL_ID)
         row = CatalogRow(
             line=line,

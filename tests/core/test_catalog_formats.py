@@ -36,12 +36,13 @@ def test_jsonl_import(tmp_path: Path, sessions: sessionmaker[Session], store: Me
         json.dumps({"external_id": "j-5", "images": [str(bad["bomb"])]}),    # 8
         json.dumps({"external_id": "j-1", "images": ["pics/a.png"]}),        # 9 duplicate
         json.dumps({"external_id": "j-6", "title": 7, "images": ["pics/a.png"]}),  # 10
+        json.dumps({"external_id": 1.5, "images": ["pics/a.png"]}),          # 11
     ]
     path = tmp_path / "catalog.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     report = import_catalog(path, sessions=sessions, store=store)
     assert [(e.line, e.external_id) for e in report.errors] == [
-        (3, None), (4, None), (6, "j-3"), (7, "j-4"), (8, "j-5"), (9, "j-1"), (10, "j-6")]
+        (3, None), (4, None), (6, "j-3"), (7, "j-4"), (8, "j-5"), (9, "j-1"), (10, "j-6"), (11, None)]
     reasons = [e.reason for e in report.errors]
     assert "invalid JSON" in reasons[0]
     assert "expected a JSON object" in reasons[1]
@@ -49,6 +50,7 @@ def test_jsonl_import(tmp_path: Path, sessions: sessionmaker[Session], store: Me
     assert "plain JSON" in reasons[3]
     assert "decompression bomb" in reasons[4]
     assert "title must be a string" in reasons[6]
+    assert "external_id must be a string or an integer, got a number" in reasons[7]
     state = snapshot(sessions)
     assert set(state) == {"j-1", "42"}
     assert state["j-1"]["title"] == "Жакет 🧥"
