@@ -99,8 +99,9 @@ def list_command(ctx: CliContext, category: str | None, status: str, limit: int,
                           status=None if status == "all" else ItemStatus(status))
         for item in page.items:
             active = sum(1 for image in item.images if image.status is ImageStatus.ACTIVE)
+            title = " ".join(item.title.split())  # one line per item, tabs only as separators
             click.echo(f"{item.external_id}\t{item.category or '-'}\t{item.status.value}\t"
-                       f"{active} image(s)\t{item.title}")
+                       f"{active} image(s)\t{title}")
     shown = f"{offset + 1}-{offset + len(page.items)}" if page.items else "none"
     click.echo(f"showing {shown} of {page.total} item(s)", err=True)
 
