@@ -119,9 +119,9 @@ def free_port() -> int:
 
 def start_server(home: Path, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")},
-           "PYTHONPATH": str(REPO), "LOOKALIKE_HOME": str(home), "LOOKALIKE_LOG_LEVEL": "WARNING",
-           "LOOKALIKE_TORCH_THREADS": "1"}
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(home), "LANG": "C.UTF-8",
+           "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736",
+           "LOOKALIKE_HOME": str(home), "LOOKALIKE_LOG_LEVEL": "WARNING", "LOOKALIKE_TORCH_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bind", f"127.0.0.1:{port}",
                              "--workers", str(workers)], cwd=REPO, env=env, start_new_session=True,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)

@@ -1,0 +1,1 @@
+"""The Flask API and web UI: ``create_app(settings)`` in :mod:`service.app`."""

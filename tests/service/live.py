@@ -21,7 +21,7 @@ ENV_FIELDS = ("home", "database_url", "broker_url", "redis_url", "index_poll_sec
 
 
 def server_env(settings: Settings) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "HOME": str(settings.home),
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(settings.home),
            "LANG": "C.UTF-8", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
     for name in ENV_FIELDS:
         value = getattr(settings, name)
