@@ -9,6 +9,7 @@ import click
 from cli.catalog import catalog
 from cli.context import CliContext
 from cli.db import db
+from cli.demo import demo
 from cli.serve import keys, serve
 from cli.train import evaluate, models, train
 from cli.worker import beat, jobs, reindex, retrain, worker
@@ -34,6 +35,7 @@ lookalike.add_command(keys)
 lookalike.add_command(train)
 lookalike.add_command(evaluate)
 lookalike.add_command(models)
+lookalike.add_command(demo)
 
 
 def main() -> None:
