@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -46,10 +47,11 @@ def _pg_bin(name: str) -> str:
     return candidates[-1]
 
 
-def _as_postgres_user(cmd: list[str]) -> list[str]:
+def _postgres_user() -> dict[str, str]:
+    """Popen arguments that drop root to the ``postgres`` user (signals then reach postgres itself)."""
     if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
+        return {"user": "postgres", "group": "postgres"}
+    return {}
 
 
 @dataclass
@@ -68,16 +70,11 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")
         subprocess.run(
-            _as_postgres_user([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                               "--no-sync", "-E", "UTF8", "--locale=C"]),
-            check=True, capture_output=True,
+            [_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+             "--no-sync", "-E", "UTF8", "--locale=C"],
+            check=True, capture_output=True, cwd=root, **_postgres_user(),
         )
-        server.process = subprocess.Popen(
-            _as_postgres_user([_pg_bin("postgres"), "-D", str(data), "-p", str(server.port),
-                               "-h", "127.0.0.1", "-k", str(root), "-c", "fsync=off",
-                               "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]),
-            stdout=subprocess.DEVNULL, stderr=open(root / "postgres.log", "wb"),
-        )
+        server._spawn()
         server.wait_ready()
         server.create_database("lookalike")
         return server
@@ -108,7 +105,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM = smart shutdown
+            # SIGINT = "fast" shutdown: disconnects clients. SIGTERM ("smart") would wait
+            # for every pooled connection a test process still holds.
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
@@ -119,14 +118,19 @@ class PostgresServer:
     def restart(self) -> None:
         """Stop and start the same cluster on the same port (for recovery tests)."""
         assert self.process is not None
-        self.process.terminate()
-        self.process.wait(15)
-        self.process = subprocess.Popen(
-            _as_postgres_user([_pg_bin("postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
-                               "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off"]),
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "postgres.log", "ab"),
-        )
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(30)
+        self._spawn()
         self.wait_ready()
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(
+            [_pg_bin("postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off",
+             "-c", "full_page_writes=off", "-c", "synchronous_commit=off"],
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "postgres.log", "ab"),
+            cwd=self.root, **_postgres_user(),
+        )
 
 
 @dataclass
