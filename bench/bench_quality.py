@@ -13,7 +13,7 @@ Tables (P@1, R-Precision, MAP@R, leave-one-out, Musgrave et al. 2020):
    (what ``lookalike models init --pretrained`` registers), and trained rows picked
    with ``--clothing-rows`` (each is trainer/configs/clothing_lite0.yaml with a loss).
 3. Evaluation at scale: 100,000 random 128-d embeddings (100 classes) leave-one-out,
-   time and peak memory growth, in a child process.
+   time and growth of the peak resident memory (Linux VmHWM), in a child process.
 
     PYTHONPATH=. python bench/bench_quality.py [--quick] [--threads 1]
         [--clothing-rows semi_hard,batch_hard,contrastive] [--skip-fashion] [--skip-scale]
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -77,14 +76,19 @@ def frozen_trunk_metrics(cfg: TrainConfig, input_size: int) -> RetrievalMetrics:
     return retrieval_metrics(np.concatenate(chunks), data.labels)
 
 
-def trained_metrics(cfg: TrainConfig) -> tuple[RetrievalMetrics, float, dict]:
+def trained_metrics(cfg: TrainConfig) -> tuple[RetrievalMetrics, float, dict, str]:
+    """Final holdout metrics, training seconds, the untrained (epoch 0) record, and a note on the curve."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result = train(cfg, Path(tmp) / "run", DataContext(Settings()))
         seconds = time.perf_counter() - t0
     last = result.final_metrics
     m = RetrievalMetrics(last["precision_at_1"], last["r_precision"], last["map_at_r"])
-    return m, seconds, result.history[0]
+    evaluated = [r for r in result.history if "map_at_r" in r and r["epoch"] > 0]
+    best = max(evaluated, key=lambda r: r["map_at_r"])
+    curve = "MAP@R by epoch " + " ".join(f"{r['map_at_r']:.2f}" for r in evaluated)
+    note = f"{curve} (best {best['map_at_r']:.3f}, epoch {best['epoch']})"
+    return m, seconds, result.history[0], note
 
 
 def fashion_table(quick: bool) -> None:
@@ -106,11 +110,11 @@ def fashion_table(quick: bool) -> None:
     print(row("frozen ImageNet Lite0 trunk, 64 px (1280-d)", frozen_trunk_metrics(cfg, 64)), flush=True)
     untrained = None
     for name, loss in LOSSES.items():
-        m, seconds, first = trained_metrics(cfg.with_overrides([*loss, "eval_every=1"]))
+        m, seconds, first, note = trained_metrics(cfg.with_overrides([*loss, "eval_every=1"]))
         if untrained is None:
             untrained = RetrievalMetrics(first["precision_at_1"], first["r_precision"], first["map_at_r"])
             print(row("untrained small CNN (128-d)", untrained), flush=True)
-        print(row(f"trained: {name}", m, seconds, " ".join(loss[1:])), flush=True)
+        print(row(f"trained: {name}", m, seconds, f"{' '.join(loss[1:])}; {note}"), flush=True)
 
 
 def clothing_table(rows: list[str], quick: bool) -> None:
@@ -125,11 +129,11 @@ def clothing_table(rows: list[str], quick: bool) -> None:
            f"Lite0 224 px, {cfg.epochs} epochs")
     print(row("frozen ImageNet Lite0 trunk (1280-d)", frozen_trunk_metrics(cfg, 224)), flush=True)
     for name in rows:
-        m, seconds, first = trained_metrics(cfg.with_overrides(LOSSES[name]))
+        m, seconds, first, note = trained_metrics(cfg.with_overrides(LOSSES[name]))
         if name == rows[0]:
             untrained = RetrievalMetrics(first["precision_at_1"], first["r_precision"], first["map_at_r"])
             print(row("ImageNet trunk + random 128-d head (models init)", untrained), flush=True)
-        print(row(f"trained: {name}", m, seconds, " ".join(LOSSES[name][1:])), flush=True)
+        print(row(f"trained: {name}", m, seconds, f"{' '.join(LOSSES[name][1:])}; {note}"), flush=True)
 
 
 def scale_child(n: int, dim: int, classes: int) -> dict[str, float]:
@@ -140,13 +144,21 @@ def scale_child(n: int, dim: int, classes: int) -> dict[str, float]:
     for start in range(0, n, 5000):  # small temporaries, so the peak before evaluating is x itself
         stop = min(start + 5000, n)
         x[start:stop] = centres[labels[start:stop]] + 1.5 * rng.standard_normal((stop - start, dim), dtype=np.float32)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+    before = _status_kb("VmRSS")
     t0 = time.perf_counter()
     m = retrieval_metrics(x, labels)
     seconds = time.perf_counter() - t0
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    grown = _status_kb("VmHWM") - before
     return {"seconds": seconds, "peak_growth_mb": grown / 1024, "map_at_r": m.map_at_r,
             "input_mb": x.nbytes / 2**20}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def scale_table(quick: bool, threads: int) -> None:
