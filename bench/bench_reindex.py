@@ -32,6 +32,7 @@ import redis
 from alembic import command
 from sqlalchemy import delete
 
+from core.catalog.sample import Split
 from core.config import Settings
 from core.db import Embedding, JobStatus, make_engine, make_session_factory, session_scope
 from core.embedding import ModelSpec
@@ -55,7 +56,7 @@ def reindex_once(pg: PostgresServer, rd: RedisServer, root: Path, n: int) -> lis
     sessions = make_session_factory(engine)
     register_tiny_model(settings, sessions, spec=ModelSpec(), version=f"m-bench-{n}")
     started = time.perf_counter()
-    import_fmnist(settings, sessions, n)
+    import_fmnist(settings, sessions, n, split=Split.ALL)  # train + test: up to 70,000
     print(f"imported {n:,} items in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     app = make_celery(settings)
     sender = CeleryTaskSender(app)

@@ -263,5 +263,13 @@ def fresh_set(
         return load_vectors(s, model_id, ids.tolist())
 
 
+def count_written_since(session: Session, model_id: int, since: dt.datetime) -> int:
+    """How many vectors of ``model_id`` were written at or after ``since`` (a cheap progress probe)."""
+    return session.scalar(
+        select(func.count()).select_from(Embedding)
+        .where(Embedding.model_id == model_id, Embedding.created_at >= since)
+    ) or 0
+
+
 def embedding_count(session: Session, model_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Embedding).where(Embedding.model_id == model_id)) or 0
