@@ -93,7 +93,8 @@ def build_version(
                     model_version=model.version, metric=metric, n_trees=settings.annoy_trees)
         build_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        recall = verify_recall(directory, snapshot, metric, model.version, settings.verify_sample_size)
+        recall = verify_recall(directory, snapshot, metric, model.version, settings.verify_sample_size,
+                               search_k=settings.annoy_search_k)
         verify_seconds = time.perf_counter() - started
     except BuildError:
         raise
@@ -120,8 +121,10 @@ def build_version(
 
 
 def verify_recall(directory: Path, snapshot: VectorSnapshot, metric: Metric, model_version: str,
-                  sample_size: int) -> float:
+                  sample_size: int, *, search_k: int = -1) -> float:
     """Recall@k of the built index against exact search, on a fixed sample of its own vectors.
+
+    Queried with the ``search_k`` the service uses, so the number is the recall users get.
 
     Loading the directory through :meth:`VectorIndex.load` with checksums also proves
     that what was written is what the service will read.
@@ -134,7 +137,7 @@ def verify_recall(directory: Path, snapshot: VectorSnapshot, metric: Metric, mod
                              expected_dim=snapshot.vectors.shape[1], expected_metric=metric,
                              verify_checksum=True)
     try:
-        approx = [index.query(snapshot.vectors[row], k)[0] for row in sample]
+        approx = [index.query(snapshot.vectors[row], k, search_k=search_k)[0] for row in sample]
     finally:
         index.close()
     exact_rows, _ = exact_search(snapshot.vectors, snapshot.vectors[sample], k, metric=metric)
