@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -57,10 +58,12 @@ def test_publish_under_traffic(catalog: Catalog, tmp_path: Path, notification: s
             if recent and all(v == new for _, _, v in recent) and time.monotonic() - published_at > 2:
                 break
             time.sleep(0.2)
-    finally:
         stop.set()
         for t in threads:
             t.join(15)
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        stop.set()
         server.stop()
     entries = sorted(entry for log in logs for entry in log)
     failures = [e for e in entries if e[1] != 200]
@@ -73,3 +76,8 @@ def test_publish_under_traffic(catalog: Catalog, tmp_path: Path, notification: s
     assert first_new - published_at < 5.0, "the swap took too long"
     assert last_old - published_at < 5.0, "a worker kept serving the old index"
     assert {v for t, _, v in entries if t > last_old} == {new}
+    # /metrics aggregates both workers (prometheus multi-process mode)
+    served = re.search(r'lookalike_queries_total\{kind="item"\} ([0-9.e+]+)', metrics)
+    assert served and float(served.group(1)) >= len(entries)
+    assert re.search(rf'lookalike_active_index_info\{{index_version="{new}",model_version="[^"]+"\}} 1\.0', metrics)
+    assert 'lookalike_http_request_duration_seconds_count{endpoint="/api/v1/items/<external_id>/similar"' in metrics
