@@ -6,6 +6,8 @@ set -euo pipefail
 missing=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# docker-compose validates docker-compose.yml in the tests (there is no Docker engine).
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || missing+=(docker-compose)
 if [ "${LOOKALIKE_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null || missing+=(chromium)
 fi
