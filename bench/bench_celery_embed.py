@@ -25,6 +25,7 @@ process everywhere, so "x2" measures process-level scaling. The goal is Celery x
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from core.reindex_requests import request_reindex
 from core.tasks import TaskName
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
-from tests.worker.support import WorkerProcess, import_fmnist, register_tiny_model, wait_for_job
+from tests.worker.support import WorkerProcess, analyze, import_fmnist, register_tiny_model, wait_for_job
 from worker.celery_app import CeleryTaskSender, make_celery
 from worker.flows.embed import EMBED_CHUNK_SIZE, chunked
 from worker.local import InProcessDispatcher
@@ -85,9 +86,13 @@ def through_celery(settings: Settings, sessions, sender: CeleryTaskSender, ids: 
         job_id = create_job(sessions, JobKind.EMBED)
         started = time.perf_counter()
         sender.send(TaskName.EMBED_IMAGES, image_ids=ids, job_id=job_id)
+        sent = time.perf_counter()
         job = wait_for_job(sessions, job_id, timeout=3600)
         seconds = time.perf_counter() - started
         assert job.status is JobStatus.SUCCEEDED, job.error
+        in_worker = (job.finished_at - job.started_at).total_seconds()
+        print(f"celery x{workers}: send {sent - started:.2f}s, job started->finished {in_worker:.2f}s, "
+              f"seen done after {seconds:.2f}s", file=sys.stderr)
     finally:
         worker.stop()
     return seconds
@@ -111,6 +116,7 @@ def main() -> None:
         sessions = make_session_factory(engine)
         version = register_tiny_model(settings, sessions, spec=ModelSpec(), version="m-bench")
         ids = import_fmnist(settings, sessions, n)
+        analyze(engine)  # table statistics, as autovacuum keeps them on a live database
         local = InProcessDispatcher(settings.replace(broker_url=""))
         request_reindex(local.runtime.settings, sessions, local)
         local.close()

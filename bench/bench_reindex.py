@@ -40,7 +40,9 @@ from core.index import Metric, build_index
 from core.reindex_requests import submit_reindex
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
-from tests.worker.support import REPO, WorkerProcess, import_fmnist, register_tiny_model, wait_for_job
+from tests.worker.support import (
+    REPO, WorkerProcess, analyze, import_fmnist, register_tiny_model, wait_for_job,
+)
 from worker.celery_app import CeleryTaskSender, make_celery
 
 STAGES = ("embed", "build", "verify", "publish")
@@ -57,6 +59,7 @@ def reindex_once(pg: PostgresServer, rd: RedisServer, root: Path, n: int) -> lis
     register_tiny_model(settings, sessions, spec=ModelSpec(), version=f"m-bench-{n}")
     started = time.perf_counter()
     import_fmnist(settings, sessions, n, split=Split.ALL)  # train + test: up to 70,000
+    analyze(engine)  # table statistics, as autovacuum keeps them on a live database
     print(f"imported {n:,} items in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     app = make_celery(settings)
     sender = CeleryTaskSender(app)

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Integer, LargeBinary, Select, any_, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import (
@@ -67,6 +68,18 @@ def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
         yield [int(i) for i in ids[start:start + _IN_CHUNK]]
 
 
+def id_in(session: Session, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN ids``, as ``= ANY(array)`` on PostgreSQL.
+
+    One array parameter keeps the statement short and the same for every batch, so
+    psycopg parses it once; an expanded IN of a few hundred ids is parsed on every call.
+    """
+    values = [int(i) for i in ids]
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(values, ARRAY(Integer)))
+    return column.in_(values)
+
+
 def _servable(query: Select[Any]) -> Select[Any]:
     """Restrict an embeddings query to active images of active items."""
     return (
@@ -98,18 +111,28 @@ def put_vectors(
         )
     if not len(image_ids):
         return 0
-    now = utcnow()
-    rows = [
-        {"image_id": int(i), "model_id": model_id, "dim": vectors.shape[1],
-         "vector": encode_vector(v), "created_at": now}
-        for i, v in zip(image_ids, vectors, strict=True)
-    ]
     dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert is None:
+    if dialect not in ("postgresql", "sqlite"):
         raise EmbeddingStoreError(f"put_vectors does not support the {dialect!r} database")
+    now = utcnow()
+    blobs = [encode_vector(v) for v in vectors]
+    ids = [int(i) for i in image_ids]
     keys = [Embedding.image_id, Embedding.model_id]
-    stmt = insert(Embedding)
+    if dialect == "postgresql":
+        # Two array parameters unnested into rows: one short statement whatever the batch
+        # size (a multi-row VALUES is re-parsed by psycopg on every call, which cost
+        # more than the embedding itself did in the worker's chunks).
+        pairs = select(func.unnest(literal(ids, ARRAY(Integer))).label("image_id"),
+                       func.unnest(literal(blobs, ARRAY(LargeBinary))).label("vector")).subquery()
+        source = select(pairs.c.image_id, literal(model_id, Integer), literal(vectors.shape[1], Integer),
+                        pairs.c.vector, literal(now, Embedding.created_at.type))
+        stmt = postgresql.insert(Embedding).from_select(
+            ["image_id", "model_id", "dim", "vector", "created_at"], source)
+        params = None
+    else:
+        stmt = sqlite.insert(Embedding)
+        params = [{"image_id": i, "model_id": model_id, "dim": vectors.shape[1], "vector": b, "created_at": now}
+                  for i, b in zip(ids, blobs, strict=True)]
     if replace:
         stmt = stmt.on_conflict_do_update(
             index_elements=keys,
@@ -117,11 +140,21 @@ def put_vectors(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    # One statement compiled once, executed for all rows (SQLAlchemy batches them into
-    # multi-row INSERTs); RETURNING lists only the rows actually written, which is how
-    # they are counted (rowcount is -1 for batches on some drivers).
-    written = len(session.execute(stmt.returning(Embedding.image_id), rows).all())
-    return written
+    # RETURNING lists only the rows actually written, which is how they are counted
+    # (rowcount is -1 for batches on some drivers).
+    return len(session.execute(stmt.returning(Embedding.image_id), params).all())
+
+
+def _missing_query(model_id: int, *columns: Any) -> Select[Any]:
+    has_vector = select(Embedding.image_id).where(
+        Embedding.model_id == model_id, Embedding.image_id == ItemImage.id
+    ).exists()
+    return (
+        select(*columns)
+        .join(Item, Item.id == ItemImage.item_id)
+        .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE, ~has_vector)
+        .order_by(ItemImage.id)
+    )
 
 
 def missing_image_ids(session: Session, model_id: int, among: Sequence[int] | None = None) -> list[int]:
@@ -129,21 +162,26 @@ def missing_image_ids(session: Session, model_id: int, among: Sequence[int] | No
 
     ``among`` restricts the answer to those image ids (a chunk checking what is left).
     """
-    has_vector = select(Embedding.image_id).where(
-        Embedding.model_id == model_id, Embedding.image_id == ItemImage.id
-    ).exists()
-    base = (
-        select(ItemImage.id)
-        .join(Item, Item.id == ItemImage.item_id)
-        .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE, ~has_vector)
-        .order_by(ItemImage.id)
-    )
+    base = _missing_query(model_id, ItemImage.id)
     if among is None:
         return list(session.scalars(base))
     found: list[int] = []
     for chunk in _chunks(sorted(set(among))):
-        found.extend(session.scalars(base.where(ItemImage.id.in_(chunk))))
+        found.extend(session.scalars(base.where(id_in(session, ItemImage.id, chunk))))
     return sorted(found)
+
+
+def missing_media_keys(session: Session, model_id: int, among: Sequence[int]) -> dict[int, str]:
+    """Like :func:`missing_image_ids` restricted to ``among``, with each image's media key.
+
+    One query for what an embedding chunk needs: which images still lack a vector,
+    and where their bytes are.
+    """
+    base = _missing_query(model_id, ItemImage.id, ItemImage.media_key)
+    found: dict[int, str] = {}
+    for chunk in _chunks(sorted(set(among))):
+        found.update((row.id, row.media_key) for row in session.execute(base.where(id_in(session, ItemImage.id, chunk))))
+    return found
 
 
 def snapshot_vectors(session: Session, model_id: int) -> VectorSnapshot:
@@ -183,7 +221,7 @@ def load_vectors(
     for chunk in _chunks(sorted(set(image_ids))):
         rows.extend(session.execute(
             select(Embedding.image_id, Embedding.dim, Embedding.vector)
-            .where(Embedding.model_id == model_id, Embedding.image_id.in_(chunk))
+            .where(Embedding.model_id == model_id, id_in(session, Embedding.image_id, chunk))
         ).all())
     rows.sort(key=lambda r: r.image_id)
     dims = {r.dim for r in rows}
@@ -203,7 +241,7 @@ def active_image_mask(session: Session, image_ids: Sequence[int]) -> np.ndarray:
     for chunk in _chunks(sorted(set(int(i) for i in image_ids))):
         alive.update(session.scalars(
             select(ItemImage.id).join(Item, Item.id == ItemImage.item_id)
-            .where(ItemImage.id.in_(chunk), ItemImage.status == ImageStatus.ACTIVE,
+            .where(id_in(session, ItemImage.id, chunk), ItemImage.status == ImageStatus.ACTIVE,
                    Item.status == ItemStatus.ACTIVE)
         ))
     return np.fromiter((int(i) in alive for i in image_ids), dtype=bool, count=len(image_ids))

@@ -16,14 +16,15 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.db import ModelVersion, make_engine, make_session_factory
+from core.db import ModelVersion, make_engine, make_session_factory, session_scope
 from core.dispatch import TaskDispatcher
 from core.embedding import Embedder, ModelSpec, resolve_device
 from core.media import MediaStore
+from core.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Runtime:
         self.settings = settings
         self.dispatcher = dispatcher
         self._embedders: OrderedDict[str, Embedder] = OrderedDict()
+        self._models: dict[str, ModelVersion] = {}
         self._models_lock = threading.Lock()
 
     @cached_property
@@ -51,6 +53,17 @@ class Runtime:
     @cached_property
     def media(self) -> MediaStore:
         return MediaStore.from_settings(self.settings)
+
+    def model(self, version: str) -> ModelVersion:
+        """The registry row of model ``version`` (cached: what embedding needs never changes)."""
+        cached = self._models.get(version)
+        if cached is None:
+            with session_scope(self.sessions) as s:
+                cached = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
+            if cached is None:
+                raise RegistryError(f"model version {version!r} does not exist")
+            self._models[version] = cached
+        return cached
 
     def embedder(self, model: ModelVersion) -> Embedder:
         """The loaded embedder of ``model`` (cached; checked against the spec SQL recorded)."""
@@ -80,6 +93,7 @@ class Runtime:
             engine.dispose(close=False)  # the parent's sockets are the parent's to close
         self.__dict__.pop("sessions", None)
         self._embedders.clear()
+        self._models.clear()
         self._models_lock = threading.Lock()
 
     def close(self) -> None:

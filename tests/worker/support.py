@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import fashion_mnist_source, import_rows
@@ -61,6 +61,13 @@ def write_fmnist_folder(root: Path, limit: int, *, start: int = 0) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[index], "L").save(folder / f"img{index:05d}.png")
     return root
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh PostgreSQL's planner statistics (fresh tables have none; autovacuum is slower)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
 
 
 def image_ids(sessions: sessionmaker[Session]) -> list[int]:

@@ -15,19 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import ItemImage, Job, JobKind, JobStatus, ModelVersion, session_scope
+from core.db import Job, JobKind, JobStatus, ModelVersion, session_scope
 from core.db.types import utcnow
-from core.embeddings_store import missing_image_ids, put_vectors
+from core.embeddings_store import missing_media_keys, put_vectors
 from core.jobs import create_job, fail_job, finish_job, get_job, start_job, update_progress
 from core.media import MediaError
 from core.registry import RegistryError
 from core.tasks import TaskName
 from worker.flows.freshness import after_embedding
 from worker.flows.jobstate import merge_result
-from worker.flows.models import NoActiveModel, model_by_version, target_models
+from worker.flows.models import NoActiveModel, target_models
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ def chunked(ids: Sequence[int], size: int = EMBED_CHUNK_SIZE) -> list[list[int]]
 def embed_and_store(rt: Runtime, model: ModelVersion, image_ids: Sequence[int]) -> ChunkOutcome:
     """Embed those of ``image_ids`` that still lack a vector for ``model``, and store them."""
     with session_scope(rt.sessions) as s:
-        todo = missing_image_ids(s, model.id, among=image_ids)
-        keys = _media_keys(s, todo)
+        keys = missing_media_keys(s, model.id, image_ids)
+    todo = sorted(keys)
     outcome = ChunkOutcome(skipped=len(set(image_ids)) - len(todo))
     if not todo:
         return outcome
@@ -73,13 +73,6 @@ def embed_and_store(rt: Runtime, model: ModelVersion, image_ids: Sequence[int]) 
             put_vectors(s, model.id, ok_ids, vectors)
         outcome.stored = len(ok_ids)
     return outcome
-
-
-def _media_keys(s: Session, image_ids: Sequence[int]) -> dict[int, str]:
-    keys: dict[int, str] = {}
-    for chunk in chunked(image_ids, 900):
-        keys.update(s.execute(select(ItemImage.id, ItemImage.media_key).where(ItemImage.id.in_(chunk))).all())
-    return keys
 
 
 def embed_images(rt: Runtime, image_ids: Sequence[int], job_id: int | None = None) -> dict[str, Any]:
@@ -121,7 +114,7 @@ def embed_chunk(
 ) -> dict[str, Any]:
     """EMBED_CHUNK: embed one chunk, count it towards the job, finish the job if it was the last."""
     try:
-        model = model_by_version(rt.sessions, model_version)
+        model = rt.model(model_version)
     except RegistryError as exc:
         if job_id is not None:
             fail_job(rt.sessions, job_id, str(exc))
