@@ -3,17 +3,18 @@
 One run, side by side (interleaved rounds, median step time, so noise from other
 processes hits every row alike), EfficientNet-Lite0 at 224 px from its ImageNet
 weights with the stem and first three blocks frozen, a 128-d head, batch 32
-(8 classes x 4 images), AdamW, gradient clipping:
+(8 classes x 4 images, drawn by our P x K sampler and augmented on the fly from
+decoded-once photos), AdamW, gradient clipping. Each row is a whole training step
+of a loop: next batch, normalise, forward, loss, backward, update.
 
 - ``pml``: ``TripletMarginLoss(0.2)`` + ``TripletMarginMiner(0.2, "semihard")``;
 - ``ours``: ``trainer.losses.TripletLoss(0.2)`` + ``trainer.miners.SemiHardMiner(0.2)``;
-- ``ours, channels_last``: the same with the channels_last memory layout;
-- ``ours, train()``: the whole training loop (P x K sampling, augmentation, logging)
-  for one epoch, throughput as the loop itself reports it.
+- ``ours, channels_last``: the same in the NHWC layout, as ``trainer.train`` runs;
+- ``ours, train() epoch``: what ``trainer.train`` itself reports for one epoch of
+  as many steps (not interleaved: indicative only).
 
-The step rows share pre-augmented uint8 batches, so they differ only in the loss,
-the miner and the layout. The whole measurement runs in child processes with
-glibc's default malloc and with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``.
+The whole measurement runs in child processes with glibc's default malloc and with
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``.
 
 Images: ../shared/data/clothing-small/train (real photos) if present, else
 Fashion-MNIST upscaled.
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from pytorch_metric_learning import miners as pml_miners
 from core.config import Settings
 from trainer.augment import normalize_batch
 from trainer.batches import EpochBatches
-from trainer.components import build_network, build_optimizer
+from trainer.components import build_network, build_optimizer, keep_frozen_norms_in_eval
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_training_data
 from trainer.losses import TripletLoss
@@ -79,51 +80,59 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     cfg = bench_config(args.backbone, args.per_class)
     spec = cfg.model.spec()
     data = build_training_data(cfg.data, spec, DataContext(Settings()))
-    batches = EpochBatches(data, cfg)
-    torch.manual_seed(0)
-    pool = [b for _, b in zip(range(args.steps), batches.batches(1))]
     base = build_network(cfg.model)
     cpu = torch.device("cpu")
 
-    def stepper(loss_fn: Callable, channels_last: bool) -> Callable[[int], None]:
+    def stepper(loss_fn: Callable, channels_last: bool) -> Callable[[], None]:
+        """One training step of a full loop: next P x K batch (augmented on the fly), forward, loss, update."""
+        torch.manual_seed(0)
         model = copy.deepcopy(base)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.train()
+        keep_frozen_norms_in_eval(model, cfg.model.freeze)
         optimizer = build_optimizer(model, cfg.optim)
+        stream = _endless(EpochBatches(data, cfg))
 
-        def step(i: int) -> None:
-            pixels, labels = pool[i % len(pool)]
+        def step() -> None:
+            pixels, labels = next(stream)
             x = normalize_batch(pixels, spec, device=cpu, channels_last=channels_last)
             loss = loss_fn(model(x), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
         return step
 
     pml_loss, pml_miner = pml_losses.TripletMarginLoss(margin=0.2), pml_miners.TripletMarginMiner(0.2, "semihard")
     ours = TripletLoss(0.2, miner=SemiHardMiner(0.2))
-    rows: dict[str, Callable[[int], None]] = {
+    rows: dict[str, Callable[[], None]] = {
         "pml": stepper(lambda e, y: pml_loss(e, y, pml_miner(e, y)), False),
         "ours": stepper(lambda e, y: ours(e, y).loss, False),
-        "ours, channels_last": stepper(lambda e, y: ours(e, y).loss, True),
+        "ours, channels_last (the default)": stepper(lambda e, y: ours(e, y).loss, True),
     }
     times: dict[str, list[float]] = {name: [] for name in rows}
-    for name, step in rows.items():  # warm-up
-        step(0)
-    for r in range(args.rounds):
+    for step in rows.values():  # warm-up
+        step()
+    for _ in range(args.rounds):
         for name, step in rows.items():
-            for s in range(args.steps_per_round):
+            for _ in range(args.steps_per_round):
                 t0 = time.perf_counter()
-                step(r * args.steps_per_round + s)
+                step()
                 times[name].append(time.perf_counter() - t0)
     result = {name: cfg.batch_size / statistics.median(t) for name, t in times.items()}
     loop_cfg = cfg.with_overrides([f"steps_per_epoch={args.rounds * args.steps_per_round}"])
     with tempfile.TemporaryDirectory() as tmp:
         record = train(loop_cfg, Path(tmp) / "run", DataContext(Settings())).history[-1]
-    result["ours, train()"] = record["images_per_second"]
+    result["ours, train() epoch (mean, not interleaved)"] = record["images_per_second"]
     return result
+
+
+def _endless(batches: EpochBatches) -> Iterator[tuple[torch.Tensor, ...]]:
+    epoch = 1
+    while True:
+        yield from batches.batches(epoch)
+        epoch += 1
 
 
 def main() -> None:
@@ -134,12 +143,11 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps-per-round", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=16, help="distinct batches cycled through")
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--allocators", choices=["both", "tuned"], default="both")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.steps_per_round, args.steps, args.per_class = 2, 2, 4, 12
+        args.rounds, args.steps_per_round, args.per_class = 2, 2, 12
     if args.child:
         print(json.dumps(measure(args)))
         return
