@@ -25,6 +25,7 @@ process everywhere, so "x2" measures process-level scaling. The goal is Celery x
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -143,6 +144,7 @@ def main() -> None:
     finally:
         rd.close()
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

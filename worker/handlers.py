@@ -16,8 +16,8 @@ from core.registry import active_index
 from core.tasks import TaskName
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import
+from worker.flows.models import NoActiveModel, reindex_model
 from worker.flows.reindex import catalog_changed_since_active, run_reindex
-from worker.flows.models import NoActiveModel, build_model
 from worker.flows.retire import retire_old_indexes
 from worker.flows.retrain import run_retrain
 from worker.runtime import Runtime
@@ -26,7 +26,7 @@ from worker.runtime import Runtime
 def scheduled_reindex(rt: Runtime) -> dict[str, Any]:
     """SCHEDULED_REINDEX (beat): request a reindex only if something changed."""
     try:
-        model = build_model(rt.sessions)
+        model = reindex_model(rt.sessions)
     except NoActiveModel as exc:
         return {"skipped": str(exc)}
     index = active_index(rt.sessions)

@@ -29,7 +29,7 @@ def model_by_version(sessions: sessionmaker[Session], version: str) -> ModelVers
         return model
 
 
-def build_model(sessions: sessionmaker[Session], version: str | None = None) -> ModelVersion:
+def reindex_model(sessions: sessionmaker[Session], version: str | None = None) -> ModelVersion:
     """The model a reindex builds with: ``version`` if given, else the active model."""
     if version is not None:
         return model_by_version(sessions, version)

@@ -26,7 +26,7 @@ from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
 from worker.flows.errors import FlowError
 from worker.flows.jobstate import touch_job
-from worker.flows.models import build_model
+from worker.flows.models import reindex_model
 from worker.flows.publish import publish_index
 from worker.flows.retire import retire_old_indexes
 from worker.lock import LockBusy, holding, reindex_lock
@@ -72,7 +72,7 @@ def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_versio
                    lock_lost: Any = lambda: False) -> dict[str, Any]:
     """The steps, for a caller that holds the reindex lock (REINDEX, or RETRAIN's promotion)."""
     settings, sessions = rt.settings, rt.sessions
-    model = build_model(sessions, model_version)
+    model = reindex_model(sessions, model_version)
     fail_interrupted_builds(sessions)
     timings: dict[str, float] = {}
 
