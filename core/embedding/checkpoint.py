@@ -74,6 +74,8 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; API and worker processes may run as other users.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()

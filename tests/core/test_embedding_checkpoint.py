@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,9 @@ def test_weights_that_do_not_fit_the_spec_are_reported(tmp_path: Path) -> None:
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_model(path)
+
+
+def test_checkpoint_is_readable_by_other_processes(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model(ModelSpec(input_size=28)))
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044
