@@ -27,6 +27,8 @@ from service.metrics import Metrics
 from service.searcher import Searcher
 from worker.local import InProcessDispatcher
 
+SURVEY_ITEMS = 200
+
 DEMO_TRAIN_CONFIG: dict[str, Any] = {
     # Labels are categories: Fashion-MNIST has one photo per item. Four of the ten
     # categories (the usual open-set split, classes 6-9) are held out, so the metrics
@@ -43,10 +45,11 @@ DEMO_TRAIN_CONFIG: dict[str, Any] = {
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(min=100), default=3000, show_default=True,
+@click.option("--limit", type=click.IntRange(min=100), default=6000, show_default=True,
               help="Fashion-MNIST images in the sample catalog.")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Capped at one pass over the training images.")
 @click.option("--examples", type=click.IntRange(min=1, max=20), default=3, show_default=True,
               help="Catalog items whose similar items are printed.")
 @click.option("--dataset-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATASET_DIR,
@@ -91,9 +94,25 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
             click.echo(f"   {external_id} ({category}) -> {same}/{len(result.matches)} same category")
             for m in result.matches:
                 click.echo(f"      {m.meta.external_id:<22} {m.meta.category or '':<12} score {m.score:.3f}")
+        rate, n = _same_category_rate(ctx, searcher, SURVEY_ITEMS)
+        click.echo(f"   over {n} catalog items, {rate:.0%} of the top-5 similar items share the query's category")
     finally:
         searcher.close()
     click.echo("\nNext: `lookalike serve` for the API and the web UI; `make test` for the test suite.")
+
+
+def _same_category_rate(ctx: CliContext, searcher: Searcher, n: int) -> tuple[float, int]:
+    """Share of top-5 results in the query's own category, over ``n`` evenly spread items."""
+    with session_scope(ctx.sessions) as s:
+        rows = s.execute(select(Item.external_id, Item.category).where(Item.status == ItemStatus.ACTIVE)
+                         .order_by(Item.id)).all()
+    sample = rows[:: max(1, len(rows) // n)][:n]
+    same = total = 0
+    for external_id, category in sample:
+        matches = searcher.similar_to_item(external_id, k=5, filters=Filters()).matches
+        same += sum(m.meta.category == category for m in matches)
+        total += len(matches)
+    return (same / total if total else 0.0), len(sample)
 
 
 def _print_retrain(result: dict[str, Any]) -> None:

@@ -20,7 +20,9 @@ def test_demo_goes_from_sample_catalog_to_similar_items(tmp_path: Path, fashion_
     assert re.search(r"serving index i-\S+ \(1200 images", result.output)
     # three example items, five results each, mostly of the query's own category
     same = [int(m) for m in re.findall(r"-> (\d)/5 same category", result.output)]
-    assert len(same) == 3 and sum(same) >= 9, result.output
+    assert len(same) == 3, result.output
+    rate = re.search(r"over 200 catalog items, (\d+)% of the top-5", result.output)
+    assert rate and int(rate.group(1)) >= 60, result.output
     # a second run reuses the catalog (idempotent import) and retrains against the active model
     again = runner.invoke(lookalike, ["demo", "--limit", "1200", "--epochs", "1", "--steps-per-epoch", "5"],
                           env=env, catch_exceptions=False)
