@@ -9,25 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.trainer.references import CASES, make_batch
 from trainer.losses import ContrastiveLoss
 from trainer.miners import HardPairMiner, PairIndices, PairStrategy
-
-CASES = ["random", "single_class", "singletons", "duplicates"]
-
-
-def make_batch(case: str, seed: int = 0, batch: int = 10, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=1)
-    labels = {
-        "random": torch.randint(0, 3, (batch,), generator=g),
-        "single_class": torch.zeros(batch, dtype=torch.long),
-        "singletons": torch.arange(batch),
-        "duplicates": torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 0])[:batch],
-    }[case]
-    if case == "duplicates":
-        x[1] = x[0]  # similar pair at distance 0
-        x[3] = x[0]  # dissimilar pairs at distance 0
-    return x.requires_grad_(), labels
 
 
 def ref_term(x: torch.Tensor, i: int, j: int, y: int, margin: float) -> torch.Tensor:

@@ -13,26 +13,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from tests.trainer.references import CASES, make_batch, ref_valid_triplets
 from trainer.losses import TripletLoss
 from trainer.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletBlock, TripletIndices
-
-CASES = ["random", "single_class", "singletons", "duplicates"]
-
-
-def make_batch(case: str, seed: int = 0, batch: int = 10, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=1)
-    labels = {
-        "random": torch.randint(0, 3, (batch,), generator=g),
-        "single_class": torch.zeros(batch, dtype=torch.long),
-        "singletons": torch.arange(batch),
-        "duplicates": torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 0])[:batch],
-    }[case]
-    if case == "duplicates":
-        x[1] = x[0]  # positive at distance 0
-        x[3] = x[0]  # negative at distance 0 from anchors 0 and 1
-        x[8] = x[4]
-    return x.requires_grad_(), labels
 
 
 def ref_d(x: torch.Tensor, i: int, j: int, squared: bool) -> torch.Tensor:
@@ -55,17 +38,6 @@ def ref_loss(
     if soft:
         return torch.stack(terms).mean(), active
     return (torch.stack(terms).sum() / active if active else x.sum() * 0), active
-
-
-def ref_valid_triplets(labels: torch.Tensor) -> list[tuple[int, int, int]]:
-    b = len(labels)
-    return [
-        (a, p, n)
-        for a in range(b)
-        for p in range(b)
-        for n in range(b)
-        if p != a and labels[p] == labels[a] and labels[n] != labels[a]
-    ]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from tests.trainer.references import ref_valid_triplets
 from trainer.miners import (
     BatchAllMiner,
     BatchHardMiner,
@@ -54,17 +55,6 @@ CASES = ["random", "single_class", "singletons", "duplicates"]
 def ref_dist(x: torch.Tensor, i: int, j: int, squared: bool) -> float:
     d = math.dist(x[i].tolist(), x[j].tolist())
     return d * d if squared else d
-
-
-def ref_valid_triplets(labels: torch.Tensor) -> list[tuple[int, int, int]]:
-    b = len(labels)
-    return [
-        (a, p, n)
-        for a in range(b)
-        for p in range(b)
-        for n in range(b)
-        if p != a and labels[p] == labels[a] and labels[n] != labels[a]
-    ]
 
 
 def as_set(t: TripletIndices) -> set[tuple[int, int, int]]:
