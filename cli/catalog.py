@@ -63,7 +63,7 @@ def import_command(ctx: CliContext, path: Path, fmt: str | None, delete_missing:
         source = open_source(path, ImportFormat(fmt) if fmt else None)
     except CatalogFormatError as exc:
         raise click.ClickException(str(exc)) from exc
-    report = _run(ctx, source, progress=progress, delete_missing=delete_missing)
+    report = import_source(ctx, source, progress=progress, delete_missing=delete_missing)
     _finish(report, strict=strict)
 
 
@@ -83,7 +83,7 @@ def sample_command(ctx: CliContext, dataset: str, limit: int | None, split: str,
         source = fashion_mnist_source(dataset_dir, split=Split(split), limit=limit)
     except CatalogFormatError as exc:
         raise click.ClickException(str(exc)) from exc
-    _finish(_run(ctx, source, progress=progress, delete_missing=False), strict=False)
+    _finish(import_source(ctx, source, progress=progress, delete_missing=False), strict=False)
 
 
 @catalog.command("list")
@@ -121,7 +121,9 @@ def delete_command(ctx: CliContext, external_ids: tuple[str, ...]) -> None:
         click.get_current_context().exit(1)
 
 
-def _run(ctx: CliContext, source: CatalogSource, *, progress: bool | None, delete_missing: bool) -> ImportReport:
+def import_source(ctx: CliContext, source: CatalogSource, *, progress: bool | None,
+                  delete_missing: bool = False) -> ImportReport:
+    """Import ``source`` with a tqdm bar (shared by ``catalog import|sample`` and ``demo``)."""
     # One sync() per chunk instead of an fsync per image: see MediaStore.sync.
     store = MediaStore.from_settings(ctx.settings, fsync=False)
     with tqdm(total=source.total_hint, unit="row", desc="import", disable=None if progress is None else not progress,

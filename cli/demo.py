@@ -13,13 +13,12 @@ from typing import Any
 
 import click
 from sqlalchemy import select
-from tqdm import tqdm
 
+from cli.catalog import import_source
 from cli.context import CliContext
-from core.catalog import DEFAULT_DATASET_DIR, Split, fashion_mnist_source, import_rows
+from core.catalog import DEFAULT_DATASET_DIR, Split, fashion_mnist_source
 from core.db import Item, ItemStatus, JobKind, JobStatus, session_scope
 from core.jobs import create_job, get_job
-from core.media import MediaStore
 from core.registry import active_index
 from core.tasks import TaskName
 from service.filters import Filters
@@ -65,9 +64,7 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
 
     click.echo(f"\n1. Sample catalog: {limit} Fashion-MNIST product images")
     source = fashion_mnist_source(dataset_dir, split=Split.TRAIN, limit=limit)
-    store = MediaStore.from_settings(settings, fsync=False)
-    with tqdm(total=source.total_hint, unit="item", desc="import", dynamic_ncols=True) as bar:
-        report = import_rows(source.rows, sessions=ctx.sessions, store=store, progress=bar.update)
+    report = import_source(ctx, source, progress=True)
     click.echo(f"   {report.summary()}")
 
     click.echo(f"\n2. Train ({epochs} epochs), evaluate on held-out categories, promote, index, publish")
