@@ -18,6 +18,7 @@ from core.catalog.rows import CatalogFormatError, ImportFormat, ImportReport
 from core.db import session_scope
 from core.embeddings_store import missing_image_ids
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.media import MediaStore
 from core.tasks import TaskName
 from worker.flows.models import NoActiveModel, target_models
 from worker.runtime import Runtime
@@ -54,7 +55,10 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
 
     try:
         fmt = ImportFormat(format) if format else None
-        report = import_catalog(Path(path), sessions=rt.sessions, store=rt.media, fmt=fmt,
+        # The importer syncs the media store once per chunk before committing its rows,
+        # so per-file fsyncs (the store's default) would only slow the import down.
+        store = MediaStore.from_settings(rt.settings, fsync=False)
+        report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=fmt,
                                 delete_missing=delete_missing,
                                 progress=progress)
     except (CatalogFormatError, ValueError) as exc:
