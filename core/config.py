@@ -73,6 +73,10 @@ class Settings:
     """A retrained model must beat the active one's MAP@R on the holdout by this much."""
     reindex_cron: str = "0 3 * * *"
     retrain_cron: str = "0 4 * * 0"
+    job_heartbeat_seconds: float = 10.0
+    """How often a worker running a job marks it alive (``jobs.updated_at``)."""
+    orphaned_job_seconds: float = 120.0
+    """A running job silent this long lost its worker: beat sends it again. 0 disables."""
 
     reads_public: bool = True
     """If false, read endpoints need an API key too."""
@@ -133,6 +137,31 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """``LOOKALIKE_*`` variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, enum.Enum):
+                text = str(value.value)
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[ENV_PREFIX + f.name.upper()] = text
+        return env
+
+    def __post_init__(self) -> None:
+        if 0 < self.orphaned_job_seconds <= 3 * self.job_heartbeat_seconds:
+            raise ConfigError(
+                f"LOOKALIKE_ORPHANED_JOB_SECONDS={self.orphaned_job_seconds} must be more than three "
+                f"heartbeats (LOOKALIKE_JOB_HEARTBEAT_SECONDS={self.job_heartbeat_seconds}), "
+                "or a slow heartbeat would look like a dead worker")
 
 
 def _parse(key: str, raw: str, annotation: Any) -> Any:

@@ -17,6 +17,7 @@ class TaskName(str, enum.Enum):
     RETRAIN = "lookalike.retrain"
     RETIRE_OLD_INDEXES = "lookalike.retire_old_indexes"
     SCHEDULED_REINDEX = "lookalike.scheduled_reindex"
+    RECOVER_JOBS = "lookalike.recover_jobs"
 
 
 class Queue(str, enum.Enum):
@@ -33,6 +34,8 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.SCHEDULED_REINDEX: Queue.INDEX,
     TaskName.RETIRE_OLD_INDEXES: Queue.INDEX,
     TaskName.RETRAIN: Queue.TRAIN,
+    # Short and urgent: not behind a long build on the index queue.
+    TaskName.RECOVER_JOBS: Queue.EMBED,
 }
 
 INDEX_CHANGED_CHANNEL = "lookalike:index-changed"

@@ -7,10 +7,13 @@ active index was built (or the active model has no index yet).
 RETRAIN, which trains, evaluates and promotes only a better model. Both are
 standard five-field cron expressions in the worker's time zone (UTC); an empty
 value disables the entry.
+Every ``LOOKALIKE_ORPHANED_JOB_SECONDS / 2`` it sends RECOVER_JOBS, which sends
+again the jobs whose worker died under them (worker/flows/recovery.py).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery.schedules import crontab
@@ -49,5 +52,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": parse_cron(expression, setting=setting),
             "kwargs": {"reason": "scheduled"} if task is TaskName.RETRAIN else {},
             "options": {"queue": TASK_QUEUES[task].value},
+        }
+    if settings.orphaned_job_seconds > 0:
+        # Twice per timeout: a lost job waits at most 1.5 timeouts to be sent again.
+        schedule["recover-orphaned-jobs"] = {
+            "task": TaskName.RECOVER_JOBS.value,
+            "schedule": timedelta(seconds=settings.orphaned_job_seconds / 2),
+            "kwargs": {},
+            "options": {"queue": TASK_QUEUES[TaskName.RECOVER_JOBS].value, "expires": settings.orphaned_job_seconds},
         }
     return schedule

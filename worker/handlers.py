@@ -17,6 +17,7 @@ from core.tasks import TaskName
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import
 from worker.flows.models import NoActiveModel, reindex_model
+from worker.flows.recovery import RESUMABLE_TASKS, heartbeat, record_task, recover_orphaned_jobs
 from worker.flows.reindex import catalog_changed_since_active, run_reindex
 from worker.flows.retire import retire_old_indexes
 from worker.flows.retrain import run_retrain
@@ -41,6 +42,11 @@ def retire(rt: Runtime) -> dict[str, Any]:
     return retire_old_indexes(rt.settings, rt.sessions)
 
 
+def recover_jobs(rt: Runtime) -> dict[str, Any]:
+    """RECOVER_JOBS (beat): send again the jobs whose worker died under them."""
+    return recover_orphaned_jobs(rt.sessions, rt.dispatcher, rt.settings.orphaned_job_seconds)
+
+
 HANDLERS: dict[TaskName, Callable[..., Any]] = {
     TaskName.IMPORT_CATALOG: run_import,
     TaskName.EMBED_IMAGES: embed_images,
@@ -49,6 +55,7 @@ HANDLERS: dict[TaskName, Callable[..., Any]] = {
     TaskName.RETRAIN: run_retrain,
     TaskName.RETIRE_OLD_INDEXES: retire,
     TaskName.SCHEDULED_REINDEX: scheduled_reindex,
+    TaskName.RECOVER_JOBS: recover_jobs,
 }
 
 
@@ -58,4 +65,11 @@ def run_task(rt: Runtime, task: TaskName, kwargs: dict[str, Any]) -> Any:
         handler = HANDLERS[TaskName(task)]
     except (KeyError, ValueError):
         raise ValueError(f"unknown task {task!r}; known: {[t.value for t in TaskName]}") from None
-    return handler(rt, **kwargs)
+    task = TaskName(task)
+    job_id = kwargs.get("job_id")
+    if task not in RESUMABLE_TASKS or job_id is None:
+        return handler(rt, **kwargs)
+    # A job its worker may die under: say how to run it again, and keep it visibly alive.
+    record_task(rt.sessions, job_id, task, kwargs)
+    with heartbeat(rt.sessions, job_id, rt.settings.job_heartbeat_seconds):
+        return handler(rt, **kwargs)

@@ -24,6 +24,7 @@ TASK_LIMITS: dict[TaskName, tuple[int, int]] = {
     TaskName.RETRAIN: (24 * HOUR, 24 * HOUR + 900),
     TaskName.RETIRE_OLD_INDEXES: (900, 1200),
     TaskName.SCHEDULED_REINDEX: (120, 300),
+    TaskName.RECOVER_JOBS: (120, 300),
 }
 """(soft, hard) seconds per task. The soft limit raises inside the task, which marks
 its job failed; the hard one kills the process. Generous on purpose: a limit is a

@@ -54,3 +54,19 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "CONFIG.md").read_text()
     missing = [f.name for f in dataclasses.fields(Settings) if f"LOOKALIKE_{f.name.upper()}`" not in doc]
     assert missing == []
+
+
+def test_to_env_round_trips_every_field() -> None:
+    s = Settings(home=Path("/srv/x"), broker_url="redis://h:1/0", device=DeviceChoice.CPU, reads_public=False,
+                 url_fetch_allowed_hosts=("a.example", "b.example"), annoy_search_k=-1, promotion_margin=0.5,
+                 artifacts_dir=Path("/data/a"))
+    env = s.to_env()
+    assert all(key.startswith("LOOKALIKE_") for key in env)
+    assert Settings.from_env(env) == s
+    assert Settings.from_env(Settings().to_env()) == Settings()
+
+
+def test_an_orphan_timeout_shorter_than_three_heartbeats_is_refused() -> None:
+    with pytest.raises(ConfigError, match="LOOKALIKE_ORPHANED_JOB_SECONDS"):
+        Settings(job_heartbeat_seconds=10, orphaned_job_seconds=25)
+    assert Settings(job_heartbeat_seconds=10, orphaned_job_seconds=0).orphaned_job_seconds == 0

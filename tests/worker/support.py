@@ -95,18 +95,11 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05, what: s
     raise TimeoutError(f"{what} not reached in {timeout}s")
 
 
-SETTINGS_ENV = ("home", "database_url", "broker_url", "annoy_trees", "torch_threads", "verify_sample_size",
-                "min_verify_recall", "fresh_rebuild_threshold", "promotion_margin", "keep_index_versions",
-                "log_level")
-
-
 def settings_env(settings: Settings) -> dict[str, str]:
     """A minimal environment for a child process that reproduces ``settings``."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(settings.home),
            "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736", "LANG": "C.UTF-8"}
-    for name in SETTINGS_ENV:
-        env[f"LOOKALIKE_{name.upper()}"] = str(getattr(settings, name))
-    return env
+    return {**env, **settings.to_env()}
 
 
 @dataclass

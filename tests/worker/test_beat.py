@@ -11,7 +11,8 @@ from worker.beat import beat_schedule, parse_cron
 
 def test_default_schedule_reindexes_nightly_and_retrains_weekly() -> None:
     schedule = beat_schedule(Settings())
-    assert {e["task"] for e in schedule.values()} == {TaskName.SCHEDULED_REINDEX.value, TaskName.RETRAIN.value}
+    assert {e["task"] for e in schedule.values()} == {TaskName.SCHEDULED_REINDEX.value, TaskName.RETRAIN.value,
+                                                      TaskName.RECOVER_JOBS.value}
     nightly = schedule["scheduled-reindex"]
     assert nightly["options"] == {"queue": "index"}
     assert schedule["scheduled-retrain"]["options"] == {"queue": "train"}
@@ -23,8 +24,15 @@ def test_default_schedule_reindexes_nightly_and_retrains_weekly() -> None:
 
 
 def test_an_empty_expression_disables_its_entry() -> None:
-    assert list(beat_schedule(Settings(retrain_cron=""))) == ["scheduled-reindex"]
-    assert beat_schedule(Settings(retrain_cron=" ", reindex_cron="")) == {}
+    assert list(beat_schedule(Settings(retrain_cron="", orphaned_job_seconds=0))) == ["scheduled-reindex"]
+    assert beat_schedule(Settings(retrain_cron=" ", reindex_cron="", orphaned_job_seconds=0)) == {}
+
+
+def test_lost_jobs_are_looked_for_twice_per_orphan_timeout() -> None:
+    entry = beat_schedule(Settings(orphaned_job_seconds=90))["recover-orphaned-jobs"]
+    assert entry["task"] == TaskName.RECOVER_JOBS.value
+    assert entry["schedule"].total_seconds() == 45
+    assert entry["options"] == {"queue": "embed", "expires": 90}
 
 
 @pytest.mark.parametrize("expression", ["0 3 * *", "0 25 * * *", "x 3 * * *"])
