@@ -11,11 +11,12 @@ PY = PYTHONPATH=$(CURDIR) $(VENV)/bin/python
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 
-.PHONY: help setup demo test bench lint
+.PHONY: help setup demo stack test bench lint
 
 help:
 	@echo "make demo   - set up and run the sample catalog end to end (embedded mode)"
 	@echo "make test   - run the whole test suite (starts throwaway PostgreSQL/Redis)"
+	@echo "make stack  - the full stack natively: PostgreSQL, Redis, migration, API, worker, beat"
 
 setup:
 	@./scripts/setup-system.sh
@@ -23,6 +24,9 @@ setup:
 
 demo: setup
 	$(PY) -m cli demo
+
+stack: setup
+	$(PY) -m cli stack $(STACK_ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

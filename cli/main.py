@@ -11,6 +11,7 @@ from cli.context import CliContext
 from cli.db import db
 from cli.demo import demo
 from cli.serve import keys, serve
+from cli.stack import stack
 from cli.train import evaluate, models, train
 from cli.worker import beat, jobs, reindex, retrain, worker
 
@@ -36,6 +37,7 @@ lookalike.add_command(train)
 lookalike.add_command(evaluate)
 lookalike.add_command(models)
 lookalike.add_command(demo)
+lookalike.add_command(stack)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cli.main import lookalike
+from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +53,12 @@ def test_compose_commands_exist_in_the_cli() -> None:
         flags = [a for a in argv[2:] if a.startswith("--")]
         assert set(flags) <= known, (name, set(flags) - known)
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+
+
+def test_make_stack_runs_the_same_commands_as_compose() -> None:
+    """The native supervisor and docker-compose.yml must not drift apart."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["migrate"]["command"] == list(MIGRATE_COMMAND)
+    assert services["api"]["command"] == ["lookalike", *API_ARGS, "--bind", "0.0.0.0:8000"]
+    assert services["worker"]["command"] == ["lookalike", *WORKER_ARGS]
+    assert services["beat"]["command"] == ["lookalike", *BEAT_ARGS]
