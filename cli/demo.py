@@ -2,21 +2,26 @@
 
 Sample catalog (Fashion-MNIST, read locally) -> a short training run on the catalog
 through the same retrain flow the scheduler uses (train, evaluate on held-out
-categories, promote, reindex, publish) -> similar items for a few catalog items.
-Everything runs in this process; no server is needed.
+categories, promote, reindex, publish) -> similar items for a few catalog items ->
+the API and the web UI on localhost (``lookalike serve``), with example requests.
+Everything runs on this machine; no database or broker server is needed.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
 import click
+from PIL import Image
 from sqlalchemy import select
 
 from cli.catalog import import_source
 from cli.context import CliContext
+from cli.serve import exec_gunicorn
 from core.catalog import DEFAULT_DATASET_DIR, Split, fashion_mnist_source
+from core.catalog.sample import load_split
 from core.db import Item, ItemStatus, JobKind, JobStatus, session_scope
 from core.jobs import create_job, get_job
 from core.registry import active_index
@@ -53,13 +58,18 @@ DEMO_TRAIN_CONFIG: dict[str, Any] = {
               help="Catalog items whose similar items are printed.")
 @click.option("--dataset-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATASET_DIR,
               show_default=True)
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Serve the API and the web UI at the end (until Ctrl-C).")
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="host:port for --serve.")
 @click.pass_obj
 def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, examples: int,
-         dataset_dir: Path) -> None:
-    """Sample catalog -> train -> index -> similar items, all in this process."""
+         dataset_dir: Path, serve: bool, bind: str) -> None:
+    """Sample catalog -> train -> index -> similar items -> the API and the web UI."""
     settings = ctx.settings
     if not settings.embedded:
         raise click.ClickException("the demo runs the embedded setup: unset LOOKALIKE_BROKER_URL")
+    if serve:
+        _check_bind(bind)  # before minutes of work, not after
     click.echo(f"Lookalike demo in {settings.home.resolve()}")
 
     click.echo(f"\n1. Sample catalog: {limit} Fashion-MNIST product images")
@@ -84,8 +94,9 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
 
     click.echo("\n3. Similar items")
     searcher = Searcher(settings, ctx.engine, ctx.sessions, Metrics(), watch=False)
+    example_items = _example_items(ctx, examples)
     try:
-        for external_id, category in _example_items(ctx, examples):
+        for external_id, category in example_items:
             result = searcher.similar_to_item(external_id, k=5, filters=Filters())
             same = sum(m.meta.category == category for m in result.matches)
             click.echo(f"   {external_id} ({category}) -> {same}/{len(result.matches)} same category")
@@ -95,7 +106,50 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
         click.echo(f"   over {n} catalog items, {rate:.0%} of the top-5 similar items share the query's category")
     finally:
         searcher.close()
-    click.echo("\nNext: `lookalike serve` for the API and the web UI; `make test` for the test suite.")
+    if not serve:
+        click.echo("\nNext: `lookalike serve` for the API and the web UI; `make test` for the test suite.")
+        return
+    query_image = _write_query_image(settings.home, dataset_dir)
+    _print_serving_help(bind, example_items[0][0], query_image)
+    ctx.engine.dispose()
+    exec_gunicorn(bind=bind, workers=2)
+
+
+def _check_bind(bind: str) -> None:
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"expected host:port, got {bind!r}", param_hint="--bind")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve on {bind}: {exc.strerror}; pick another with --bind "
+                                       "or run with --no-serve") from exc
+
+
+def _write_query_image(home: Path, dataset_dir: Path) -> Path:
+    """A Fashion-MNIST *test* image (not in the catalog) to try search by photo with."""
+    images, _ = load_split(dataset_dir, Split.TEST)
+    path = home.resolve() / "demo-query.png"
+    partial = path.with_name(f".{path.name}.partial")
+    Image.fromarray(images[0], "L").save(partial, "PNG")
+    partial.replace(path)
+    return path
+
+
+def _print_serving_help(bind: str, example_id: str, query_image: Path) -> None:
+    url = f"http://{bind}"
+    click.echo(f"""
+4. Serving the API and the web UI on {url} (Ctrl-C stops)
+   web UI:    {url}/
+   API docs:  {url}/api/v1/docs   (OpenAPI: {url}/api/v1/openapi.json)
+   try:
+     curl '{url}/api/v1/items/{example_id}/similar?k=5'
+     curl -F image=@{query_image} -F k=5 '{url}/api/v1/search'
+     curl '{url}/api/v1/items?category=dress&limit=3'
+   writes (PUT /api/v1/items/ID, POST /api/v1/reindex, ...) need a key: `lookalike keys create NAME`,
+   then send it as -H 'X-API-Key: KEY'.
+""")
 
 
 def _same_category_rate(ctx: CliContext, searcher: Searcher, n: int) -> tuple[float, int]:

@@ -58,6 +58,11 @@ def serve(ctx: CliContext, bind: str, workers: int, timeout: int | None) -> None
     ctx.engine.dispose()
     mode = "embedded (jobs run in the API process)" if ctx.settings.embedded else "broker (jobs go to Celery)"
     click.echo(f"serving on http://{bind} with {workers} workers, {mode}", err=True)
+    exec_gunicorn(bind=bind, workers=workers, timeout=timeout)
+
+
+def exec_gunicorn(*, bind: str, workers: int, timeout: int | None = None) -> None:
+    """Replace this process with gunicorn serving the app (it never returns)."""
     argv = gunicorn_argv(bind=bind, workers=workers, timeout=timeout)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import requests
 from click.testing import CliRunner
 
 from cli.main import lookalike
+from tests.support.servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_goes_from_sample_catalog_to_similar_items(tmp_path: Path, fashion_mnist_dir: Path) -> None:
     runner = CliRunner()
     env = {"LOOKALIKE_HOME": str(tmp_path / "home"), "LOOKALIKE_BROKER_URL": ""}
     result = runner.invoke(lookalike, ["demo", "--limit", "1200", "--epochs", "2", "--steps-per-epoch", "25",
-                                       "--examples", "3"], env=env, catch_exceptions=False)
+                                       "--examples", "3", "--no-serve"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "1200 created" in result.output
     assert re.search(r"serving index i-\S+ \(1200 images", result.output)
@@ -24,7 +34,59 @@ def test_demo_goes_from_sample_catalog_to_similar_items(tmp_path: Path, fashion_
     rate = re.search(r"over 200 catalog items, (\d+)% of the top-5", result.output)
     assert rate and int(rate.group(1)) >= 60, result.output
     # a second run reuses the catalog (idempotent import) and retrains against the active model
-    again = runner.invoke(lookalike, ["demo", "--limit", "1200", "--epochs", "1", "--steps-per-epoch", "5"],
+    again = runner.invoke(lookalike, ["demo", "--limit", "1200", "--epochs", "1", "--steps-per-epoch", "5",
+                                      "--no-serve"],
                           env=env, catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert "0 created, 0 updated, 1200 unchanged" in again.output
+
+
+def test_demo_ends_serving_the_api_and_the_web_ui(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "LOOKALIKE_HOME": str(tmp_path / "home"), "LOOKALIKE_BROKER_URL": "",
+           "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "demo", "--limit", "300", "--epochs", "1", "--steps-per-epoch", "5",
+         "--examples", "1", "--bind", f"127.0.0.1:{port}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        for line in process.stdout:
+            lines.append(line)
+            if "need a key" in line:
+                break
+        text = "".join(lines)
+        similar = re.search(r"curl '(http://127\.0\.0\.1:\d+/api/v1/items/\S+/similar\?k=5)'", text)
+        upload = re.search(r"curl -F image=@(\S+) -F k=5 '(\S+)'", text)
+        assert similar and upload, text
+        deadline = time.monotonic() + 60
+        while True:  # gunicorn is starting
+            try:
+                response = requests.get(similar.group(1), timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, text
+                time.sleep(0.3)
+        assert response.status_code == 200 and len(response.json()["results"]) == 5
+        with open(upload.group(1), "rb") as image:
+            found = requests.post(upload.group(2), files={"image": image}, data={"k": "5"}, timeout=30)
+        assert found.status_code == 200 and len(found.json()["results"]) == 5, found.text
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # what Ctrl-C does to gunicorn, more or less
+        process.wait(60)
+
+
+def test_demo_refuses_a_busy_port_before_doing_any_work(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(lookalike, ["demo", "--bind", f"127.0.0.1:{port}"],
+                                    env={"LOOKALIKE_HOME": str(tmp_path / "home"), "LOOKALIKE_BROKER_URL": ""})
+    assert result.exit_code != 0
+    assert f"cannot serve on 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "home" / "lookalike.db").exists()
