@@ -8,7 +8,6 @@ user because it refuses to run as root.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
@@ -18,6 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from stack.services import pg_binary
 
 
 def free_port() -> int:
@@ -35,16 +36,6 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not candidates:
-        raise FileNotFoundError(f"PostgreSQL binary {name!r} not found")
-    return candidates[-1]
 
 
 def _postgres_user() -> dict[str, str]:
@@ -70,7 +61,7 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")
         subprocess.run(
-            [_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+            [pg_binary("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
              "--no-sync", "-E", "UTF8", "--locale=C"],
             check=True, capture_output=True, cwd=root, **_postgres_user(),
         )
@@ -83,7 +74,7 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             probe = subprocess.run(
-                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+                [pg_binary("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
             )
             if probe.returncode == 0:
                 return
@@ -125,7 +116,7 @@ class PostgresServer:
 
     def _spawn(self) -> None:
         self.process = subprocess.Popen(
-            [_pg_bin("postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
+            [pg_binary("postgres"), "-D", str(self.root / "data"), "-p", str(self.port),
              "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off",
              "-c", "full_page_writes=off", "-c", "synchronous_commit=off"],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "postgres.log", "ab"),
