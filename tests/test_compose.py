@@ -6,6 +6,7 @@ issue asks: `docker compose config` (or Debian's `docker-compose config`).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,3 +63,9 @@ def test_make_stack_runs_the_same_commands_as_compose() -> None:
     assert services["api"]["command"] == ["lookalike", *API_ARGS, "--bind", "0.0.0.0:8000"]
     assert services["worker"]["command"] == ["lookalike", *WORKER_ARGS]
     assert services["beat"]["command"] == ["lookalike", *BEAT_ARGS]
+
+
+def test_every_variable_the_compose_file_reads_is_documented() -> None:
+    read = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()))
+    doc = (ROOT / "docs" / "CONFIG.md").read_text()
+    assert read and not [name for name in read if f"`{name}`" not in doc]
