@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 
 from core.db import Embedding, ImageStatus, Item, ItemImage, ItemStatus
 from core.index import VectorIndex
+from service.searcher.planhints import no_index
 
 COMMIT_SLACK = dt.timedelta(seconds=5)
 """How far before a cursor rows are re-read: covers transactions that commit late."""
@@ -60,18 +61,21 @@ def read_fresh(
     dim = index.manifest.dim
     cursor = previous.cursor if previous is not None else newest_in_index
     since = _since(cursor)
+    # With a cursor the created_at range is the selective condition. Left a choice,
+    # SQLite (no statistics) takes any equality over a range: it reads every vector
+    # of the model through the model_id index, or every active image through the
+    # status index, on each poll. So those columns are kept off their indexes.
+    dialect = engine.dialect.name if since is not None else ""
     query = (
         select(Embedding.image_id, Embedding.created_at, Embedding.dim, Embedding.vector)
         .join(ItemImage, ItemImage.id == Embedding.image_id)
         .join(Item, Item.id == ItemImage.item_id)
-        .where(Embedding.model_id == model_id, ItemImage.status == ImageStatus.ACTIVE,
-               Item.status == ItemStatus.ACTIVE)
+        .where(no_index(Embedding.model_id, dialect) == model_id,
+               no_index(ItemImage.status, dialect) == ImageStatus.ACTIVE,
+               no_index(Item.status, dialect) == ItemStatus.ACTIVE)
     )
     if since is not None:
-        # Without the hint SQLite prefers the model_id index (an equality) and scans
-        # every vector of the model; the created_at range is the selective one.
-        query = query.where(Embedding.created_at > since).with_hint(
-            Embedding, "INDEXED BY ix_embeddings_created_at", "sqlite")
+        query = query.where(Embedding.created_at > since)
     with engine.connect() as conn:
         rows = [r for r in conn.execute(query) if r.dim == dim]
     base = previous if previous is not None else FreshSet.empty(dim, cursor)
