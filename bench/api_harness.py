@@ -30,11 +30,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home: Path, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+def start_server(home: Path, workers: int, log: Path,
+                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """``lookalike serve`` on a free port, once /readyz answers; ``extra_env`` adds LOOKALIKE_* settings."""
     port = free_port()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(home), "LANG": "C.UTF-8",
            "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-           "LOOKALIKE_HOME": str(home), "LOOKALIKE_LOG_LEVEL": "WARNING", "LOOKALIKE_TORCH_THREADS": "1"}
+           "LOOKALIKE_HOME": str(home), "LOOKALIKE_LOG_LEVEL": "WARNING", "LOOKALIKE_TORCH_THREADS": "1",
+           **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bind", f"127.0.0.1:{port}",
                              "--workers", str(workers)], cwd=REPO, env=env, start_new_session=True,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)

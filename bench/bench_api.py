@@ -4,14 +4,17 @@
 
 Builds (once, cached in --home) a catalog of N items with one image each and a
 synthetic 128-d unit vector per image (clustered, 100 per cluster), an Annoy index
-over them with the default settings (50 trees, search_k 10000), and a registered
+over them with the default settings (50 trees, search_k 10000; ``--search-k`` serves
+with another), and a registered
 (untrained) small-CNN model. Then it starts ``lookalike serve`` (gunicorn, 2
 workers) and measures, in one run:
 
 1. Annoy's own query time in this process on the same index (the same call the
    server makes: ``vector(id)`` + ``query(v, 2k+8, search_k)``);
 2. sequential similar-by-id requests on one keep-alive connection, split with the
-   ``Server-Timing`` header into index / metadata / serialisation / framework;
+   ``Server-Timing`` header into index / metadata / serialisation / framework, and
+   the workers' CPU time per request (user + system, from /proc), which the
+   throughput on two shared cores follows;
 3. throughput with wrk (if installed; else Python threads) at a few concurrencies;
 4. search by uploaded image, split into decode / embed / search / metadata;
 5. each worker's memory from /proc/<pid>/smaps_rollup, and its share of the index file.
@@ -159,10 +162,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--search-k", type=int, default=None,
+                        help="serve with this LOOKALIKE_ANNOY_SEARCH_K (default: the setting's default, 10000)")
     args = parser.parse_args()
     n = args.items or (200_000 if args.quick else 1_000_000)
     home = args.home or Path(tempfile.gettempdir()) / f"lookalike-bench-api-{n}"
     settings = Settings(home=home)
+    if args.search_k is not None:
+        settings = settings.replace(annoy_search_k=args.search_k)
     info = build_dataset(home, n)
     print(f"dataset: {n:,} items/images, 128-d synthetic vectors; SQL insert {info['sql_seconds']} s, "
           f"index build {info['build_seconds']} s, index file {info['index_mb']} MB "
@@ -171,12 +178,14 @@ def main() -> None:
     rng = np.random.default_rng(1)
     sample = [int(i) for i in rng.integers(0, n, args.requests)]
     log = home / "server.log"
-    proc, port = start_server(home, 2, log)
+    proc, port = start_server(home, 2, log, {"LOOKALIKE_ANNOY_SEARCH_K": str(settings.annoy_search_k)})
     try:
         workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
         sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample[:200]])  # warm-up
         annoy_both, annoy_query = annoy_alone(home, [i + 1 for i in sample], settings.annoy_search_k)
+        cpu0 = cpu_seconds(workers)
         client, phases = sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample])
+        sequential_cpu_ms = (cpu_seconds(workers) - cpu0) * 1000 / len(sample)
         index_ms = [p.get("index", 0.0) for p in phases]
         meta_ms = [p.get("meta", 0.0) for p in phases]
         ser_ms = [p.get("ser", 0.0) for p in phases]
@@ -194,6 +203,8 @@ def main() -> None:
         print(phase_row("**everything outside the index query** (client - index)",
                         [c - i for c, i in zip(client, index_ms)], "≤ 2 ms at p50"))
         print(phase_row("**total, client side**", client, "p99 ≤ 20 ms"))
+        print(f"\nserver CPU (both workers, user + system): {sequential_cpu_ms:.2f} ms per request; "
+              f"load average {os.getloadavg()[0]:.1f}")
 
         load = wrk_run if shutil.which("wrk") else python_load
         print(f"\n### Similar-by-id under load (gunicorn 2 workers x 4 threads, {args.seconds} s each)\n")
