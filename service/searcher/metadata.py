@@ -12,7 +12,10 @@ This runs on every request, so it is written for the CPU it costs (measured in
 * the candidate ids go in as *one* bound value — a JSON array read with
   ``json_each`` on SQLite, an array with ``= ANY`` on PostgreSQL — rather than an
   expanding ``IN (?, ?, ...)``, which SQLAlchemy re-renders into new SQL text on
-  every execution;
+  every execution. SQLite then walks the id list and finds each image through the
+  (status, id) index; keeping status off that index (``+status``, as the fresh
+  poll does) looks cheaper but makes it start from ``items`` instead, a scan of the
+  whole catalog — ``tests/service/test_query_plans.py`` pins the plan;
 * ``attributes`` is fetched as JSON text and decoded only for the images that end
   up in the answer (about a third of the candidates), see :attr:`ImageMeta.attributes`;
 * rows become :class:`ImageMeta` named tuples, which cost a fraction of a frozen
