@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from core.db import JobKind
+from core.jobs import create_job
 from core.reindex_requests import request_reindex
 from core.registry import active_index
 from core.tasks import TaskName
@@ -67,6 +69,12 @@ def run_task(rt: Runtime, task: TaskName, kwargs: dict[str, Any]) -> Any:
         raise ValueError(f"unknown task {task!r}; known: {[t.value for t in TaskName]}") from None
     task = TaskName(task)
     job_id = kwargs.get("job_id")
+    if task is TaskName.RETRAIN and job_id is None:
+        # Beat sends the weekly retrain without a job: give it one here, so that it is
+        # tracked and, like any job, sent again if its worker dies.
+        job_id = create_job(rt.sessions, JobKind.RETRAIN, {"reason": kwargs.get("reason", "scheduled"),
+                                                          "overrides": list(kwargs.get("overrides") or [])})
+        kwargs = {**kwargs, "job_id": job_id}
     if task not in RESUMABLE_TASKS or job_id is None:
         return handler(rt, **kwargs)
     # A job its worker may die under: say how to run it again, and keep it visibly alive.

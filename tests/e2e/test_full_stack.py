@@ -35,7 +35,8 @@ TRAIN_CONFIG = {
     "optim": {"lr": 3e-3, "warmup_epochs": 0.2},
     "classes_per_batch": 8, "images_per_class": 16, "epochs": 12, "steps_per_epoch": 25,
 }
-STATE: dict[str, object] = {}
+CATALOG_IDS: list[str] = []
+"""External ids of the imported catalog, filled by the first step."""
 
 
 def _test_images(start: int, n: int) -> list[tuple[bytes, str]]:
@@ -91,7 +92,7 @@ def test_import_train_reindex_gives_same_category_neighbours(e2e: E2E) -> None:
         same += sum(r["category"] == categories[external_id] for r in results)
         total += len(results)
     assert same / total >= 0.80, f"only {same / total:.0%} of top-5 neighbours share the query's category"
-    STATE["ids"] = list(categories)
+    CATALOG_IDS[:] = categories
 
 
 def test_items_added_through_the_api_are_found_before_any_rebuild(e2e: E2E) -> None:
@@ -114,7 +115,7 @@ def test_retrain_on_demand_and_publish_under_load_fail_no_request(e2e: E2E) -> N
     stop = threading.Event()
 
     def load(offset: int) -> None:
-        ids = itertools.cycle(STATE["ids"][offset::7])  # type: ignore[index]
+        ids = itertools.cycle(CATALOG_IDS[offset::7])
         while not stop.is_set():
             try:
                 response = e2e.api.similar(next(ids))
@@ -177,7 +178,7 @@ def test_with_redis_down_queries_are_served_and_writes_answer_503(e2e: E2E) -> N
     png, category = _test_images(10, 1)[0]
     e2e.stack.stop_service("redis")
     try:
-        for external_id in STATE["ids"][:20]:  # type: ignore[index]
+        for external_id in CATALOG_IDS[:20]:
             assert e2e.api.similar(external_id).status_code == 200
         response = e2e.api.put_item("while-redis-down", png, category)
         assert response.status_code == 503, response.text
@@ -206,7 +207,7 @@ def test_the_api_recovers_from_a_postgres_restart_without_restarting(e2e: E2E) -
     while e2e.api.similar("fm-00001").status_code != 200:
         assert time.monotonic() < deadline, "the API did not recover within 10 s"
         time.sleep(0.2)
-    assert all(e2e.api.similar(i).status_code == 200 for i in STATE["ids"][:30])  # type: ignore[index]
+    assert all(e2e.api.similar(i).status_code == 200 for i in CATALOG_IDS[:30])
     png, category = _test_images(20, 1)[0]
     assert e2e.api.put_item("after-postgres", png, category).status_code == 201
     assert api.pid == master

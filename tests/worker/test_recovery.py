@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core.catalog.sample import Split
 from core.db import Job, JobKind, JobStatus, session_scope
@@ -94,3 +94,19 @@ def test_a_reindex_whose_whole_worker_was_killed_completes_after_a_restart(celer
     assert job.status is JobStatus.SUCCEEDED, f"{job.error}\n{stack.worker.log()[-3000:]}"
     assert job.attempts == 2
     assert active_index(stack.sessions).image_count == 900
+
+
+def test_the_scheduled_retrain_gets_a_job_and_records_itself(embedded: Embedded) -> None:
+    settings = embedded.settings
+    register_tiny_model(settings, embedded.sessions)
+    import_fmnist(settings, embedded.sessions, 60)
+    overrides = ["model.input_size=32", "model.embedding_dim=32", "epochs=1", "steps_per_epoch=2",
+                 "classes_per_batch=4", "images_per_class=2", "data.label=category",
+                 "data.holdout_classes=[trouser, bag, sandal]", "eval_batch_size=64", "amp=false"]
+    embedded.dispatcher.send(TaskName.RETRAIN, reason="scheduled", overrides=overrides)  # as beat sends it
+    with session_scope(embedded.sessions) as s:
+        job = s.scalars(select(Job).where(Job.kind == JobKind.RETRAIN)).one()
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.params["reason"] == "scheduled"
+    assert job.params[TASK_PARAM] == {"name": TaskName.RETRAIN.value,
+                                      "kwargs": {"reason": "scheduled", "overrides": overrides, "job_id": job.id}}

@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core.db import JobKind
 from core.embedding import resolve_device
-from core.jobs import create_job, fail_job, finish_job, get_job, start_job, update_progress
+from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
 from trainer.config import DataSource, LabelKind, TrainConfig
 from trainer.data import DataContext
@@ -70,12 +69,10 @@ def holdout_metrics(rt: Runtime, version: str, cfg: TrainConfig) -> dict[str, An
         raise RetrainError(str(exc)) from exc
 
 
-def run_retrain(rt: Runtime, job_id: int | None = None, config: dict[str, Any] | None = None,
+def run_retrain(rt: Runtime, job_id: int, config: dict[str, Any] | None = None,
                 overrides: list[str] | None = None, reason: str = "requested") -> dict[str, Any]:
-    """RETRAIN for ``job_id`` (created when beat sends none)."""
+    """RETRAIN for ``job_id`` (worker.handlers creates one when beat sends none)."""
     overrides = list(overrides or [])
-    if job_id is None:
-        job_id = create_job(rt.sessions, JobKind.RETRAIN, {"reason": reason, "overrides": overrides})
     job = get_job(rt.sessions, job_id)
     if job.status.finished:
         return job.result
