@@ -93,6 +93,7 @@ class Stack:
         """Stop one service and keep it down (for maintenance, or a fault drill)."""
         with self._lock:
             self._held_down.add(name)
+            self._restart_at.pop(name, None)  # a restart it was waiting for no longer applies
             self.services[name].stop()
 
     def restart_service(self, name: str) -> None:
