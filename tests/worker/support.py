@@ -26,6 +26,12 @@ from core.registry import activate_model, register_model
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SPEC = ModelSpec(input_size=32, embedding_dim=32)
+TINY_TRAINING = [
+    "model.input_size=32", "model.embedding_dim=32", "epochs=1", "steps_per_epoch=2",
+    "classes_per_batch=4", "images_per_class=2", "data.label=category",
+    "data.holdout_classes=[trouser, bag, sandal]", "eval_batch_size=64", "amp=false",
+]
+"""Training overrides for a retrain that takes a second or two."""
 
 
 def register_tiny_model(settings: Settings, sessions: sessionmaker[Session], *, seed: int = 0,

@@ -20,7 +20,7 @@ from core.registry import active_index, active_model, list_indexes
 from core.reindex_requests import request_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import Embedded
-from tests.worker.support import import_fmnist, register_tiny_model
+from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 from trainer.config import DataSource, LabelKind
 from worker.flows.publish import publish_index
 from worker.flows.retrain import retrain_config
@@ -190,11 +190,6 @@ def test_the_scheduled_reindex_runs_only_when_something_changed(embedded: Embedd
     assert third.model.version == "m-next" and third.image_count == 24
 
 
-TINY_TRAINING = [
-    "model.input_size=32", "model.embedding_dim=32", "epochs=1", "steps_per_epoch=2",
-    "classes_per_batch=4", "images_per_class=2", "data.label=category",
-    "data.holdout_classes=[trouser, bag, sandal]", "eval_batch_size=64", "amp=false",
-]
 
 
 def test_a_retrain_trains_on_the_catalog_even_after_a_model_trained_on_files(embedded: Embedded) -> None:

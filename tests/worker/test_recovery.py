@@ -15,7 +15,9 @@ from core.registry import active_index
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import CeleryStack, Embedded
-from tests.worker.support import import_fmnist, register_tiny_model, wait_for_job, wait_until
+from tests.worker.support import (
+    TINY_TRAINING, import_fmnist, register_tiny_model, wait_for_job, wait_until,
+)
 from worker.flows.recovery import TASK_PARAM, recover_orphaned_jobs
 
 
@@ -100,9 +102,7 @@ def test_the_scheduled_retrain_gets_a_job_and_records_itself(embedded: Embedded)
     settings = embedded.settings
     register_tiny_model(settings, embedded.sessions)
     import_fmnist(settings, embedded.sessions, 60)
-    overrides = ["model.input_size=32", "model.embedding_dim=32", "epochs=1", "steps_per_epoch=2",
-                 "classes_per_batch=4", "images_per_class=2", "data.label=category",
-                 "data.holdout_classes=[trouser, bag, sandal]", "eval_batch_size=64", "amp=false"]
+    overrides = TINY_TRAINING
     embedded.dispatcher.send(TaskName.RETRAIN, reason="scheduled", overrides=overrides)  # as beat sends it
     with session_scope(embedded.sessions) as s:
         job = s.scalars(select(Job).where(Job.kind == JobKind.RETRAIN)).one()
