@@ -15,7 +15,7 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from core.embedding import EmbeddingNet, build_model, load_model
-from trainer.config import LossConfig, LossKind, MinerKind, ModelConfig, OptimConfig
+from trainer.config import LossConfig, LossKind, LrSchedule, MinerKind, ModelConfig, OptimConfig
 from trainer.losses import ContrastiveLoss, TripletLoss
 from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner
 
@@ -91,14 +91,20 @@ def build_optimizer(model: EmbeddingNet, cfg: OptimConfig) -> AdamW:
 
 
 class WarmupCosine:
-    """Multiplier of the base lr at step ``s``: linear warm-up, then cosine down to ``floor``."""
+    """Multiplier of the base lr at step ``s``: linear warm-up, then cosine down to ``floor``.
 
-    def __init__(self, warmup_steps: int, total_steps: int, floor: float):
+    ``constant=True`` stays at 1 after the warm-up (the peer loop's constant rates).
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float, *, constant: bool = False):
         self.warmup_steps, self.total_steps, self.floor = warmup_steps, max(total_steps, 1), floor
+        self.constant = constant
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
+        if self.constant:
+            return 1.0
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / span, 1.0)
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -108,7 +114,8 @@ def build_scheduler(optimizer: Optimizer, cfg: OptimConfig, steps_per_epoch: int
     """Stepped once per batch."""
     total = steps_per_epoch * epochs
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
-    return LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio))
+    return LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio,
+                                            constant=cfg.schedule is LrSchedule.CONSTANT))
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

@@ -19,13 +19,13 @@ from typing import Any
 import yaml
 
 from core.config import DeviceChoice
-from core.embedding import Backbone, Distance, ModelSpec, Pretrained
+from core.embedding import Backbone, Distance, ModelSpec, Pretrained, ResizeMode
 from trainer.config_tree import ConfigError, apply_overrides, build, plain
 from trainer.files import replacing
 
 __all__ = [
     "AugmentPolicy", "ConfigError", "DataConfig", "DataSource", "LabelKind", "LossConfig", "LossKind",
-    "MinerKind", "ModelConfig", "OptimConfig", "TrainConfig", "apply_overrides",
+    "LrSchedule", "MinerKind", "ModelConfig", "OptimConfig", "TrainConfig", "apply_overrides",
 ]
 
 
@@ -48,7 +48,8 @@ class LabelKind(str, enum.Enum):
 class AugmentPolicy(str, enum.Enum):
     NONE = "none"
     LIGHT = "light"  # mild crops and flips: small or centred images (Fashion-MNIST)
-    PRODUCT = "product"  # crops, flips, light photometric jitter, no hue shift
+    CROP_FLIP = "crop_flip"  # crops keeping >= half the photo, flips; colours untouched
+    PRODUCT = "product"  # crop_flip plus light photometric jitter, no hue shift
 
 
 class LossKind(str, enum.Enum):
@@ -62,6 +63,11 @@ class MinerKind(str, enum.Enum):
     BATCH_HARD = "batch_hard"
     SEMI_HARD = "semi_hard"
     HARD_PAIRS = "hard_pairs"  # contrastive only
+
+
+class LrSchedule(str, enum.Enum):
+    COSINE = "cosine"  # linear warm-up, then cosine down to lr * min_lr_ratio
+    CONSTANT = "constant"  # linear warm-up, then lr until the end
 
 
 @dataclass
@@ -96,6 +102,8 @@ class ModelConfig:
     pretrained: Pretrained = Pretrained.NONE
     distance: Distance = Distance.EUCLIDEAN
     head_batchnorm: bool = False
+    resize: ResizeMode = ResizeMode.SQUASH
+    """Input geometry (squash / center_crop / pad), carried in the spec and so in the checkpoint."""
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes to freeze, e.g. ``backbone.body._blocks.0.``."""
     init_checkpoint: str = ""
@@ -104,7 +112,7 @@ class ModelConfig:
     def spec(self) -> ModelSpec:
         overrides: dict[str, Any] = {
             "embedding_dim": self.embedding_dim, "pretrained": self.pretrained,
-            "distance": self.distance, "head_batchnorm": self.head_batchnorm,
+            "distance": self.distance, "head_batchnorm": self.head_batchnorm, "resize": self.resize,
         }
         if self.input_size:
             overrides["input_size"] = self.input_size
@@ -125,9 +133,10 @@ class OptimConfig:
     backbone_lr: float = 0.0
     """Learning rate of the backbone trunk; 0: the same as ``lr``."""
     weight_decay: float = 1e-4
+    schedule: LrSchedule = LrSchedule.COSINE
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
-    """The cosine schedule ends at ``lr * min_lr_ratio``."""
+    """The cosine schedule ends at ``lr * min_lr_ratio`` (unused by ``constant``)."""
     grad_clip: float = 5.0
     """Max global gradient norm; 0 disables clipping."""
 

@@ -4,7 +4,7 @@ from core.embedding.checkpoint import Checkpoint, CheckpointError, load_model, r
 from core.embedding.embedder import DeviceUnavailableError, Embedder, resolve_device
 from core.embedding.network import EmbeddingNet, build_model
 from core.embedding.preprocess import eval_transform, images_to_batch
-from core.embedding.spec import Backbone, Distance, ModelSpec, Pretrained, SpecMismatchError
+from core.embedding.spec import Backbone, Distance, ModelSpec, Pretrained, ResizeMode, SpecMismatchError
 
 __all__ = [
     "Backbone",
@@ -16,6 +16,7 @@ __all__ = [
     "EmbeddingNet",
     "ModelSpec",
     "Pretrained",
+    "ResizeMode",
     "SpecMismatchError",
     "build_model",
     "eval_transform",

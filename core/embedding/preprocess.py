@@ -1,13 +1,19 @@
 """Evaluation preprocessing derived from a :class:`ModelSpec`.
 
-Geometry: the whole image is resized ("squashed") to ``input_size`` x ``input_size``;
-nothing is cropped. Product photos are usually portrait (3:4 to 9:16 in the sample
-catalog) with the product filling the frame, so the ImageNet recipe (resize the
-shorter side, centre-crop) would cut off the top and bottom of a dress or a pair of
-trousers -- the neckline and hem that make two products look alike. The aspect
-distortion of squashing is the same at training and query time, so the network
-learns with it. Images with an alpha channel are composited onto white, the usual
-product-photo background, instead of exposing whatever colour hides under
+Geometry is the spec's ``resize`` (:class:`ResizeMode`), so a checkpoint serves with
+the geometry it was trained with:
+
+- ``squash`` (the default, and what older checkpoints used): the whole photo is
+  resized to ``input_size`` x ``input_size``; nothing is cropped, the aspect ratio is
+  distorted identically at training and query time.
+- ``center_crop``: the shorter side becomes ``input_size`` and the centre square is
+  kept -- ImageNet's recipe, which pretrained trunks are used to (no distortion), at
+  the price of the top and bottom of a tall photo.
+- ``pad``: the longer side becomes ``input_size`` and the photo is centred on white,
+  the usual product-photo background: no distortion and nothing lost.
+
+docs/BENCHMARKS.md ("Recipe ablation") measures the three. Images with an alpha
+channel are composited onto white instead of exposing whatever colour hides under
 transparent pixels.
 
 Per-image and batched paths share one implementation, so an image gives the same
@@ -23,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from core.embedding.spec import ModelSpec
+from core.embedding.spec import ModelSpec, ResizeMode
 
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 3.0
@@ -31,14 +37,34 @@ REDUCING_GAP = 3.0
 times faster on large photos and visually indistinguishable from a full resample."""
 
 
-def prepare_image(image: Image.Image, size: int) -> Image.Image:
-    """RGB, ``size`` x ``size``: the geometric half of preprocessing."""
+PAD_FILL = (255, 255, 255)
+
+
+def prepare_image(image: Image.Image, size: int, resize: ResizeMode = ResizeMode.SQUASH) -> Image.Image:
+    """RGB, ``size`` x ``size`` by the ``resize`` geometry: the geometric half of preprocessing."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__}")
     image = _to_rgb(image)
-    if image.size != (size, size):
-        image = image.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
-    return image
+    if image.size == (size, size):
+        return image
+    w, h = image.size
+    if resize is ResizeMode.SQUASH:
+        return image.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    if resize is ResizeMode.CENTER_CROP:
+        # Resizing the central square in one call (PIL's box) equals "shorter side to
+        # size, then centre crop", without resampling the pixels that are cut away.
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        return image.resize((size, size), RESAMPLE, box=(left, top, left + side, top + side),
+                            reducing_gap=REDUCING_GAP)
+    if resize is ResizeMode.PAD:
+        scale = size / max(w, h)
+        inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+        canvas = Image.new("RGB", (size, size), PAD_FILL)
+        canvas.paste(image.resize(inner, RESAMPLE, reducing_gap=REDUCING_GAP),
+                     ((size - inner[0]) // 2, (size - inner[1]) // 2))
+        return canvas
+    raise ValueError(f"unknown resize mode {resize!r}")
 
 
 def images_to_batch(
@@ -55,7 +81,7 @@ def images_to_batch(
     size = spec.input_size
     pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        pixels[i] = np.asarray(prepare_image(image, size))
+        pixels[i] = np.asarray(prepare_image(image, size, spec.resize))
     return normalize_uint8(torch.from_numpy(pixels), spec, memory_format=memory_format)
 
 
@@ -88,7 +114,7 @@ class EvalTransform:
 
     def __repr__(self) -> str:
         s = self.spec
-        return f"EvalTransform(squash to {s.input_size}px, mean={s.mean}, std={s.std})"
+        return f"EvalTransform({s.resize.value} to {s.input_size}px, mean={s.mean}, std={s.std})"
 
 
 def eval_transform(spec: ModelSpec) -> EvalTransform:

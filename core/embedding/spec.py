@@ -54,6 +54,18 @@ class Pretrained(str, enum.Enum):
     IMAGENET = "imagenet"
 
 
+class ResizeMode(str, enum.Enum):
+    """How a photo of any aspect ratio becomes the network's ``input_size`` square.
+
+    Part of the spec (and so of every checkpoint) because a network is only as good as
+    the geometry it was trained with: serving must feed what training fed.
+    """
+
+    SQUASH = "squash"  # resize the whole photo to the square; aspect distorted, nothing lost
+    CENTER_CROP = "center_crop"  # shorter side to the square's side, centre crop (ImageNet's recipe)
+    PAD = "pad"  # longer side to the square's side, centred on white (product-photo background)
+
+
 class SpecMismatchError(ValueError):
     """A model or checkpoint's spec differs from the one the caller expected.
 
@@ -82,9 +94,12 @@ class ModelSpec:
     pretrained: Pretrained = Pretrained.NONE
     head_batchnorm: bool = False
     """BatchNorm1d after the projection, before L2 normalisation (changes the weights' layout)."""
+    resize: ResizeMode = ResizeMode.SQUASH
+    """Input geometry; checkpoints written before it existed were squashed, hence the default."""
 
     def __post_init__(self) -> None:
-        for name, enum_type in (("backbone", Backbone), ("distance", Distance), ("pretrained", Pretrained)):
+        for name, enum_type in (("backbone", Backbone), ("distance", Distance), ("pretrained", Pretrained),
+                                ("resize", ResizeMode)):
             object.__setattr__(self, name, _coerce_enum(name, getattr(self, name), enum_type))
         for name in ("embedding_dim", "input_size"):
             value = getattr(self, name)

@@ -90,7 +90,7 @@ def build_eval_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> Image
     if eval_list is None:
         return None
     if cfg.preload:
-        eval_list = preload(eval_list, spec.input_size)
+        eval_list = preload(eval_list, spec.input_size, spec.resize)
     return ImageDataset(eval_list, eval_pipeline(spec))
 
 
@@ -123,8 +123,8 @@ def _eval_list(cfg: DataConfig, split: ClassSplit, train_all: ImageList, eval_al
 def _finish(cfg: DataConfig, spec: ModelSpec, train_list: ImageList, eval_list: ImageList | None,
             split: ClassSplit, **extra: Any) -> TrainingData:
     if cfg.preload:
-        train_list = preload(train_list, spec.input_size)
-        eval_list = preload(eval_list, spec.input_size) if eval_list is not None else None
+        train_list = preload(train_list, spec.input_size, spec.resize)
+        eval_list = preload(eval_list, spec.input_size, spec.resize) if eval_list is not None else None
     train = ImageDataset(train_list, train_pipeline(spec, cfg.augment))
     evaluation = ImageDataset(eval_list, eval_pipeline(spec)) if eval_list is not None else None
     summary = {
@@ -158,8 +158,8 @@ def _tuple_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> TrainingD
     eval_idx = select(labelled.labels, split.holdout, max_per_class=cfg.eval_max_per_class)
     eval_list = labelled.subset(eval_idx) if eval_idx else None
     if cfg.preload:
-        every = preload(every, spec.input_size)
-        eval_list = preload(eval_list, spec.input_size) if eval_list is not None else None
+        every = preload(every, spec.input_size, spec.resize)
+        eval_list = preload(eval_list, spec.input_size, spec.resize) if eval_list is not None else None
     train = TupleDataset(kept, every, images_of, train_pipeline(spec, cfg.augment))
     evaluation = ImageDataset(eval_list, eval_pipeline(spec)) if eval_list is not None else None
     summary = {

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from core.embedding import ResizeMode
 from core.media import MediaStore, decode_image
 from trainer.augment import PixelSource, to_square_uint8
 
@@ -107,13 +108,13 @@ class ArrayList(ImageList):
         return ArrayList(self.pixels[np.asarray(indices, dtype=np.int64)], [self.labels[i] for i in indices])
 
 
-def preload(images: ImageList, size: int) -> ArrayList:
-    """Decode every image once and keep it squashed to ``size x size`` in memory."""
+def preload(images: ImageList, size: int, resize: ResizeMode = ResizeMode.SQUASH) -> ArrayList:
+    """Decode every image once and keep its ``size x size`` square (``resize`` geometry) in memory."""
     if isinstance(images, ArrayList) and images.pixels.shape[1:3] == (size, size):
         return images
     pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i in range(len(images)):
-        pixels[i] = to_square_uint8(images.load(i), size).permute(1, 2, 0).numpy()
+        pixels[i] = to_square_uint8(images.load(i), size, resize).permute(1, 2, 0).numpy()
     return ArrayList(pixels, images.labels)
 
 
