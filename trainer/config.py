@@ -82,6 +82,10 @@ class DataConfig:
     """Share of classes held out for evaluation (by a stable hash of the class name)."""
     holdout_classes: list[str] = field(default_factory=list)
     """Explicit held-out classes; overrides ``holdout_fraction``."""
+    validation_fraction: float = 0.0
+    """> 0: evaluate on this share of the *training* classes instead (class-disjoint, by a stable
+    hash with its own salt), train on the rest, and never read the holdout or ``eval_path``.
+    The recipe search compares its candidates this way, so the promotion gate's holdout stays unseen."""
     min_images_per_class: int = 2
     max_per_class: int = 0
     """Cap on training images per class (0: all), for quick runs."""
@@ -176,6 +180,7 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (all(k >= 1 for k in self.ks), "ks must be positive"),
             (0.0 <= self.data.holdout_fraction < 1.0, "data.holdout_fraction must be in [0, 1)"),
+            (0.0 <= self.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
             (self.data.min_images_per_class >= 1, "data.min_images_per_class must be >= 1"),
             (self.optim.lr > 0 and self.optim.backbone_lr >= 0, "optim.lr must be > 0, optim.backbone_lr >= 0"),

@@ -62,8 +62,14 @@ def train(
     *,
     resume: bool = False,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    until_epoch: int | None = None,
 ) -> TrainResult:
-    """Train per ``cfg`` into ``run_dir``; ``on_epoch_end`` sees each epoch's record once it is saved."""
+    """Train per ``cfg`` into ``run_dir``; ``on_epoch_end`` sees each epoch's record once it is saved.
+
+    ``until_epoch`` stops after that epoch with the schedule of the whole ``cfg.epochs``, so a
+    later ``resume=True`` call continues exactly as one uninterrupted run would (the recipe
+    search's successive halving trains its candidates rung by rung this way).
+    """
     paths = RunPaths(Path(run_dir))
     state = _resumable_state(paths, cfg) if resume else None
     if not resume and paths.state.exists():
@@ -104,7 +110,8 @@ def train(
         write_jsonl(paths.metrics, history)
 
     # ---- the epochs
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    last_epoch = cfg.epochs if until_epoch is None else max(1, min(until_epoch, cfg.epochs))
+    for epoch in range(start_epoch + 1, last_epoch + 1):
         seed_everything(cfg.seed, epoch)
         model.train()
         keep_frozen_norms_in_eval(model, cfg.model.freeze)
@@ -136,7 +143,7 @@ def train(
             "lr": scheduler.get_last_lr()[0], "steps": totals["steps"], "seconds": seconds,
             "images_per_second": totals["images"] / seconds if seconds > 0 else None,
         }
-        if data.eval is not None and cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+        if data.eval is not None and cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == last_epoch):
             record.update(_evaluate(model, data, cfg, device))
         history.append(record)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})

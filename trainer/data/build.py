@@ -31,7 +31,7 @@ from trainer.data.catalog import catalog_images, catalog_list
 from trainer.data.folder import scan_folder
 from trainer.data.idx import load_idx_images
 from trainer.data.images import ImageDataset, ImageList, MediaList, preload
-from trainer.data.split import ClassSplit, select, split_classes
+from trainer.data.split import ClassSplit, select, split_classes, validation_classes
 from trainer.data.tuples import TupleDataset, check_known, read_tuples_csv
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def build_training_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> T
     if cfg.source in TUPLE_SOURCES:
         return _tuple_data(cfg, spec, ctx)
     train_all = _load_list(cfg, ctx, cfg.path)
-    eval_all = _load_list(cfg, ctx, cfg.eval_path) if cfg.eval_path else None
+    eval_all = _eval_source(cfg, ctx)
     split = _split(cfg, train_all, eval_all)
     train_idx = select(train_all.labels, split.train, max_per_class=cfg.max_per_class,
                        min_per_class=cfg.min_images_per_class)
@@ -75,7 +75,8 @@ def build_training_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> T
         raise ValueError(f"no training class has {cfg.min_images_per_class} or more images")
     train_list = train_all.subset(train_idx)
     eval_list = _eval_list(cfg, split, train_all, eval_all)
-    return _finish(cfg, spec, train_list, eval_list, split)
+    extra = {"validation": True} if cfg.validation_fraction > 0 else {}
+    return _finish(cfg, spec, train_list, eval_list, split, **extra)
 
 
 def build_eval_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> ImageDataset | None:
@@ -85,13 +86,20 @@ def build_eval_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> Image
         eval_all = None
     else:
         train_all = _load_list(cfg, ctx, cfg.path)
-        eval_all = _load_list(cfg, ctx, cfg.eval_path) if cfg.eval_path else None
+        eval_all = _eval_source(cfg, ctx)
     eval_list = _eval_list(cfg, _split(cfg, train_all, eval_all), train_all, eval_all)
     if eval_list is None:
         return None
     if cfg.preload:
         eval_list = preload(eval_list, spec.input_size, spec.resize)
     return ImageDataset(eval_list, eval_pipeline(spec))
+
+
+def _eval_source(cfg: DataConfig, ctx: DataContext) -> ImageList | None:
+    """``eval_path``'s images; never read when validating on training classes."""
+    if not cfg.eval_path or cfg.validation_fraction > 0:
+        return None
+    return _load_list(cfg, ctx, cfg.eval_path)
 
 
 def _load_list(cfg: DataConfig, ctx: DataContext, path: str) -> ImageList:
@@ -106,8 +114,14 @@ def _load_list(cfg: DataConfig, ctx: DataContext, path: str) -> ImageList:
 
 
 def _split(cfg: DataConfig, train_all: ImageList, eval_all: ImageList | None) -> ClassSplit:
+    """Training vs evaluation classes; with ``validation_fraction`` the evaluation classes are a
+    validation share of the training classes and the holdout is left out altogether."""
     classes = set(train_all.labels) | (set(eval_all.labels) if eval_all is not None else set())
-    return split_classes(classes, fraction=cfg.holdout_fraction, explicit=cfg.holdout_classes)
+    split = split_classes(classes, fraction=cfg.holdout_fraction, explicit=cfg.holdout_classes)
+    if cfg.validation_fraction <= 0:
+        return split
+    trainable = {c for c in split.train if c in set(train_all.labels)}
+    return validation_classes(trainable, cfg.validation_fraction)
 
 
 def _eval_list(cfg: DataConfig, split: ClassSplit, train_all: ImageList, eval_all: ImageList | None) -> ImageList | None:
@@ -137,6 +151,9 @@ def _finish(cfg: DataConfig, spec: ModelSpec, train_list: ImageList, eval_list: 
 
 
 def _tuple_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> TrainingData:
+    if cfg.validation_fraction > 0:
+        raise ValueError("data.validation_fraction needs class-labelled data (folder, idx or catalog), "
+                         f"not {cfg.source.value} tuples")
     if not cfg.path:
         raise ValueError(f"data.path must name the {cfg.source.value} CSV")
     sessions = ctx.need_sessions(cfg.source)

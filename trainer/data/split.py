@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 _SALT = b"lookalike-holdout-v1:"
+_VALIDATION_SALT = b"lookalike-validation-v1:"
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,24 @@ class ClassSplit:
     holdout: frozenset[str]
 
 
-def class_hash(name: str) -> float:
+def class_hash(name: str, salt: bytes = _SALT) -> float:
     """A stable number in [0, 1) for a class name."""
-    digest = hashlib.sha256(_SALT + name.encode("utf-8")).digest()
+    digest = hashlib.sha256(salt + name.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def validation_classes(train_classes: Iterable[str], fraction: float) -> ClassSplit:
+    """Split *training* classes into (train, validation) by a hash independent of the holdout's.
+
+    At least two classes validate (one class alone makes every neighbour a match) and at least
+    two remain for training, so a catalog of four classes is the smallest that can be searched.
+    """
+    names = sorted(set(train_classes), key=lambda c: class_hash(c, _VALIDATION_SALT))
+    if len(names) < 4:
+        raise ValueError(f"a validation split needs at least 4 training classes, found {len(names)}")
+    wanted = sum(1 for c in names if class_hash(c, _VALIDATION_SALT) < fraction)
+    count = min(max(wanted, 2), len(names) - 2)
+    return ClassSplit(train=frozenset(names[count:]), holdout=frozenset(names[:count]))
 
 
 def split_classes(classes: Iterable[str], *, fraction: float, explicit: Sequence[str] = ()) -> ClassSplit:
