@@ -1,5 +1,9 @@
 """The searcher a process serves queries with: similar-by-item, by vector, by image.
 
+Similar-by-item searches with every embedded photo of the item (at most
+:data:`~service.searcher.engine.MAX_QUERY_PHOTOS`); a result item's distance is its
+best over all (query photo, result photo) pairs.
+
 It owns the :class:`StateHolder` (what is loaded) and the :class:`Watcher` (hot
 swap). It is started once per process — by gunicorn's ``post_worker_init`` hook, or
 by the first query — never at import time and never in a preloading master, so
@@ -21,7 +25,7 @@ from core.config import Settings
 from core.notify import IndexChangeListener
 from service.filters import Filters
 from service.metrics import Metrics
-from service.searcher.engine import SearchResult, search
+from service.searcher.engine import MAX_QUERY_PHOTOS, SearchResult, search, search_photos
 from service.searcher.metadata import Exclusions, lookup_item
 from service.searcher.state import SearchState
 from service.searcher.watcher import Listener, StateHolder, Watcher
@@ -121,21 +125,29 @@ class Searcher:
     # ------------------------------------------------------------------ queries
     def similar_to_item(self, external_id: str, *, k: int, filters: Filters,
                         exclude_group: bool = False) -> SearchResult:
+        """The ``k`` items that look most like this one, searched with all its embedded photos.
+
+        Every embedded photo of the item (its first :data:`MAX_QUERY_PHOTOS` in display
+        order) is a query; a result item's distance is its best distance over all
+        (query photo, result photo) pairs, the item itself is excluded, and the first
+        ``k`` items by that distance are returned (see :func:`search_photos`). An item
+        with one embedded photo is exactly a one-vector :func:`search`.
+        """
         state = self.require_state()
         t0 = time.perf_counter()
         with self._engine.connect() as conn:
             item = lookup_item(conn, external_id)
             if item is None:
                 raise ItemNotFound(f"no active item with external id {external_id!r}")
-            vector = _item_vector(state, item.image_ids)
-            if vector is None:
+            vectors = _item_vectors(state, item.image_ids)
+            if not vectors:
                 raise NotEmbedded(f"item {external_id!r} has no vector for model {state.model_version} yet "
                                   "(it is queued for embedding, or has no image)")
             lookup = time.perf_counter() - t0
             exclusions = Exclusions(item_id=item.item_id,
                                     group_key=item.group_key if exclude_group else None)
-            result = search(state, conn, vector, k=k, filters=filters, exclusions=exclusions,
-                            search_k=self.settings.annoy_search_k)
+            result = search_photos(state, conn, vectors, k=k, filters=filters, exclusions=exclusions,
+                                   search_k=self.settings.annoy_search_k)
         result.timings["meta"] += lookup
         return result
 
@@ -159,12 +171,20 @@ class Searcher:
         return result
 
 
-def _item_vector(state: SearchState, image_ids: tuple[int, ...]) -> np.ndarray | None:
-    """The vector of the item's first image that has one (fresh vectors are the newer)."""
+def _item_vectors(state: SearchState, image_ids: tuple[int, ...],
+                  limit: int = MAX_QUERY_PHOTOS) -> list[np.ndarray]:
+    """The vectors of the item's first ``limit`` images that have one, in display order.
+
+    A fresh vector wins over the index's (it is the newer); images with no vector yet
+    are skipped.
+    """
+    out: list[np.ndarray] = []
     for image_id in image_ids:
         v = state.fresh.vector(image_id)
         if v is None and state.index.contains(image_id):
             v = state.index.vector(image_id)
         if v is not None:
-            return v
-    return None
+            out.append(v)
+            if len(out) == limit:
+                break
+    return out

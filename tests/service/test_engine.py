@@ -10,7 +10,8 @@ from core.index import Metric
 from service.filters import Filters
 from service.searcher import BadVector, Searcher, unit_vector
 from service.searcher import engine
-from tests.service.support import Catalog, brute_force, publish
+from tests.service.item_reference import brute_force_item
+from tests.service.support import Catalog, publish
 
 
 def searcher_of(app: Flask) -> Searcher:
@@ -24,8 +25,7 @@ def hats(cat: Catalog) -> set[str]:
 def test_widening_takes_several_rounds_and_finds_every_match(app: Flask, catalog: Catalog) -> None:
     result = searcher_of(app).similar_to_item("sku-001", k=4, filters=Filters(categories=("hats",)))
     assert result.rounds > 1 and not result.exact_fallback
-    query = catalog.vectors[catalog.items["sku-001"]["image_ids"][0]]
-    expected = brute_force(catalog, query, k=4, allowed=hats(catalog))
+    expected = brute_force_item(catalog, "sku-001", k=4, allowed=hats(catalog))  # sku-001 has 2 photos
     assert [m.meta.external_id for m in result.matches] == [e for e, _, _ in expected]
 
 
@@ -34,8 +34,7 @@ def test_exact_fallback_when_the_candidate_cap_is_reached(app: Flask, catalog: C
     monkeypatch.setattr(engine, "MAX_ANN_CANDIDATES", 8)  # far below what the rare category needs
     result = searcher_of(app).similar_to_item("sku-001", k=4, filters=Filters(categories=("hats",)))
     assert result.exact_fallback
-    query = catalog.vectors[catalog.items["sku-001"]["image_ids"][0]]
-    expected = brute_force(catalog, query, k=4, allowed=hats(catalog))
+    expected = brute_force_item(catalog, "sku-001", k=4, allowed=hats(catalog))  # sku-001 has 2 photos
     assert [(m.meta.external_id, m.meta.image_id) for m in result.matches] == [(e, i) for e, i, _ in expected]
     for m, (_, _, d) in zip(result.matches, expected):
         assert m.distance == pytest.approx(d, abs=1e-5)

@@ -1,4 +1,9 @@
-"""GET /items/{id}/similar against a brute-force reference; filters, widening, grouping, freshness."""
+"""GET /items/{id}/similar against a brute-force reference; filters, widening, grouping, freshness.
+
+The reference searches with every embedded photo of the query item (best distance over
+all photo pairs, tests/service/item_reference.py); tests/service/test_similar_photos.py
+covers that rule on purpose-built geometry.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ from flask.testing import FlaskClient
 
 from core.db import Item, ItemStatus, session_scope
 from service.app import create_app
-from tests.service.support import Catalog, add_items, brute_force, embed, unit_rows
+from tests.service.item_reference import brute_force_item
+from tests.service.support import Catalog, add_items, embed, unit_rows
 
 
 def query_vector(cat: Catalog, external_id: str) -> np.ndarray:
+    """The vector of the item's first photo (a one-photo item's only query vector)."""
     return cat.vectors[cat.items[external_id]["image_ids"][0]]
 
 
@@ -24,7 +31,7 @@ def similar(client: FlaskClient, external_id: str, **params) -> dict:
 def test_results_match_brute_force_grouped_by_item(client: FlaskClient, catalog: Catalog) -> None:
     for ext in ("sku-001", "sku-017", "sku-042"):
         body = similar(client, ext, k=10)
-        expected = brute_force(catalog, query_vector(catalog, ext), k=10, exclude={ext})
+        expected = brute_force_item(catalog, ext, k=10)
         got = [(r["external_id"], r["image_id"]) for r in body["results"]]
         assert got == [(e, i) for e, i, _ in expected]
         for r, (_, _, d) in zip(body["results"], expected):
@@ -59,7 +66,7 @@ def test_category_filter_widens_until_k_items(client: FlaskClient, catalog: Cata
     hats = {ext for ext, item in catalog.items.items() if item["category"] == "hats"}
     assert len(hats) == 4  # rare: 4 of 80, so the first fetch cannot find them all
     body = similar(client, "sku-002", k=3, category="hats")
-    expected = brute_force(catalog, query_vector(catalog, "sku-002"), k=3, allowed=hats)
+    expected = brute_force_item(catalog, "sku-002", k=3, allowed=hats)
     assert [r["external_id"] for r in body["results"]] == [e for e, _, _ in expected]
     # asking for more than exist returns all of them, not an error
     body = similar(client, "sku-002", k=10, category="hats")
@@ -83,7 +90,7 @@ def test_exclude_group(client: FlaskClient, catalog: Catalog) -> None:
     body = similar(client, "sku-005", k=20, exclude_group="true")
     assert all(r["group"] != group for r in body["results"])
     siblings = {ext for ext, item in catalog.items.items() if item["group"] == group} - {"sku-005"}
-    expected = brute_force(catalog, query_vector(catalog, "sku-005"), k=20, exclude=siblings | {"sku-005"})
+    expected = brute_force_item(catalog, "sku-005", k=20, exclude=siblings)
     assert [r["external_id"] for r in body["results"]] == [e for e, _, _ in expected]
 
 
@@ -93,7 +100,7 @@ def test_deleted_item_disappears_at_once(client: FlaskClient, catalog: Catalog) 
         s.query(Item).filter(Item.external_id == nearest).update({Item.status: ItemStatus.DELETED})
     body = similar(client, "sku-020", k=10)
     assert nearest not in {r["external_id"] for r in body["results"]}
-    expected = brute_force(catalog, query_vector(catalog, "sku-020"), k=10, exclude={"sku-020", nearest})
+    expected = brute_force_item(catalog, "sku-020", k=10, exclude={nearest})
     assert [r["external_id"] for r in body["results"]] == [e for e, _, _ in expected]
     assert client.get(f"/api/v1/items/{nearest}/similar").status_code == 404
 
@@ -101,7 +108,7 @@ def test_deleted_item_disappears_at_once(client: FlaskClient, catalog: Catalog) 
 def test_fresh_items_are_found_before_a_rebuild(app, client: FlaskClient, catalog: Catalog) -> None:
     add_items(catalog, [{"external_id": "new-1", "category": "bags", "group": "gx"}], seed_base=9000)
     image_id = catalog.items["new-1"]["image_ids"][0]
-    # a vector right next to sku-030's: it must come first among sku-030's neighbours
+    # a vector right next to sku-030's (its only photo): it must come first among sku-030's neighbours
     target = query_vector(catalog, "sku-030")
     near = target + 0.01 * unit_rows(np.random.default_rng(1), 1)[0]
     embed(catalog, [image_id], (near / np.linalg.norm(near))[None, :])
@@ -109,7 +116,7 @@ def test_fresh_items_are_found_before_a_rebuild(app, client: FlaskClient, catalo
     body = similar(client, "sku-030", k=5)
     assert body["results"][0]["external_id"] == "new-1"
     assert body["index_version"] == catalog.index_version  # no rebuild happened
-    expected = brute_force(catalog, target, k=5, exclude={"sku-030"})
+    expected = brute_force_item(catalog, "sku-030", k=5)
     assert [r["external_id"] for r in body["results"]] == [e for e, _, _ in expected]
     # and the fresh item can be the query too
     assert similar(client, "new-1", k=1)["results"][0]["external_id"] == "sku-030"
