@@ -120,6 +120,8 @@ def e2e() -> Iterator[E2E]:
         # looked for every 3 s instead of every minute.
         fresh_rebuild_threshold=1_000_000, reindex_cron="", retrain_cron="",
         job_heartbeat_seconds=1.0, orphaned_job_seconds=6.0,
+        # The retrains train the given config (the search is tested in tests/worker).
+        retrain_search="off",
     )
     stack = Stack(config, base)
     stack.start()

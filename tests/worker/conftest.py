@@ -24,8 +24,10 @@ from worker.local import InProcessDispatcher
 
 
 def tuned(settings: Settings) -> Settings:
-    """Small, fast and deterministic enough for tests on two shared cores."""
-    return settings.replace(annoy_trees=20, verify_sample_size=200, torch_threads=1, embed_batch_size=64)
+    """Small, fast and deterministic enough for tests on two shared cores. Retrains train the
+    config as given: the recipe search has tests of its own (test_retrain_search.py)."""
+    return settings.replace(annoy_trees=20, verify_sample_size=200, torch_threads=1, embed_batch_size=64,
+                            retrain_search="off")
 
 
 @dataclass

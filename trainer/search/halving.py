@@ -163,6 +163,11 @@ def _ranked(runs: list[CandidateRun], epoch: int) -> list[CandidateRun]:
                                             key=lambda s: (-s[0], s[1]))]
 
 
+def planned_epochs(space: SearchSpace, cfg: TrainConfig) -> int:
+    """Candidate-epochs the search trains when nothing runs out of budget (for progress bars)."""
+    return _planned_epochs(len(space.candidates), space.rung_epochs(cfg.epochs))
+
+
 def _planned_epochs(n: int, rungs: list[int]) -> int:
     total, previous = 0, 0
     for until in rungs:

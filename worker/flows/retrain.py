@@ -1,12 +1,22 @@
-"""RETRAIN: train -> evaluate on the fixed holdout -> register -> promote if better -> reindex -> publish.
+"""RETRAIN: search a recipe -> train it -> build the frozen baseline -> compare on the fixed
+holdout -> promote the best if it beats the active model -> reindex -> publish.
 
-Every step records itself in the job's result, so the decision and the metrics
-are kept whatever happens, and a retry (the worker was killed) skips what is
-already done: training resumes its run directory from the last finished epoch,
-and a registered candidate is not trained or registered again. A promotion
-reindexes with the candidate under the reindex lock; publish then makes the new
-index and its model active in one transaction. Until then the old model and
-index keep serving, and if that reindex fails they simply stay.
+1. **Search** (unless off): the candidate recipes of ``settings.retrain_search`` (or the
+   job's ``search``) by successive halving on a class-disjoint validation split of the
+   training classes (trainer/search); the holdout is not read.
+2. **Train** the winning recipe on every training class and register it.
+3. **Baseline**: the backbone's frozen ImageNet features under a PCA head
+   (trainer/baseline.py), registered too; none for a backbone without pretrained weights.
+4. **Gate** (worker/flows/promotion.py): trained vs baseline vs active, every comparison
+   recorded in the job result and with the models.
+
+Every step records itself in the job's result, so the decision and the metrics are kept
+whatever happens, and a retry (the worker was killed) skips what is already done: search
+candidates and the training resume their run directories from the last finished epoch,
+and a registered model is not trained or registered again. A promotion reindexes with the
+chosen model under the reindex lock; publish then makes the new index and its model
+active in one transaction. Until then the old model and index keep serving, and if that
+reindex fails they simply stay.
 """
 
 from __future__ import annotations
@@ -17,14 +27,16 @@ from typing import Any
 from core.embedding import resolve_device
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
-from trainer.config import DataSource, LabelKind, TrainConfig
+from trainer.baseline import NoBaselineError, pretrained_baseline, register_pretrained_baseline
+from trainer.config import ConfigError, DataSource, LabelKind, TrainConfig
 from trainer.data import DataContext
 from trainer.registry import NoHoldoutError, evaluate_version, register_trained
+from trainer.search import SearchSpace, load_search_space, planned_epochs, run_search
 from trainer.state import RunPaths
 from trainer.train import train
 from worker.flows.errors import FlowError
 from worker.flows.jobstate import merge_result, touch_job
-from worker.flows.promotion import decide
+from worker.flows.promotion import Contender, decide
 from worker.flows.reindex import MAX_ATTEMPTS, reindex_locked
 from worker.lock import LockBusy, holding, reindex_lock
 from worker.runtime import Runtime
@@ -60,6 +72,20 @@ def retrain_config(rt: Runtime, config: dict[str, Any] | None, overrides: list[s
         raise RetrainError(f"invalid training config: {exc}") from exc
 
 
+SEARCH_OFF = "off"
+
+
+def search_space(rt: Runtime, search: str | None) -> SearchSpace | None:
+    """The job's ``search`` (a YAML path, ``default`` or ``off``), else ``settings.retrain_search``."""
+    choice = search if search is not None else rt.settings.retrain_search
+    if not choice or choice == SEARCH_OFF:
+        return None
+    try:
+        return load_search_space(choice)
+    except ConfigError as exc:
+        raise RetrainError(f"invalid recipe search space: {exc}") from exc
+
+
 def holdout_metrics(rt: Runtime, version: str, cfg: TrainConfig) -> dict[str, Any]:
     """Leave-one-out metrics of ``version`` on ``cfg``'s fixed holdout of the current catalog."""
     try:
@@ -70,7 +96,8 @@ def holdout_metrics(rt: Runtime, version: str, cfg: TrainConfig) -> dict[str, An
 
 
 def run_retrain(rt: Runtime, job_id: int, config: dict[str, Any] | None = None,
-                overrides: list[str] | None = None, reason: str = "requested") -> dict[str, Any]:
+                overrides: list[str] | None = None, reason: str = "requested",
+                search: str | None = None) -> dict[str, Any]:
     """RETRAIN for ``job_id`` (worker.handlers creates one when beat sends none)."""
     overrides = list(overrides or [])
     job = get_job(rt.sessions, job_id)
@@ -82,7 +109,7 @@ def run_retrain(rt: Runtime, job_id: int, config: dict[str, Any] | None = None,
         return {"error": error}
     start_job(rt.sessions, job_id)
     try:
-        result = _retrain(rt, job_id, job.result, config, overrides, reason)
+        result = _retrain(rt, job_id, job.result, config, overrides, reason, search)
     except (FlowError, LockBusy, RegistryError) as exc:
         fail_job(rt.sessions, job_id, str(exc), result=get_job(rt.sessions, job_id).result)
         return {"error": str(exc)}
@@ -102,19 +129,37 @@ def _registered(rt: Runtime, version: str) -> bool:
 
 
 def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, Any] | None,
-             overrides: list[str], reason: str) -> dict[str, Any]:
+             overrides: list[str], reason: str, search: str | None) -> dict[str, Any]:
     settings, sessions = rt.settings, rt.sessions
     cfg = retrain_config(rt, config, overrides)
+    space = search_space(rt, search)
+    ctx = DataContext(settings, sessions)
     incumbent = active_model(sessions)
-    candidate = f"m-retrain-{job_id}"
+    candidate, baseline = f"m-retrain-{job_id}", f"m-retrain-{job_id}-pretrained"
+    runs = settings.resolved_artifacts_dir / "runs"
+    searched = planned_epochs(space, cfg) if space is not None else 0
+    total = searched + cfg.epochs
+
+    # ---- 1. which recipe: the search's winner, or the config as given
+    if space is not None and "recipe" not in done:
+        update_progress(sessions, job_id, 0, total)
+        try:
+            found = run_search(cfg, space, runs / f"retrain-{job_id}-search", ctx,
+                               on_epoch=lambda n, _planned: update_progress(sessions, job_id, n, total))
+        except ValueError as exc:  # the catalog does not fit the space (too few classes, a bad candidate)
+            raise RetrainError(f"recipe search could not run: {exc}") from exc
+        done = merge_result(sessions, job_id, search=found.to_dict(), recipe=found.recipe.to_dict())
+    recipe = TrainConfig.from_dict(done["recipe"]) if "recipe" in done else cfg
+
+    # ---- 2. train it on every training class
     if "candidate_metrics" not in done:
         if not _registered(rt, candidate):  # a retry after registering skips the training
-            run_dir = settings.resolved_artifacts_dir / "runs" / f"retrain-{job_id}"
-            update_progress(sessions, job_id, 0, cfg.epochs)
+            run_dir = runs / f"retrain-{job_id}"
+            update_progress(sessions, job_id, searched, total)
             try:
-                trained = train(cfg, run_dir, DataContext(settings, sessions),
-                                resume=RunPaths(run_dir).state.exists(),
-                                on_epoch_end=lambda record: update_progress(sessions, job_id, int(record["epoch"])))
+                trained = train(recipe, run_dir, ctx, resume=RunPaths(run_dir).state.exists(),
+                                on_epoch_end=lambda record: update_progress(
+                                    sessions, job_id, searched + int(record["epoch"])))
             except ValueError as exc:  # the catalog does not fit the config (ConfigError is one too)
                 raise RetrainError(f"training could not start: {exc}") from exc
             register_trained(sessions, settings, trained, version=candidate, notes=f"retrain job {job_id} ({reason})")
@@ -122,19 +167,45 @@ def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, A
         done = merge_result(sessions, job_id, candidate=candidate,
                             candidate_metrics=holdout_metrics(rt, candidate, cfg))
 
+    # ---- 3. the frozen pretrained baseline it has to beat
+    if "baseline" not in done:
+        done = merge_result(sessions, job_id, **_baseline(rt, recipe, ctx, baseline, cfg, job_id))
+
+    # ---- 4. the gate
     active_metrics = None
-    if incumbent is not None and incumbent.version != candidate:
+    if incumbent is not None and incumbent.version not in (candidate, baseline):
         active_metrics = holdout_metrics(rt, incumbent.version, cfg)
-    decision = decide(done["candidate_metrics"], active_metrics, settings.promotion_margin)
-    set_model_metrics(sessions, candidate, {"promotion": decision.to_dict()})
+    decision = decide(
+        Contender(candidate, "trained", done["candidate_metrics"]),
+        Contender(incumbent.version, "active", active_metrics) if active_metrics is not None else None,
+        settings.promotion_margin,
+        baseline=Contender(baseline, "pretrained", done["baseline_metrics"]) if done["baseline"] else None,
+    )
+    for version in (candidate, done["baseline"]):
+        if version:
+            set_model_metrics(sessions, version, {"promotion": decision.to_dict()})
     done = merge_result(sessions, job_id, active=incumbent.version if incumbent else None,
-                        active_metrics=active_metrics, decision=decision.to_dict(), promoted=False)
+                        active_metrics=active_metrics, decision=decision.to_dict(), promoted=False,
+                        promoted_version=None)
     log.info("retrain job %d: %s -> %s", job_id, candidate, decision.reason)
     if not decision.promote:
         return done
 
     lock = reindex_lock(settings, owner=f"retrain-job-{job_id}")
     with holding(lock, wait_seconds=PROMOTION_LOCK_WAIT_SECONDS, on_beat=lambda: touch_job(sessions, job_id)) as held:
-        reindexed = reindex_locked(rt, None, force=True, model_version=candidate, lock_lost=lambda: held.lost)
-    return merge_result(sessions, job_id, promoted=True, reindex=reindexed,
+        reindexed = reindex_locked(rt, None, force=True, model_version=decision.chosen, lock_lost=lambda: held.lost)
+    return merge_result(sessions, job_id, promoted=True, promoted_version=decision.chosen, reindex=reindexed,
                         index_version=reindexed.get("index_version"))
+
+
+def _baseline(rt: Runtime, recipe: TrainConfig, ctx: DataContext, version: str, holdout: TrainConfig,
+              job_id: int) -> dict[str, Any]:
+    """Build, register and score the frozen pretrained baseline; says why when there is none."""
+    if not _registered(rt, version):
+        try:
+            model = pretrained_baseline(recipe, ctx, device=resolve_device(rt.settings.device))
+        except NoBaselineError as exc:
+            return {"baseline": None, "baseline_metrics": None, "baseline_note": str(exc)}
+        register_pretrained_baseline(rt.sessions, rt.settings, model, recipe, version=version,
+                                     notes=f"retrain job {job_id}: frozen pretrained baseline")
+    return {"baseline": version, "baseline_metrics": holdout_metrics(rt, version, holdout)}
