@@ -72,7 +72,7 @@ class Settings:
     promotion_margin: float = 0.01
     """A retrained model must beat the active one's MAP@R on the holdout by this much."""
     retrain_search: str = "default"
-    """Recipe search of every retrain: ``default`` (trainer/configs/search_default.yaml), a YAML
+    """Recipe search of every retrain: ``default`` (trainer/search/default.yaml), a YAML
     file of the same form, or ``off`` (train the config as given)."""
     reindex_cron: str = "0 3 * * *"
     retrain_cron: str = "0 4 * * 0"

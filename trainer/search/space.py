@@ -1,6 +1,6 @@
 """A recipe search space: the candidate recipes, the rungs, the validation share and the budget.
 
-Read from YAML (``trainer/configs/search_default.yaml`` is the default)::
+Read from YAML (``trainer/search/default.yaml`` is the default)::
 
     validation_fraction: 0.2      # class-disjoint validation share of the training classes
     rungs: [0.25, 0.5]            # compare after 25 % and 50 % of the epochs; the better half goes on
@@ -28,7 +28,7 @@ import yaml
 
 from trainer.config import ConfigError, TrainConfig
 
-DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parents[1] / "configs" / "search_default.yaml"
+DEFAULT_SEARCH_SPACE = Path(__file__).resolve().parent / "default.yaml"
 MAX_CANDIDATES = 16
 """A search this wide would not fit any CPU budget worth having; a typo'd grid is caught here."""
 _KEYS = {"validation_fraction", "rungs", "cpu_budget_minutes", "base", "candidates", "grid"}
