@@ -10,12 +10,16 @@ Everything runs on this machine; no database or broker server is needed.
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
+import torch
 from PIL import Image
 from sqlalchemy import select
+from torch.utils.data import DataLoader
 
 from cli.catalog import import_source
 from cli.context import CliContext
@@ -23,12 +27,17 @@ from cli.serve import exec_gunicorn
 from core.catalog import DEFAULT_DATASET_DIR, Split, fashion_mnist_source
 from core.catalog.sample import load_split
 from core.db import Item, ItemStatus, JobKind, JobStatus, session_scope
+from core.embedding import Backbone, ModelSpec, Pretrained, build_model, resolve_device
 from core.jobs import create_job, get_job
 from core.registry import active_index
 from core.tasks import TaskName
 from service.filters import Filters
 from service.metrics import Metrics
 from service.searcher import Searcher
+from trainer.augment import normalize_batch
+from trainer.config import TrainConfig
+from trainer.data import DataContext, ImageDataset, build_eval_data
+from trainer.metrics import RetrievalMetrics, retrieval_metrics
 from worker.local import InProcessDispatcher
 
 SURVEY_ITEMS = 200
@@ -82,8 +91,11 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
     click.echo(f"\n2. Train ({epochs} epochs), evaluate on held-out categories, promote, index, publish")
     dispatcher = InProcessDispatcher(settings)
     config = {**DEMO_TRAIN_CONFIG, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
-    job_id = create_job(ctx.sessions, JobKind.RETRAIN, {"reason": "demo", "config": config})
-    dispatcher.send(TaskName.RETRAIN, job_id=job_id, config=config, reason="demo")
+    # No recipe search: the demo trains the recipe measured for it (docs/BENCHMARKS.md, "Retrieval
+    # quality"), in the time it announces; six training categories are too few for the search's
+    # class-disjoint validation split anyway.
+    job_id = create_job(ctx.sessions, JobKind.RETRAIN, {"reason": "demo", "config": config, "search": "off"})
+    dispatcher.send(TaskName.RETRAIN, job_id=job_id, config=config, reason="demo", search="off")
     job = get_job(ctx.sessions, job_id)
     if job.status is not JobStatus.SUCCEEDED:
         raise click.ClickException(f"retrain job {job_id} {job.status.value}: {job.error}")
@@ -93,6 +105,7 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
         raise click.ClickException("no index was published; see `lookalike jobs show` for why")
     click.echo(f"   serving index {index.version} ({index.image_count} images, model {index.model.version}, "
                f"self-recall {index.self_recall:.3f})")
+    _print_comparison(ctx, TrainConfig.from_dict(config), job.result, index.model.version)
 
     click.echo("\n3. Similar items")
     searcher = Searcher(settings, ctx.engine, ctx.sessions, Metrics(), watch=False)
@@ -169,9 +182,109 @@ def _same_category_rate(ctx: CliContext, searcher: Searcher, n: int) -> tuple[fl
 
 
 def _print_retrain(result: dict[str, Any]) -> None:
-    for key in ("decision", "candidate", "candidate_metrics", "active_metrics", "index_version"):
-        if key in result:
-            click.echo(f"   {key}: {result[key]}")
+    decision = result.get("decision") or {}
+    click.echo(f"   trained {result.get('candidate')}; promotion: {decision.get('reason', 'no decision recorded')}")
+    if result.get("index_version"):
+        click.echo(f"   published index {result['index_version']}")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One row of the held-out comparison; ``version`` is set for a registered (servable) model."""
+
+    name: str
+    map_at_r: float
+    precision_at_1: float
+    version: str | None = None
+    short: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.short or self.name
+
+
+def _print_comparison(ctx: CliContext, cfg: TrainConfig, result: dict[str, Any], served: str) -> Contender:
+    """Trained vs frozen ImageNet features vs raw pixels, leave-one-out on the held-out categories.
+
+    The same images the promotion gate scored (the config's holdout of the catalog, capped
+    per category as the config says); the trained model's numbers are the gate's own.
+    """
+    data = DataContext(ctx.settings, ctx.sessions)
+    pixels = build_eval_data(cfg.data, cfg.with_overrides(["model.input_size=28"]).model.spec(), data)
+    if pixels is None:
+        raise click.ClickException("the training config holds out no categories: nothing to compare on")
+    categories = sorted(set(pixels.labels))
+    rows = [Contender("raw pixels (784-d, unit norm)", *_scores(_raw_pixel_metrics(pixels)), short="raw pixels")]
+    try:
+        frozen = _frozen_trunk_metrics(cfg, data, resolve_device(ctx.settings.device))
+        rows.append(Contender("frozen ImageNet Lite0 trunk, 64 px (1280-d)", *_scores(frozen),
+                              short="the frozen ImageNet trunk"))
+    except (ImportError, FileNotFoundError) as exc:  # the weights package is not installed
+        click.echo(f"   (frozen ImageNet trunk left out: {exc})")
+    trained = result["candidate"]
+    rows.append(Contender(f"trained {trained} ({cfg.model.backbone.value}, {cfg.model.embedding_dim}-d)",
+                          float(result["candidate_metrics"]["map_at_r"]),
+                          float(result["candidate_metrics"]["precision_at_1"]), trained))
+    if result.get("baseline") and result.get("baseline_metrics"):
+        rows.append(Contender(f"pretrained baseline {result['baseline']}", float(result["baseline_metrics"]["map_at_r"]),
+                              float(result["baseline_metrics"]["precision_at_1"]), result["baseline"]))
+    if result.get("active") and result.get("active_metrics"):
+        rows.append(Contender(f"previously active {result['active']}", float(result["active_metrics"]["map_at_r"]),
+                              float(result["active_metrics"]["precision_at_1"]), result["active"]))
+
+    click.echo(f"\n   Held-out categories ({', '.join(categories)}; never trained on): {len(pixels)} catalog "
+               "images, leave-one-out")
+    width = max(len(r.name) for r in rows)
+    click.echo(f"   {'embedding':<{width}}  MAP@R    P@1")
+    for r in rows:
+        click.echo(f"   {r.name:<{width}}  {r.map_at_r:.3f}  {r.precision_at_1:.3f}")
+    best = max(rows, key=lambda r: r.map_at_r)
+    click.echo(f"   best on MAP@R ({best.map_at_r:.3f}): {best.name}")
+
+    model = next(r for r in rows if r.version == trained)
+    for ref in (r for r in rows if r.version is None):  # the reference points: raw pixels, frozen features
+        verdict = "beats" if model.map_at_r > ref.map_at_r else "does NOT beat"
+        click.echo(f"   the trained model {verdict} {ref.label}: MAP@R {model.map_at_r:.3f} vs "
+                   f"{ref.map_at_r:.3f} ({model.map_at_r - ref.map_at_r:+.3f})")
+    if model.map_at_r <= rows[0].map_at_r:
+        click.echo("   so on these categories plain pixel distance ranks better than the trained model")
+    serving = next((r for r in rows if r.version == served), None)
+    if serving is best:
+        click.echo(f"   serving the winner: model {served}")
+    elif serving is None:
+        click.echo(f"   serving model {served} (not scored here)")
+    else:
+        why = ("raw pixels and frozen features are reference points, not models the demo trains or serves"
+               if best.version is None else f"promotion: {(result.get('decision') or {}).get('reason', '?')}")
+        click.echo(f"   serving model {served} (MAP@R {serving.map_at_r:.3f}), below {best.label} "
+                   f"({best.map_at_r:.3f}): {why}")
+    return best
+
+
+def _scores(m: RetrievalMetrics) -> tuple[float, float]:
+    return m.map_at_r, m.precision_at_1
+
+
+def _raw_pixel_metrics(data: ImageDataset) -> RetrievalMetrics:
+    """Grey pixels of the serving square as one unit vector per image."""
+    vectors = np.stack([data[i][0].float().mean(dim=0).flatten().numpy() for i in range(len(data))])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return retrieval_metrics(vectors, data.labels)
+
+
+def _frozen_trunk_metrics(cfg: TrainConfig, data: DataContext, device: torch.device) -> RetrievalMetrics:
+    """Pooled ImageNet EfficientNet-Lite0 trunk features (no head), L2-normalised, at 64 px
+    (as bench/bench_quality.py's frozen row)."""
+    spec = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0, pretrained=Pretrained.IMAGENET, input_size=64)
+    trunk = build_model(spec).backbone.eval().to(device, memory_format=torch.channels_last)
+    images = build_eval_data(cfg.data, spec, data)
+    assert images is not None
+    chunks = []
+    with torch.inference_mode():
+        for batch, _ in DataLoader(images, batch_size=128):
+            x = normalize_batch(batch, spec, device=device, channels_last=True)
+            chunks.append(torch.nn.functional.normalize(trunk(x), dim=1).float().cpu().numpy())
+    return retrieval_metrics(np.concatenate(chunks), images.labels)
 
 
 def _example_items(ctx: CliContext, n: int) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 from click.testing import CliRunner
 
+from cli.demo import DEMO_TRAIN_CONFIG
 from cli.main import lookalike
 from tests.support.servers import free_port
 
@@ -33,12 +34,53 @@ def test_demo_goes_from_sample_catalog_to_similar_items(tmp_path: Path, fashion_
     assert len(same) == 3, result.output
     rate = re.search(r"over 200 catalog items, (\d+)% of the top-5", result.output)
     assert rate and int(rate.group(1)) >= 60, result.output
+    # the held-out comparison: raw pixels, frozen ImageNet features and the trained model, with numbers
+    rows = _comparison_rows(result.output)
+    trained = f"trained m-retrain-1 (small_cnn, {DEMO_TRAIN_CONFIG['model']['embedding_dim']}-d)"
+    assert set(rows) == {"raw pixels (784-d, unit norm)", "frozen ImageNet Lite0 trunk, 64 px (1280-d)",
+                         trained}, result.output
+    assert "(ankle-boot, bag, shirt, sneaker; never trained on): 480 catalog images" in result.output
+    _assert_consistent_verdicts(result.output, rows, trained=trained)
+    # the trained row is the retrain job's own holdout score, and the model served is the trained one
+    assert "serving index" in result.output and "model m-retrain-1," in result.output
     # a second run reuses the catalog (idempotent import) and retrains against the active model
     again = runner.invoke(lookalike, ["demo", "--limit", "1200", "--epochs", "1", "--steps-per-epoch", "5",
                                       "--no-serve"],
                           env=env, catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert "0 created, 0 updated, 1200 unchanged" in again.output
+    rows_again = _comparison_rows(again.output)
+    retrained = trained.replace("m-retrain-1", "m-retrain-2")
+    assert "previously active m-retrain-1" in rows_again and retrained in rows_again, again.output
+    assert rows_again["previously active m-retrain-1"] == rows[trained], again.output
+    _assert_consistent_verdicts(again.output, rows_again, trained=retrained)
+
+
+def _comparison_rows(output: str) -> dict[str, tuple[float, float]]:
+    """``name -> (MAP@R, P@1)`` from the demo's held-out comparison table."""
+    table = output.split("embedding", 1)[1].split("best on MAP@R", 1)[0]
+    rows = {m.group(1): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^   (\S.*?)\s{2,}([01]\.\d{3})  ([01]\.\d{3})$", table, re.MULTILINE)}
+    assert all(0.0 < mapr <= 1.0 and 0.0 < p1 <= 1.0 for mapr, p1 in rows.values()), table
+    return rows
+
+
+def _assert_consistent_verdicts(output: str, rows: dict[str, tuple[float, float]], *, trained: str) -> None:
+    """The stated winner and every "beats / does NOT beat" line agree with the numbers printed."""
+    best = re.search(r"best on MAP@R \(([01]\.\d{3})\): (.+)$", output, re.MULTILINE)
+    assert best, output
+    assert best.group(2) == max(rows, key=lambda name: rows[name][0]), output
+    assert float(best.group(1)) == max(mapr for mapr, _ in rows.values())
+    trained_map = rows[trained][0]
+    for reference, name in (("raw pixels", "raw pixels (784-d, unit norm)"),
+                            ("the frozen ImageNet trunk", "frozen ImageNet Lite0 trunk, 64 px (1280-d)")):
+        line = re.search(rf"the trained model (beats|does NOT beat) {reference}: MAP@R ([01]\.\d{{3}}) vs "
+                         rf"([01]\.\d{{3}}) \(([+-]\d\.\d{{3}})\)", output)
+        assert line, output
+        assert float(line.group(2)) == trained_map and float(line.group(3)) == rows[name][0], output
+        assert (line.group(1) == "beats") == (trained_map > rows[name][0]), output
+    plain = "so on these categories plain pixel distance ranks better than the trained model"
+    assert (plain in output) == (trained_map <= rows["raw pixels (784-d, unit norm)"][0]), output
 
 
 def test_demo_ends_serving_the_api_and_the_web_ui(tmp_path: Path) -> None:
