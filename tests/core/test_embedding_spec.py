@@ -58,13 +58,27 @@ def test_bad_values_are_rejected_clearly(data: dict, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+LITE_SIZES = {Backbone.EFFICIENTNET_LITE0: 224, Backbone.EFFICIENTNET_LITE1: 240, Backbone.EFFICIENTNET_LITE2: 260}
+
+
 def test_for_backbone_uses_natural_input_sizes() -> None:
     assert ModelSpec.for_backbone(Backbone.SMALL_CNN).input_size == 64
-    for backbone in set(Backbone) - {Backbone.SMALL_CNN}:
+    for backbone in set(Backbone) - {Backbone.SMALL_CNN} - set(LITE_SIZES):
         assert ModelSpec.for_backbone(backbone).input_size == 224
+        assert not backbone.is_lite
+        spec = ModelSpec.for_backbone(backbone)
+        assert (spec.mean, spec.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert ModelSpec.for_backbone("resnet18", input_size=96).input_size == 96
-    lite = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0)
+
+
+@pytest.mark.parametrize(("backbone", "size"), list(LITE_SIZES.items()))
+def test_lite_backbones_have_their_own_size_and_the_lite_normalisation(backbone: Backbone, size: int) -> None:
+    assert backbone.is_lite and backbone.natural_input_size == size
+    lite = ModelSpec.for_backbone(backbone)
+    assert lite.input_size == size
     assert lite.mean == pytest.approx((127 / 255,) * 3) and lite.std == pytest.approx((128 / 255,) * 3)
+    assert ModelSpec.for_backbone(backbone.value, input_size=64).input_size == 64
+    assert ModelSpec.from_dict(lite.to_dict()) == lite
 
 
 def test_annoy_metric_names() -> None:

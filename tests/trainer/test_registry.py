@@ -15,7 +15,7 @@ from cli.main import lookalike
 from core.config import Settings
 from core.db import ModelStatus, make_session_factory
 from core.embedding import Backbone, ModelSpec, Pretrained, load_model
-from core.embedding.backbones import lite0_weights_file
+from core.embedding.backbones import lite_weights_file
 from core.registry import get_model, list_models
 from trainer.data import DataContext
 from trainer.registry import (
@@ -69,7 +69,7 @@ def test_untrained_pretrained_model_is_the_frozen_imagenet_features(settings: Se
     model, ckpt = load_model(Path(get_model(sessions, version).checkpoint_path))
     assert ckpt.spec == spec and ckpt.extra == {"untrained": True}
     assert "imagenet features" in get_model(sessions, version).notes
-    shipped = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    shipped = torch.load(lite_weights_file(Backbone.EFFICIENTNET_LITE0), map_location="cpu", weights_only=True)
     assert torch.equal(model.backbone.body._blocks[5]._project_conv.weight, shipped["_blocks.5._project_conv.weight"])
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():  # the embedding is exactly the normalised trunk feature vector
