@@ -15,9 +15,10 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from core.embedding import EmbeddingNet, build_model, load_model
-from trainer.config import LossConfig, LossKind, LrSchedule, MinerKind, ModelConfig, OptimConfig
+from trainer.config import LossConfig, LossKind, LrSchedule, MemoryConfig, MinerKind, ModelConfig, OptimConfig
 from trainer.losses import ContrastiveLoss, TripletLoss
-from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner
+from trainer.losses.memory import MemoryLoss
+from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner, TripletMiner
 
 
 def build_network(cfg: ModelConfig) -> EmbeddingNet:
@@ -59,16 +60,25 @@ def keep_frozen_norms_in_eval(model: nn.Module, prefixes: list[str]) -> None:
 
 
 def build_loss(cfg: LossConfig) -> TripletLoss | ContrastiveLoss:
+    """The configured loss with its miner; every option of ``LossConfig`` reaches one of them."""
     if cfg.kind is LossKind.CONTRASTIVE:
-        miner = HardPairMiner(cfg.margin) if cfg.miner is MinerKind.HARD_PAIRS else None
-        return ContrastiveLoss(cfg.margin, miner=miner)
-    miners = {
-        MinerKind.BATCH_ALL: BatchAllMiner, MinerKind.BATCH_HARD: BatchHardMiner,
-        MinerKind.SEMI_HARD: SemiHardMiner,
-    }
-    miner_cls = miners.get(cfg.miner)
-    miner = miner_cls(cfg.margin, squared=cfg.squared) if miner_cls is not None else None
-    return TripletLoss(cfg.margin, squared=cfg.squared, miner=miner)
+        pair_miner = None
+        if cfg.miner is MinerKind.HARD_PAIRS:
+            pair_miner = HardPairMiner(cfg.margin, pos_threshold=cfg.pos_threshold, strategy=cfg.pair_strategy)
+        return ContrastiveLoss(cfg.margin, miner=pair_miner)
+    miner: TripletMiner | None = None
+    if cfg.miner is MinerKind.BATCH_ALL:
+        miner = BatchAllMiner(cfg.margin, squared=cfg.squared, only_active=cfg.only_active)
+    elif cfg.miner is MinerKind.BATCH_HARD:
+        miner = BatchHardMiner(cfg.margin, squared=cfg.squared)
+    elif cfg.miner is MinerKind.SEMI_HARD:
+        miner = SemiHardMiner(cfg.margin, squared=cfg.squared, mode=cfg.semi_hard_mode)
+    return TripletLoss(cfg.margin, squared=cfg.squared, soft_margin=cfg.soft_margin, miner=miner)
+
+
+def with_memory(loss: TripletLoss | ContrastiveLoss, cfg: MemoryConfig) -> TripletLoss | ContrastiveLoss | MemoryLoss:
+    """``loss`` scored against a cross-batch memory of ``cfg.size`` rows, or ``loss`` itself for size 0."""
+    return MemoryLoss(loss, cfg.size, cfg.warmup_steps) if cfg.size else loss
 
 
 def build_optimizer(model: EmbeddingNet, cfg: OptimConfig) -> AdamW:

@@ -22,10 +22,11 @@ from core.config import DeviceChoice
 from core.embedding import Backbone, Distance, ModelSpec, Pretrained, ResizeMode
 from trainer.config_tree import ConfigError, apply_overrides, build, plain
 from trainer.files import replacing
+from trainer.miners import PairStrategy, SemiHardMode
 
 __all__ = [
     "AugmentPolicy", "ConfigError", "DataConfig", "DataSource", "LabelKind", "LossConfig", "LossKind",
-    "LrSchedule", "MinerKind", "ModelConfig", "OptimConfig", "TrainConfig", "apply_overrides",
+    "LrSchedule", "MemoryConfig", "MinerKind", "ModelConfig", "OptimConfig", "TrainConfig", "apply_overrides",
 ]
 
 
@@ -125,10 +126,35 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    """The loss and its miner, every option they have (``trainer.losses``, ``trainer.miners``)."""
+
     kind: LossKind = LossKind.TRIPLET
     miner: MinerKind = MinerKind.BATCH_HARD
     margin: float = 0.2
     squared: bool = False
+    """Triplet: the FaceNet form on squared distances (loss and miner alike)."""
+    soft_margin: bool = False
+    """Triplet: softplus instead of the hinge, averaged over every selected triplet."""
+    only_active: bool = True
+    """batch_all: keep only triplets with a non-zero hinge (false: every valid triplet)."""
+    semi_hard_mode: SemiHardMode = SemiHardMode.HARDEST
+    """semi_hard: the closest semi-hard negative per (a, p) (hardest), or every one (all)."""
+    pair_strategy: PairStrategy = PairStrategy.ACTIVE
+    """hard_pairs: every active pair (active), or each anchor's hardest positive and negative (hardest)."""
+    pos_threshold: float = 0.0
+    """hard_pairs: similar pairs closer than this are dropped as already learnt."""
+
+
+@dataclass
+class MemoryConfig:
+    """Cross-batch memory (Wang et al. 2020; ``trainer.losses.memory``): the last ``size``
+    embeddings of earlier batches, detached, as extra positives and negatives for the
+    loss and its miner."""
+
+    size: int = 0
+    """Embeddings kept (0: no memory). Class-labelled data only (not pairs / triplets CSVs)."""
+    warmup_steps: int = 0
+    """Training steps before the memory is used (it fills meanwhile), so the embedding has settled."""
 
 
 @dataclass
@@ -151,6 +177,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     epochs: int = 10
     classes_per_batch: int = 8
     images_per_class: int = 4
@@ -187,6 +214,9 @@ class TrainConfig:
             (self.optim.warmup_epochs >= 0 and self.optim.grad_clip >= 0, "optim.warmup_epochs and grad_clip must be >= 0"),
             (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
             (self.loss.margin >= 0, "loss.margin must be >= 0"),
+            (self.loss.pos_threshold >= 0, "loss.pos_threshold must be >= 0"),
+            (self.memory.size >= 0, "memory.size must be >= 0 (0: no cross-batch memory)"),
+            (self.memory.warmup_steps >= 0, "memory.warmup_steps must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -199,12 +229,23 @@ class TrainConfig:
                 f"loss.miner {self.loss.miner.value!r} does not go with loss.kind {self.loss.kind.value!r}; "
                 f"choose one of {sorted(m.value for m in allowed)}"
             )
+        if self.loss.soft_margin and self.loss.kind is not LossKind.TRIPLET:
+            raise ConfigError("loss.soft_margin is a triplet-loss option; set loss.kind=triplet or soft_margin=false")
+        if self.loss.soft_margin and self.loss.miner is MinerKind.BATCH_ALL and self.loss.only_active:
+            # softplus is never 0: filtering on the hinge would drop triplets that still pull.
+            raise ConfigError("loss.soft_margin scores every triplet; with loss.miner=batch_all set "
+                              "loss.only_active=false")
         tuple_loss = {DataSource.PAIRS: LossKind.CONTRASTIVE, DataSource.TRIPLETS: LossKind.TRIPLET}
         needed = tuple_loss.get(self.data.source)
         if needed is not None and self.loss.kind is not needed:
             raise ConfigError(
                 f"data.source {self.data.source.value!r} trains on exactly the given tuples with the "
                 f"{needed.value} loss; set loss.kind={needed.value}"
+            )
+        if needed is not None and self.memory.size:
+            raise ConfigError(
+                f"memory.size needs class-labelled data; data.source {self.data.source.value!r} trains on "
+                "exactly the given tuples (set memory.size=0)"
             )
 
     @property

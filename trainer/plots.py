@@ -1,4 +1,4 @@
-"""PNG plots of a run's history: loss, active-tuple fraction, retrieval metrics per epoch.
+"""PNG plots of a run's history: loss, mining statistics and retrieval metrics per epoch, mining per step.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, so no
 global figure state and no display needed) and saved via a temp file + rename.
@@ -18,8 +18,11 @@ from trainer.files import replacing
 RETRIEVAL_SERIES = ("recall@1", "recall@5", "recall@10", "map_at_r", "r_precision")
 
 
-def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+MINING_SERIES = ("violating_fraction", "selected_fraction", "active_fraction")
+
+
+def _series(history: Sequence[dict[str, Any]], key: str, x: str = "epoch") -> tuple[list[int], list[float]]:
+    points = [(r[x], r[key]) for r in history if isinstance(r.get(key), (int, float))]
     return [p[0] for p in points], [float(p[1]) for p in points]
 
 
@@ -29,17 +32,19 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
-def _plot(path: Path, title: str, ylabel: str, history: Sequence[dict[str, Any]], keys: Sequence[str]) -> Path | None:
-    curves = [(k, *_series(history, k)) for k in keys]
+def _plot(
+    path: Path, title: str, ylabel: str, history: Sequence[dict[str, Any]], keys: Sequence[str], x: str = "epoch"
+) -> Path | None:
+    curves = [(k, *_series(history, k, x)) for k in keys]
     curves = [c for c in curves if c[1]]
     if not curves:
         return None
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for key, xs, ys in curves:
-        ax.plot(xs, ys, marker="o", label=key)
+        ax.plot(xs, ys, marker="o" if len(xs) <= 50 else None, label=key)
     ax.set_title(title)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
@@ -48,12 +53,20 @@ def _plot(path: Path, title: str, ylabel: str, history: Sequence[dict[str, Any]]
     return path
 
 
-def write_plots(run_dir: Path, history: Sequence[dict[str, Any]]) -> list[Path]:
-    """loss.png, active_fraction.png and retrieval.png (those with data); returns the files written."""
+def write_plots(
+    run_dir: Path, history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]] = ()
+) -> list[Path]:
+    """loss.png, active_fraction.png, retrieval.png (per epoch) and mining.png (per step),
+    those with data; returns the files written.
+
+    ``violating_fraction`` is the share of all valid tuples of a batch that violate the
+    margin before mining, ``selected_fraction`` the share the miner kept, and
+    ``active_fraction`` the share of the kept ones with a non-zero loss.
+    """
     written = [
         _plot(run_dir / "loss.png", "Training loss", "mean loss over active tuples", history, ["loss"]),
-        _plot(run_dir / "active_fraction.png", "Active tuples", "fraction with non-zero loss", history,
-              ["active_fraction"]),
+        _plot(run_dir / "active_fraction.png", "Mining per epoch", "fraction of tuples", history, MINING_SERIES),
         _plot(run_dir / "retrieval.png", "Holdout retrieval", "score", history, RETRIEVAL_SERIES),
+        _plot(run_dir / "mining.png", "Mining per step", "fraction of tuples", steps, MINING_SERIES, x="step"),
     ]
     return [p for p in written if p is not None]

@@ -43,23 +43,27 @@ def render_report(
 ) -> str:
     """A short plain-text report: what was trained, on what, and how it went."""
     model, loss, optim = config["model"], config["loss"], config["optim"]
+    memory = config.get("memory", {})
     lines = [
         f"Lookalike training run {name}",
         "",
         f"model     {model['backbone']} -> {model['embedding_dim']}-d, input {model['input_size'] or 'natural'} px, "
         f"pretrained={model['pretrained']}, frozen prefixes={len(model['freeze'])}",
-        f"loss      {loss['kind']} (miner {loss['miner']}, margin {loss['margin']}, squared={loss['squared']})",
+        f"loss      {loss['kind']} (miner {loss['miner']}, margin {loss['margin']}, squared={loss['squared']})"
+        + (f"; cross-batch memory {memory['size']} (from step {memory['warmup_steps']})" if memory.get("size") else ""),
         f"optimiser AdamW lr {optim['lr']} (backbone {optim['backbone_lr'] or optim['lr']}), "
-        f"wd {optim['weight_decay']}, warm-up {optim['warmup_epochs']} epochs then cosine, clip {optim['grad_clip']}",
+        f"wd {optim['weight_decay']}, warm-up {optim['warmup_epochs']} epochs then {optim['schedule']}, clip {optim['grad_clip']}",
         f"data      {config['data']['source']}: "
         + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "holdout_classes"),
         f"device    {device}; {len(history) and history[-1].get('epoch', 0)} epochs in {seconds:.1f} s",
         "",
-        "epoch      loss  active      P@1   R-Prec    MAP@R  img/s",
+        "violating: share of the batch's valid tuples over the margin before mining; active: of those mined",
+        "epoch      loss violating  active      P@1   R-Prec    MAP@R  img/s",
     ]
     for r in history:
         lines.append(
-            f"{r['epoch']:>5} {_fmt(r.get('loss')):>9} {_fmt(r.get('active_fraction')):>7} "
+            f"{r['epoch']:>5} {_fmt(r.get('loss')):>9} {_fmt(r.get('violating_fraction')):>9} "
+            f"{_fmt(r.get('active_fraction')):>7} "
             + " ".join(f"{_fmt(r.get(k)):>8}" for k in METRIC_KEYS)
             + f" {_fmt(round(r['images_per_second'])) if r.get('images_per_second') else '-':>6}"
         )

@@ -51,6 +51,11 @@ class RunPaths:
         return self.root / "metrics.jsonl"
 
     @property
+    def steps(self) -> Path:
+        """One record per training step: loss and the mining statistics (``trainer.train``)."""
+        return self.root / "steps.jsonl"
+
+    @property
     def report(self) -> Path:
         return self.root / "report.txt"
 

@@ -24,10 +24,12 @@ from core.embedding import EmbeddingNet, ModelSpec, resolve_device, save_checkpo
 from trainer.batches import EpochBatches, batch_loss
 from trainer.components import (
     amp_dtype, build_loss, build_network, build_optimizer, build_scheduler, keep_frozen_norms_in_eval,
+    with_memory,
 )
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext, TrainingData, build_training_data
 from trainer.evaluate import evaluate_holdout
+from trainer.losses.memory import MemoryLoss
 from trainer.plots import write_plots
 from trainer.runlog import render_report, write_atomic, write_jsonl
 from trainer.state import RunPaths, load_state, save_state, seed_everything
@@ -36,7 +38,10 @@ log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption without changing what is computed.
 RESUME_FREE_KEYS = frozenset({"progress", "notes"})
 # Keys of an epoch record that describe training; the rest are holdout metrics.
-_TRAIN_KEYS = frozenset({"epoch", "loss", "active_fraction", "lr", "images_per_second", "seconds", "steps"})
+_TRAIN_KEYS = frozenset({"epoch", "loss", "active_fraction", "violating_fraction", "selected_fraction", "lr",
+                         "images_per_second", "seconds", "steps"})
+# Per-step mining statistics (trainer.losses.base.LossOutput), averaged into each epoch record.
+_STEP_FRACTIONS = ("active_fraction", "violating_fraction", "selected_fraction")
 
 
 @dataclass
@@ -87,7 +92,7 @@ def train(
     channels_last = cfg.channels_last  # faster on CPU too: 1.4x for Lite0 training (bench/bench_train.py)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = with_memory(build_loss(cfg.loss), cfg.memory)
     batches = EpochBatches(data, cfg, pin_memory=device.type == "cuda")
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, len(batches), cfg.epochs)
@@ -98,13 +103,17 @@ def train(
 
     # ---- where we start
     history: list[dict[str, Any]] = []
+    step_log: list[dict[str, Any]] = []
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history = list(state["history"])
+        step_log = list(state.get("steps", []))
     start_epoch = int(state["epoch"]) if state is not None else 0
+    if isinstance(loss_fn, MemoryLoss):  # the queue is not saved: it refills; the warm-up is not repeated
+        loss_fn.step = start_epoch * len(batches)
     if not history and data.eval is not None and cfg.eval_every:
         history.append({"epoch": 0, **_evaluate(model, data, cfg, device)})
         write_jsonl(paths.metrics, history)
@@ -115,7 +124,7 @@ def train(
         seed_everything(cfg.seed, epoch)
         model.train()
         keep_frozen_norms_in_eval(model, cfg.model.freeze)
-        totals = {"loss": 0.0, "active_fraction": 0.0, "images": 0, "steps": 0}
+        totals = {"loss": 0.0, "images": 0, "steps": 0, **dict.fromkeys(_STEP_FRACTIONS, 0.0)}
         t0 = time.perf_counter()
         bar = tqdm(batches.batches(epoch), total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False)
@@ -131,15 +140,18 @@ def train(
             scaler.update()
             scheduler.step()
             loss_value = float(out.loss.detach())
-            totals["loss"] += loss_value
-            totals["active_fraction"] += out.active_fraction
+            step = {"epoch": epoch, "step": len(step_log) + 1, "loss": loss_value, "candidates": out.candidates,
+                    **{k: getattr(out, k) for k in _STEP_FRACTIONS}}
+            step_log.append(step)
+            for key in ("loss", *_STEP_FRACTIONS):
+                totals[key] += step[key]
             totals["images"] += n_images
             totals["steps"] += 1
             bar.set_postfix(loss=f"{loss_value:.4f}", active=f"{out.active_fraction:.2f}")
         seconds = time.perf_counter() - t0
         steps = max(totals["steps"], 1)
         record: dict[str, Any] = {
-            "epoch": epoch, "loss": totals["loss"] / steps, "active_fraction": totals["active_fraction"] / steps,
+            "epoch": epoch, "loss": totals["loss"] / steps, **{k: totals[k] / steps for k in _STEP_FRACTIONS},
             "lr": scheduler.get_last_lr()[0], "steps": totals["steps"], "seconds": seconds,
             "images_per_second": totals["images"] / seconds if seconds > 0 else None,
         }
@@ -154,14 +166,15 @@ def train(
         save_state(paths.state, {
             "epoch": epoch, "config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "history": history,
+            "scaler": scaler.state_dict(), "history": history, "steps": step_log,
         })
         write_jsonl(paths.metrics, history)
+        write_jsonl(paths.steps, step_log)
         if on_epoch_end is not None:
             on_epoch_end(record)
 
     # ---- the end: plots and report
-    write_plots(paths.root, history)
+    write_plots(paths.root, history, step_log)
     write_atomic(paths.report, render_report(
         name=paths.root.name, config=cfg.to_dict(), summary=data.summary, history=history,
         seconds=time.perf_counter() - started, device=str(device),
@@ -186,7 +199,8 @@ def _resumable_state(paths: RunPaths, cfg: TrainConfig) -> dict[str, Any] | None
     if not paths.state.exists():
         return None
     state = load_state(paths.state)
-    saved, wanted = state["config"], cfg.to_dict()
+    # Through the dataclasses, so a section added since (saved without it) reads as its defaults.
+    saved, wanted = TrainConfig.from_dict(state["config"]).to_dict(), cfg.to_dict()
     differing = sorted(k for k in set(saved) | set(wanted)
                        if k not in RESUME_FREE_KEYS and saved.get(k) != wanted.get(k))
     if differing:

@@ -124,8 +124,14 @@ def test_run_outputs(tmp_path: Path, fashion_mnist_dir: Path):
     assert TrainConfig.from_yaml(run / "config.yaml") == cfg
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1, 2]
-    assert {"loss", "active_fraction", "lr", "images_per_second", "map_at_r", "recall@10"} <= set(records[2])
-    for name in ("loss.png", "active_fraction.png", "retrieval.png"):
+    assert {"loss", "active_fraction", "violating_fraction", "selected_fraction", "lr", "images_per_second",
+            "map_at_r", "recall@10"} <= set(records[2])
+    steps = read_jsonl(run / "steps.jsonl")  # per step: the epoch record averages them
+    assert [(s["epoch"], s["step"]) for s in steps] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    assert records[2]["violating_fraction"] == pytest.approx((steps[2]["violating_fraction"]
+                                                              + steps[3]["violating_fraction"]) / 2)
+    assert all(0.0 <= s["selected_fraction"] <= 1.0 for s in steps)
+    for name in ("loss.png", "active_fraction.png", "retrieval.png", "mining.png"):
         with Image.open(run / name) as png:
             assert png.format == "PNG" and png.size[0] > 100
     # written atomically: no temporary files left behind, readable by the worker and the API
@@ -144,3 +150,21 @@ def test_run_outputs(tmp_path: Path, fashion_mnist_dir: Path):
     vectors = Embedder(model, device=torch.device("cpu")).embed([Image.fromarray(images.pixels[i]) for i in idx])
     served = retrieval_metrics(vectors, [images.labels[i] for i in idx])
     assert served.map_at_r == pytest.approx(records[2]["map_at_r"], abs=1e-3)
+
+
+def test_training_with_a_cross_batch_memory(tmp_path: Path, fashion_mnist_dir: Path):
+    """The memory fills during its warm-up and then widens what the miner sees: the batch's
+    valid triplets grow from the batch's own to the batch's against batch + memory."""
+    cfg = fmnist_config(
+        fashion_mnist_dir, "epochs=2", "steps_per_epoch=3", "classes_per_batch=3", "images_per_class=4",
+        "data.max_per_class=30", "data.eval_max_per_class=10", "model.embedding_dim=16",
+        "memory.size=36", "memory.warmup_steps=2", "loss.miner=batch_all",
+    )
+    result = train(cfg, tmp_path / "run", DataContext(Settings()))
+    steps = read_jsonl(tmp_path / "run" / "steps.jsonl")
+    assert len(steps) == 6 and all(np.isfinite(s["loss"]) for s in steps)
+    # 12 images of 3 classes: 12 * 3 positives * 8 negatives triplets in the batch alone
+    assert [s["candidates"] for s in steps[:2]] == [288, 288]
+    assert all(s["candidates"] > 288 * 3 for s in steps[2:])  # against batch + 24, then 36 remembered
+    assert "cross-batch memory 36 (from step 2)" in (tmp_path / "run" / "report.txt").read_text()
+    assert np.isfinite(result.final_metrics["map_at_r"])

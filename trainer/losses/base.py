@@ -37,6 +37,30 @@ class LossOutput:
         """Share of the evaluated terms that are active (0.0 when there were none)."""
         return self.active / self.total if self.total else 0.0
 
+    @property
+    def candidates(self) -> int:
+        """Valid tuples of the batch (with a cross-batch memory: against batch + memory)."""
+        return self.mining.candidates if self.mining is not None else self.total
+
+    @property
+    def violating_fraction(self) -> float:
+        """Share of all valid tuples of the batch that violate the margin *before* mining.
+
+        Unlike ``active_fraction`` (1.0 by construction for miners that return only
+        active tuples) this falls as the embedding learns.  Without a miner every valid
+        tuple is evaluated, so it is the active fraction.
+        """
+        if self.mining is not None and self.mining.violating_fraction is not None:
+            return self.mining.violating_fraction
+        return self.active_fraction
+
+    @property
+    def selected_fraction(self) -> float:
+        """Share of all valid tuples of the batch that were evaluated (1.0 without a miner)."""
+        if self.mining is not None:
+            return self.mining.selected_fraction
+        return 1.0 if self.total else 0.0
+
 
 def zero_loss(source: Tensor) -> Tensor:
     """A 0 that back-propagates (zero gradients) into whatever produced ``source``."""

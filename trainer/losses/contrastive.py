@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainer.distances import paired_distances, safe_sqrt, squared_distance_matrix
+from trainer.distances import paired_distances, safe_sqrt
 from trainer.losses.base import LossOutput, check_embeddings, check_index_tuple, mean_over_active
+from trainer.losses.memory import MemoryContents, distances_with_memory, labels_with_memory
 from trainer.miners.base import MiningStats, PairIndices, check_labels, check_margin, label_masks
 from trainer.miners.pair_base import PairMiner
 
@@ -40,15 +41,22 @@ class ContrastiveLoss(nn.Module):
         embeddings: Tensor,
         labels: Tensor | None = None,
         pairs: PairIndices | None = None,
+        *,
+        memory: MemoryContents | None = None,
     ) -> LossOutput:
         """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``pairs`` is given.
 
         ``pairs``: ``PairIndices(a1, p, a2, n)``, where ``(a1[i], p[i])`` are
         similar (Y = 0) and ``(a2[j], n[j])`` dissimilar (Y = 1).
+        ``memory``: a cross-batch memory's contents (``trainer.losses.memory``), extra
+        pair partners for the batch's members (labels needed; ``p`` / ``n`` then index
+        the batch followed by the memory).
         """
         check_embeddings(embeddings)
         batch = embeddings.shape[0]
-        squared = squared_distance_matrix(embeddings)
+        if memory is not None and pairs is not None:
+            raise ValueError("explicit pairs index the batch; they cannot be combined with a memory")
+        squared = distances_with_memory(embeddings, memory, squared=True)
         mining: MiningStats | None = None
         if pairs is not None:
             pairs = PairIndices(*pairs)
@@ -58,9 +66,10 @@ class ContrastiveLoss(nn.Module):
         elif labels is None:
             raise ValueError("ContrastiveLoss needs labels or explicit pairs")
         elif self.miner is not None:
-            pairs, mining = self.miner.mine_squared(squared.detach(), labels)
+            pairs, mining = self.miner.mine_squared(squared.detach(), labels, labels_with_memory(labels, memory))
         else:
-            pairs = _all_pairs(check_labels(labels, batch, embeddings.device))
+            labels = check_labels(labels, batch, embeddings.device)
+            pairs = _all_pairs(labels, labels_with_memory(labels, memory))
         a1, p, a2, n = pairs
         # Square roots only for the dissimilar pairs; the similar term is D^2 itself.
         # (Evaluating all B^2 pairs densely instead measured no faster on CPU.)
@@ -89,9 +98,10 @@ class ContrastiveLoss(nn.Module):
         return LossOutput(loss, active, int(terms.numel()), None)
 
 
-def _all_pairs(labels: Tensor) -> PairIndices:
-    """Every unordered pair of the batch once (i < j), split into similar and dissimilar."""
-    positive, negative = label_masks(labels)
+def _all_pairs(labels: Tensor, candidate_labels: Tensor | None = None) -> PairIndices:
+    """Every unordered pair of the batch once (i < j), and with ``candidate_labels`` (the
+    batch's then a memory's) every batch-memory pair too; split into similar and dissimilar."""
+    positive, negative = label_masks(labels, candidate_labels)
     upper = torch.ones_like(positive).triu_(diagonal=1)
     a1, p = (positive & upper).nonzero(as_tuple=True)
     a2, n = (negative & upper).nonzero(as_tuple=True)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from trainer.distances import distance_matrix, paired_distances
+from trainer.distances import paired_distances
 from trainer.losses.base import (
     LossOutput,
     check_embeddings,
@@ -14,6 +14,7 @@ from trainer.losses.base import (
     mean_over_active,
     zero_loss,
 )
+from trainer.losses.memory import MemoryContents, distances_with_memory, labels_with_memory
 from trainer.miners.base import (
     MiningStats,
     TripletBlock,
@@ -71,11 +72,19 @@ class TripletLoss(nn.Module):
         embeddings: Tensor,
         labels: Tensor | None = None,
         triplets: TripletIndices | TripletBlock | None = None,
+        *,
+        memory: MemoryContents | None = None,
     ) -> LossOutput:
-        """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``triplets`` is given."""
+        """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``triplets`` is given.
+
+        ``memory``: a cross-batch memory's contents (``trainer.losses.memory``), extra
+        positive and negative candidates for the batch's anchors (labels needed).
+        """
         check_embeddings(embeddings)
         batch = embeddings.shape[0]
-        dist = distance_matrix(embeddings, squared=self.squared)
+        if memory is not None and triplets is not None:
+            raise ValueError("explicit triplets index the batch; they cannot be combined with a memory")
+        dist = distances_with_memory(embeddings, memory, squared=self.squared)
         mining: MiningStats | None = None
         selection: TripletSelection
         if triplets is not None:
@@ -84,9 +93,10 @@ class TripletLoss(nn.Module):
         elif labels is None:
             raise ValueError("TripletLoss needs labels or explicit triplets")
         elif self.miner is not None:
-            selection, mining = self.miner.select(dist.detach(), labels)
+            selection, mining = self.miner.select(dist.detach(), labels, labels_with_memory(labels, memory))
         else:
-            selection = all_triplets_block(*label_masks(check_labels(labels, batch, embeddings.device)))
+            labels = check_labels(labels, batch, embeddings.device)
+            selection = all_triplets_block(*label_masks(labels, labels_with_memory(labels, memory)))
         if isinstance(selection, TripletBlock):
             return self._reduce_block(dist, selection, mining)
         anchor, positive, negative = selection

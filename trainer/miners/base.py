@@ -57,11 +57,26 @@ class MiningStats:
     active: int
     mean_ap: float | None
     mean_an: float | None
+    violating: int | None = None
+    """Candidates that violate the margin *before* mining (a non-zero loss under the
+    miner's margin); None where not counted.  The miner base classes always count it."""
 
     @property
     def active_fraction(self) -> float:
         """Share of the returned tuples that are active (0.0 when none returned)."""
         return self.active / self.selected if self.selected else 0.0
+
+    @property
+    def violating_fraction(self) -> float | None:
+        """Share of all valid tuples of the batch that violate the margin, before mining."""
+        if self.violating is None:
+            return None
+        return self.violating / self.candidates if self.candidates else 0.0
+
+    @property
+    def selected_fraction(self) -> float:
+        """Share of all valid tuples of the batch that the miner returned."""
+        return self.selected / self.candidates if self.candidates else 0.0
 
 
 class TripletBlock(NamedTuple):
@@ -122,17 +137,32 @@ def check_labels(labels: Tensor, batch_size: int, device: torch.device) -> Tenso
     return labels.to(device)
 
 
-def check_distance_matrix(dist: Tensor, labels: Tensor) -> Tensor:
-    """A miner's distance matrix must be square and match the labels."""
-    if dist.ndim != 2 or dist.shape[0] != dist.shape[1]:
+def check_distance_matrix(
+    dist: Tensor, labels: Tensor, candidate_labels: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """A miner's distance matrix must match the labels: (B, B) for a batch against itself,
+    or (B, N) rows = the batch, columns = the batch then N - B extra candidates (a cross-batch
+    memory) labelled by ``candidate_labels`` (N labels, the batch's own first)."""
+    square = dist.ndim == 2 and dist.shape[0] == dist.shape[1]
+    if candidate_labels is None and not square:
         raise ValueError(f"distance matrix must be square (B, B), got {tuple(dist.shape)}")
-    return check_labels(labels, dist.shape[0], dist.device)
+    if dist.ndim != 2 or dist.shape[1] < dist.shape[0]:
+        raise ValueError(f"distance matrix must be (B, N) with N >= B, got {tuple(dist.shape)}")
+    labels = check_labels(labels, dist.shape[0], dist.device)
+    if candidate_labels is None:
+        return labels, None
+    return labels, check_labels(candidate_labels, dist.shape[1], dist.device)
 
 
-def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(positive, negative) B x B boolean masks: same class off the diagonal / other class."""
-    same = labels[:, None] == labels[None, :]
-    positive = same & ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+def label_masks(labels: Tensor, candidate_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(positive, negative) boolean masks: same class off the diagonal / other class.
+
+    B x B for the batch against itself; B x N against ``candidate_labels`` (the batch's
+    own labels first, then extra candidates), where column i < B is row i itself.
+    """
+    columns = labels if candidate_labels is None else candidate_labels
+    same = labels[:, None] == columns[None, :]
+    positive = same & ~torch.eye(*same.shape, dtype=torch.bool, device=labels.device)
     return positive, ~same
 
 

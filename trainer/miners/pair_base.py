@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -39,15 +40,22 @@ class PairMiner(ABC):
         with torch.no_grad():
             return self.mine_squared(dist.detach() ** 2, labels)
 
-    def mine_squared(self, squared: Tensor, labels: Tensor) -> MinedPairs:
-        """Mine from a precomputed (B, B) squared Euclidean distance matrix."""
+    def mine_squared(self, squared: Tensor, labels: Tensor, candidate_labels: Tensor | None = None) -> MinedPairs:
+        """Mine from a precomputed (B, B) squared Euclidean distance matrix, or a (B, N) one
+        against the batch then extra candidates labelled ``candidate_labels`` (see
+        ``check_distance_matrix``)."""
         with torch.no_grad():
             squared = squared.detach()
-            labels = check_distance_matrix(squared, labels)
-            positive, negative = label_masks(labels)
-            candidates = int((torch.count_nonzero(positive) + torch.count_nonzero(negative)).item()) // 2
+            labels, candidate_labels = check_distance_matrix(squared, labels, candidate_labels)
+            positive, negative = label_masks(labels, candidate_labels)
+            # Unordered pairs: within the batch i < j; every batch-candidate pair once.
+            upper = torch.ones_like(positive).triu_(diagonal=1)
+            candidates = int(torch.count_nonzero((positive | negative) & upper).item())
+            # Before mining: the pairs whose contrastive term is not zero.
+            violating = ((positive & (squared > 0)) | (negative & (squared < self.margin**2))) & upper
             pairs = self._select(squared, positive, negative)
-            return MinedPairs(pairs, pair_index_stats(squared, pairs, self.margin, candidates))
+            stats = pair_index_stats(squared, pairs, self.margin, candidates)
+            return MinedPairs(pairs, replace(stats, violating=int(torch.count_nonzero(violating).item())))
 
     @abstractmethod
     def _select(self, squared: Tensor, positive: Tensor, negative: Tensor) -> PairIndices:

@@ -66,9 +66,9 @@ class SemiHardMiner(TripletMiner):
             mask = (d_an > d_ap[:, None]) & (d_an < (d_ap + self.margin)[:, None])
             stats = block_stats(d_ap, d_an, mask, self.margin, candidates, all_active=True)
             return TripletBlock(anchor, pos, mask), stats
-        batch = dist.shape[0]
+        anchors, columns = dist.shape
         pairs = int(torch.count_nonzero(positive).item())
-        if pairs <= self.DENSE_MAX_POSITIVES_PER_ANCHOR * batch and pairs * batch <= self.DENSE_MAX_ELEMENTS:
+        if pairs <= self.DENSE_MAX_POSITIVES_PER_ANCHOR * anchors and pairs * columns <= self.DENSE_MAX_ELEMENTS:
             triplets = self._hardest_dense(dist, positive, negative)
         else:
             triplets = self._hardest_sorted(dist, positive, negative)
@@ -86,7 +86,7 @@ class SemiHardMiner(TripletMiner):
         return TripletIndices(anchor[keep], pos[keep], neg[keep])
 
     def _hardest_sorted(self, dist: Tensor, positive: Tensor, negative: Tensor) -> TripletIndices:
-        batch = dist.shape[0]
+        batch = dist.shape[1]  # columns: the batch, or the batch and a cross-batch memory
         # Row a: distances from a to its negatives in increasing order, then +inf.
         neg_sorted, neg_order = torch.where(negative, dist, torch.inf).sort(dim=1, stable=True)
         # Row a: its positives' distances (+inf padding), at most max-positives wide.

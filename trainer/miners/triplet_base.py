@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -48,13 +49,21 @@ class TripletMiner(ABC):
             selection = selection.to_indices()
         return MinedTriplets(selection, stats)
 
-    def select(self, dist: Tensor, labels: Tensor) -> tuple[TripletSelection, MiningStats]:
-        """Like ``mine``, but may answer in the compact ``TripletBlock`` form (losses use this)."""
+    def select(
+        self, dist: Tensor, labels: Tensor, candidate_labels: Tensor | None = None
+    ) -> tuple[TripletSelection, MiningStats]:
+        """Like ``mine``, but may answer in the compact ``TripletBlock`` form (losses use this).
+
+        With ``candidate_labels``, ``dist`` is (B, N): the batch's anchors against the batch
+        then N - B extra candidates (``check_distance_matrix``); positives and negatives are
+        column indices into those N.
+        """
         with torch.no_grad():
             dist = dist.detach()
-            labels = check_distance_matrix(dist, labels)
-            positive, negative = label_masks(labels)
-            return self._select(dist, positive, negative, count_valid_triplets(positive, negative))
+            labels, candidate_labels = check_distance_matrix(dist, labels, candidate_labels)
+            positive, negative = label_masks(labels, candidate_labels)
+            selection, stats = self._select(dist, positive, negative, count_valid_triplets(positive, negative))
+            return selection, replace(stats, violating=count_violating(dist, positive, negative, self.margin))
 
     @abstractmethod
     def _select(
@@ -62,6 +71,18 @@ class TripletMiner(ABC):
     ) -> tuple[TripletSelection, MiningStats]:
         """Select triplets from a detached matrix and the label masks of ``label_masks``;
         build the stats with ``index_stats`` / ``block_stats`` from what is at hand."""
+
+
+def count_violating(dist: Tensor, positive: Tensor, negative: Tensor, margin: float) -> int:
+    """Valid triplets (a, p, n) with ``d(a,p) - d(a,n) + margin > 0``, counted without listing them.
+
+    Each anchor's negative distances are sorted once and every ``d(a,p) + margin`` is
+    binary-searched in them: O(B N log N) for a (B, N) matrix, against O(B^2 K) to list.
+    """
+    neg_sorted = torch.where(negative, dist, torch.inf).sort(dim=1).values
+    # Non-positives get a bound of -inf, below every distance: they count nothing.
+    bounds = torch.where(positive, dist + margin, -torch.inf)
+    return int(torch.searchsorted(neg_sorted, bounds.contiguous()).sum().item())
 
 
 def index_stats(dist: Tensor, triplets: TripletIndices, margin: float, candidates: int) -> MiningStats:
