@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import torch
+from tqdm import tqdm
 
 from cli.context import CliContext
 from core.config import DeviceChoice
@@ -29,6 +30,7 @@ from trainer.metrics import RetrievalMetrics
 from trainer.registry import (
     NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained, untrained_spec,
 )
+from trainer.search import load_search_space, planned_epochs, run_search
 from trainer.state import RunPaths
 from trainer.train import train as run_training
 
@@ -49,15 +51,20 @@ _SHOWN = ("precision_at_1", "r_precision", "map_at_r", "recall@5", "recall@10", 
               help="Run directory (default: <artifacts>/models/runs/<version>).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the interrupted run in this directory, with its saved config.")
+@click.option("--search", "search", metavar="FILE|default",
+              help="First choose the recipe: successive halving over the candidates of this search space "
+                   "(a YAML file, or `default` for trainer/search/default.yaml) on a class-disjoint "
+                   "validation split of the training classes; then train the winner on all of them.")
 @click.option("--version", help="Model version name to register (default: generated).")
 @click.option("--register/--no-register", default=True, show_default=True,
               help="Record the trained model in the registry as a candidate.")
 @click.option("--activate", is_flag=True, help="Also make it the active model.")
 @click.pass_obj
 def train(ctx: CliContext, config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
-          resume_dir: Path | None, version: str | None, register: bool, activate: bool) -> None:
+          resume_dir: Path | None, search: str | None, version: str | None, register: bool,
+          activate: bool) -> None:
     """Train an embedding model: OVERRIDES are dotted key=value pairs, e.g. optim.lr=3e-4 epochs=5."""
-    if resume_dir is not None and (config_path is not None or out is not None):
+    if resume_dir is not None and (config_path is not None or out is not None or search is not None):
         raise click.UsageError("--resume takes the config and directory of the run it continues")
     try:
         if resume_dir is not None:
@@ -76,6 +83,8 @@ def train(ctx: CliContext, config_path: Path | None, overrides: tuple[str, ...],
     needs_db = register or cfg.data.source in (DataSource.CATALOG, DataSource.PAIRS, DataSource.TRIPLETS)
     data_ctx = DataContext(ctx.settings, ctx.sessions if needs_db else None)
     try:
+        if search is not None:
+            cfg = _searched_recipe(cfg, search, Path(run_dir) / "search", data_ctx)
         result = run_training(cfg, run_dir, data_ctx, resume=resume_dir is not None)
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -87,6 +96,26 @@ def train(ctx: CliContext, config_path: Path | None, overrides: tuple[str, ...],
         if activate:
             activate_model(ctx.sessions, registered)
             click.echo(f"activated {registered}; run `lookalike reindex` to index the catalog with it")
+
+
+def _searched_recipe(cfg: TrainConfig, search: str, search_dir: Path, data_ctx: DataContext) -> TrainConfig:
+    """The winning recipe of ``search`` on ``cfg``'s training classes, with a bar over candidate-epochs.
+
+    The candidates train in ``search_dir`` (rerunning the same command resumes them); the report
+    (search.jsonl, search.png) lands there too. Raises ConfigError for a bad space.
+    """
+    space = load_search_space(search)
+    with tqdm(total=planned_epochs(space, cfg), desc="recipe search", unit="epoch", disable=not cfg.progress) as bar:
+        def advance(done: int, _planned: int) -> None:
+            bar.update(done - bar.n)
+
+        found = run_search(cfg, space, search_dir, data_ctx, on_epoch=advance)
+    scores = ", ".join(f"{r.candidate.name} {r.curve[-1]['map_at_r']:.3f}" for r in found.runs if r.curve)
+    click.echo(f"recipe search: {found.winner.name} wins (validation MAP@R: {scores}); "
+               f"report in {found.report_dir}")
+    if found.budget_exhausted:
+        click.echo("recipe search: the CPU budget ran out; ranked on what was measured")
+    return found.recipe
 
 
 @click.command()

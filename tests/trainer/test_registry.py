@@ -121,3 +121,36 @@ def test_cli_models_train_evaluate(tmp_path: Path, fashion_mnist_dir: Path):
     assert bad.exit_code != 0 and "optim.lr must be a number" in bad.output
     bad = runner.invoke(lookalike, ["models", "activate", "nope"], env=env)
     assert bad.exit_code != 0 and "does not exist" in bad.output
+
+
+def test_cli_train_search_trains_and_registers_the_winner(tmp_path: Path, fashion_mnist_dir: Path):
+    """`lookalike train --search FILE`: successive halving first, then the winner on all classes."""
+    env = {"LOOKALIKE_HOME": str(tmp_path / "home"), "LOOKALIKE_DEVICE": "cpu", "LOOKALIKE_TORCH_THREADS": "1"}
+    config = tmp_path / "fm.yaml"
+    config.write_text(yaml.safe_dump(fmnist_config(
+        fashion_mnist_dir, "epochs=2", "steps_per_epoch=3", "classes_per_batch=3", "images_per_class=4",
+        "data.max_per_class=30", "data.eval_max_per_class=20", "model.embedding_dim=16").to_dict()))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"rungs": [0.5], "validation_fraction": 0.34, "candidates": [
+        {"name": "stuck", "overrides": ["optim.lr=1e-12"]},  # cannot learn: must lose
+        {"name": "learns", "overrides": ["loss.miner=batch_all", "loss.margin=0.3"]},
+    ]}))
+    runner = CliRunner()
+    result = runner.invoke(lookalike, ["train", "--config", str(config), "--search", str(space),
+                                       "--version", "m-searched"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "recipe search: learns wins (validation MAP@R: stuck " in result.output
+    assert "registered model m-searched (candidate)" in result.output
+    run_dir = tmp_path / "home" / "artifacts" / "models" / "runs" / "m-searched"
+    trained = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert trained["loss"]["miner"] == "batch_all" and trained["loss"]["margin"] == 0.3
+    assert trained["data"]["validation_fraction"] == 0.0
+    assert {r["candidate"] for r in [json.loads(line) for line in
+                                     (run_dir / "search" / "search.jsonl").read_text().splitlines()]} == {
+        "stuck", "learns"}
+
+    bad = runner.invoke(lookalike, ["train", "--config", str(config), "--search", str(tmp_path / "none.yaml")],
+                        env=env)
+    assert bad.exit_code != 0 and "none.yaml" in bad.output
+    bad = runner.invoke(lookalike, ["train", "--resume", str(run_dir), "--search", "default"], env=env)
+    assert bad.exit_code != 0 and "--resume takes the config" in bad.output
