@@ -23,7 +23,8 @@ from core.config import Settings
 from core.db import IndexStatus, IndexVersion, ModelVersion, session_scope
 from core.embedding import ModelSpec
 from core.embeddings_store import VectorSnapshot
-from core.index import Metric, VectorIndex, build_index, exact_search, recall_at_k
+from core.index import Metric, VectorIndex, build_index
+from core.index.verify import self_recall
 from core.registry import new_version
 from worker.flows.errors import FlowError
 from worker.flows.retire import remove_index_dir
@@ -122,23 +123,20 @@ def build_version(
 
 def verify_recall(directory: Path, snapshot: VectorSnapshot, metric: Metric, model_version: str,
                   sample_size: int, *, search_k: int = -1) -> float:
-    """Recall@k of the built index against exact search, on a fixed sample of its own vectors.
+    """Self-recall@k of the built index (``core.index.verify.self_recall``: against exact
+    search, on a fixed sample of its own vectors, each item left out of its own results).
 
     Queried with the ``search_k`` the service uses, so the number is the recall users get.
-
     Loading the directory through :meth:`VectorIndex.load` with checksums also proves
     that what was written is what the service will read.
     """
-    n = len(snapshot.image_ids)
-    k = min(VERIFY_K, n)
-    rng = np.random.default_rng(VERIFY_SEED)
-    sample = np.sort(rng.choice(n, size=min(sample_size, n), replace=False))
     index = VectorIndex.load(directory, expected_model_version=model_version,
                              expected_dim=snapshot.vectors.shape[1], expected_metric=metric,
                              verify_checksum=True)
     try:
-        approx = [index.query(snapshot.vectors[row], k, search_k=search_k)[0] for row in sample]
+        if not np.array_equal(index.ids, snapshot.image_ids):
+            raise RuntimeError(f"index {directory.name} does not hold the snapshot's images in its order")
+        return self_recall(index, snapshot.vectors, sample_size=sample_size, k=VERIFY_K,
+                           search_k=search_k, seed=VERIFY_SEED)
     finally:
         index.close()
-    exact_rows, _ = exact_search(snapshot.vectors, snapshot.vectors[sample], k, metric=metric)
-    return recall_at_k(approx, snapshot.image_ids[exact_rows])
