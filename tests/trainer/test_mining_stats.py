@@ -10,6 +10,7 @@ from trainer.components import build_loss
 from trainer.config import ConfigError, LossConfig, LossKind, MinerKind, TrainConfig
 from trainer.distances import distance_matrix
 from trainer.losses import ContrastiveLoss, TripletLoss
+from trainer.miners import triplet_base
 from trainer.miners import (
     BatchAllMiner, BatchHardMiner, HardPairMiner, PairStrategy, SemiHardMiner, SemiHardMode,
 )
@@ -20,7 +21,12 @@ TRIPLET_MINERS = [BatchAllMiner, BatchHardMiner, SemiHardMiner]
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("miner_cls", TRIPLET_MINERS)
 @pytest.mark.parametrize("squared", [False, True])
-def test_violating_counts_every_valid_triplet_over_the_margin(case: str, miner_cls, squared: bool) -> None:
+@pytest.mark.parametrize("sorted_count", [False, True])
+def test_violating_counts_every_valid_triplet_over_the_margin(
+    case: str, miner_cls, squared: bool, sorted_count: bool, monkeypatch
+) -> None:
+    if sorted_count:  # the path large memories take
+        monkeypatch.setattr(triplet_base, "VIOLATING_DENSE_MAX_ELEMENTS", 0)
     x, labels = make_batch(case, seed=3)
     margin = 0.4
     dist = distance_matrix(x.detach(), squared=squared)
