@@ -42,7 +42,7 @@ from core.embedding import Embedder, ModelSpec
 from core.jobs import create_job
 from core.media import MediaStore
 from core.registry import get_model
-from core.reindex_requests import request_reindex
+from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
@@ -119,7 +119,7 @@ def main() -> None:
         ids = import_fmnist(settings, sessions, n)
         analyze(engine)  # table statistics, as autovacuum keeps them on a live database
         local = InProcessDispatcher(settings.replace(broker_url=""))
-        request_reindex(local.runtime.settings, sessions, local)
+        submit_reindex(local.runtime.settings, sessions, local)
         local.close()
         app = make_celery(settings)
         sender = CeleryTaskSender(app)

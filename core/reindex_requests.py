@@ -109,15 +109,3 @@ def submit_reindex(
         set_task_id(sessions, job_id, task_id)
     log.info("reindex requested (%s): queued job %d", reason, job_id)
     return ReindexRequest(job_id=job_id, joined=False)
-
-
-def request_reindex(
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    dispatcher: TaskDispatcher,
-    *,
-    force: bool = False,
-    reason: str = "requested",
-) -> int:
-    """The id of the reindex job that will serve this request (joined or new)."""
-    return submit_reindex(settings, sessions, dispatcher, force=force, reason=reason).job_id

@@ -13,7 +13,7 @@ from typing import Any
 
 from core.db import JobKind
 from core.jobs import create_job
-from core.reindex_requests import request_reindex
+from core.reindex_requests import submit_reindex
 from core.registry import active_index
 from core.tasks import TaskName
 from worker.flows.embed import embed_chunk, embed_images
@@ -35,7 +35,7 @@ def scheduled_reindex(rt: Runtime) -> dict[str, Any]:
     index = active_index(rt.sessions)
     if index is not None and index.model_id == model.id and not catalog_changed_since_active(rt.sessions):
         return {"skipped": "catalog unchanged since the active index"}
-    job_id = request_reindex(rt.settings, rt.sessions, rt.dispatcher, reason="scheduled")
+    job_id = submit_reindex(rt.settings, rt.sessions, rt.dispatcher, reason="scheduled").job_id
     return {"job_id": job_id}
 
 

@@ -17,7 +17,7 @@ from core.embeddings_store import active_image_mask, fresh_set, load_vectors
 from core.index import Metric, VectorIndex, exact_search
 from core.jobs import create_job, get_job, list_jobs
 from core.registry import active_index, active_model, list_indexes
-from core.reindex_requests import request_reindex
+from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
@@ -40,10 +40,17 @@ def _rows(env: Embedded) -> dict[str, IndexStatus]:
 
 
 def test_reindex_without_an_active_model_fails_with_a_clear_message(embedded: Embedded) -> None:
-    job_id = request_reindex(embedded.settings, embedded.sessions, embedded.dispatcher)
+    job_id = submit_reindex(embedded.settings, embedded.sessions, embedded.dispatcher).job_id
     job = get_job(embedded.sessions, job_id)
     assert job.status is JobStatus.FAILED
-    assert job.error == "no active model: run `lookalike train` or `lookalike models init`"
+    assert job.error == "no model yet: run `lookalike train --activate` or `lookalike models init`"
+    # Trained but never activated: the message names the missing step and the versions.
+    register_tiny_model(embedded.settings, embedded.sessions, activate=False, version="m-trained")
+    job_id = submit_reindex(embedded.settings, embedded.sessions, embedded.dispatcher).job_id
+    job = get_job(embedded.sessions, job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error == ("no active model: activate one with `lookalike models activate VERSION` "
+                         "(registered, not active: m-trained)")
 
 
 def _search(env: Embedded, index: IndexVersion, query: np.ndarray, k: int) -> list[int]:
@@ -109,7 +116,7 @@ def test_an_index_below_the_recall_floor_is_not_published(embedded: Embedded) ->
     env = embedded
     served = _indexed(env, 30)
     env.dispatcher.runtime.settings = env.settings.replace(min_verify_recall=1.01)
-    job = get_job(env.sessions, request_reindex(env.settings, env.sessions, env.dispatcher, force=True))
+    job = get_job(env.sessions, submit_reindex(env.settings, env.sessions, env.dispatcher, force=True).job_id)
     assert job.status is JobStatus.FAILED and "below LOOKALIKE_MIN_VERIFY_RECALL=1.01" in job.error
     assert active_index(env.sessions).version == served.version
     failed = [v for v, status in _rows(env).items() if status is IndexStatus.FAILED]
@@ -122,7 +129,7 @@ def test_a_killed_build_is_marked_failed_by_the_next_reindex(embedded: Embedded)
     with session_scope(env.sessions) as s:  # what a SIGKILL mid-build leaves: a row, no directory
         s.add(IndexVersion(version="i-killed", model_id=served.model_id, status=IndexStatus.BUILDING,
                            path=str(env.settings.indexes_dir / "i-killed")))
-    job = get_job(env.sessions, request_reindex(env.settings, env.sessions, env.dispatcher, force=True))
+    job = get_job(env.sessions, submit_reindex(env.settings, env.sessions, env.dispatcher, force=True).job_id)
     assert job.status is JobStatus.SUCCEEDED
     rows = _rows(env)
     assert rows["i-killed"] is IndexStatus.FAILED and rows[served.version] is IndexStatus.READY
@@ -134,7 +141,7 @@ def test_publish_keeps_the_newest_versions_and_retire_deletes_the_rest(embedded:
     env.dispatcher.runtime.settings = env.settings = env.settings.replace(keep_index_versions=2)
     versions = [_indexed(env, 20).version]
     for _ in range(2):
-        request_reindex(env.settings, env.sessions, env.dispatcher, force=True)
+        submit_reindex(env.settings, env.sessions, env.dispatcher, force=True).job_id
         versions.append(active_index(env.sessions).version)
     rows = _rows(env)
     assert [rows[v] for v in versions] == [IndexStatus.RETIRED, IndexStatus.READY, IndexStatus.ACTIVE]
@@ -150,7 +157,7 @@ def test_publish_keeps_the_newest_versions_and_retire_deletes_the_rest(embedded:
 def test_a_finished_job_is_not_run_again(embedded: Embedded) -> None:
     env = embedded
     _indexed(env, 20)
-    job_id = request_reindex(env.settings, env.sessions, env.dispatcher, force=True)
+    job_id = submit_reindex(env.settings, env.sessions, env.dispatcher, force=True).job_id
     before = _rows(env)
     env.dispatcher.send(TaskName.REINDEX, job_id=job_id, force=True)  # a redelivered message
     assert _rows(env) == before

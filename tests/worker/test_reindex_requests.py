@@ -98,5 +98,5 @@ def test_the_in_process_runner_checks_kwargs_like_a_broker_and_can_run_in_the_ba
     job_id = submit_reindex(any_db_settings, sessions, runner).job_id
     assert runner.wait(timeout=60)
     job = get_job(sessions, job_id)
-    assert job.status is JobStatus.FAILED and job.error.startswith("no active model")
+    assert job.status is JobStatus.FAILED and job.error.startswith("no model yet")
     runner.close()

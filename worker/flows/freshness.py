@@ -14,7 +14,7 @@ import logging
 from core.db import session_scope
 from core.dispatch import DispatchUnavailable
 from core.embeddings_store import fresh_image_ids
-from core.reindex_requests import request_reindex
+from core.reindex_requests import submit_reindex
 from core.registry import active_index, active_model
 from worker.runtime import Runtime
 
@@ -38,7 +38,7 @@ def after_embedding(rt: Runtime) -> int | None:
     if reason is None:
         return None
     try:
-        return request_reindex(rt.settings, rt.sessions, rt.dispatcher, reason=reason)
+        return submit_reindex(rt.settings, rt.sessions, rt.dispatcher, reason=reason).job_id
     except DispatchUnavailable as exc:
         # The vectors are stored and findable; the next embedding or the nightly run retries.
         log.warning("could not queue a reindex (%s): %s", reason, exc)

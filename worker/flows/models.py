@@ -8,6 +8,8 @@ differ, and new images must be embedded with both so that they are findable now
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,8 +19,23 @@ from worker.flows.errors import FlowError
 
 
 class NoActiveModel(FlowError):
-    def __init__(self) -> None:
-        super().__init__("no active model: run `lookalike train` or `lookalike models init`")
+    """No model is active; the message names the step that is actually missing."""
+
+    def __init__(self, candidates: Sequence[str] = ()) -> None:
+        if candidates:  # trained or initialised, never activated
+            shown = ", ".join(candidates[:3]) + (" ..." if len(candidates) > 3 else "")
+            super().__init__(f"no active model: activate one with `lookalike models activate VERSION` "
+                             f"(registered, not active: {shown})")
+        else:
+            super().__init__("no model yet: run `lookalike train --activate` or `lookalike models init`")
+
+
+def no_active_model(sessions: sessionmaker[Session]) -> NoActiveModel:
+    """The error for "no active model", listing the newest candidates a user could activate."""
+    with session_scope(sessions) as s:
+        versions = s.scalars(select(ModelVersion.version).where(ModelVersion.status == ModelStatus.CANDIDATE)
+                             .order_by(ModelVersion.id.desc())).all()
+    return NoActiveModel(list(versions))
 
 
 def model_by_version(sessions: sessionmaker[Session], version: str) -> ModelVersion:
@@ -36,7 +53,7 @@ def reindex_model(sessions: sessionmaker[Session], version: str | None = None) -
     with session_scope(sessions) as s:
         model = s.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
     if model is None:
-        raise NoActiveModel()
+        raise no_active_model(sessions)
     return model
 
 
@@ -50,7 +67,7 @@ def target_models(sessions: sessionmaker[Session]) -> list[ModelVersion]:
         active = s.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
     models = [m for m in (query_model, active) if m is not None]
     if not models:
-        raise NoActiveModel()
+        raise no_active_model(sessions)
     if len(models) == 2 and models[0].id == models[1].id:
         models.pop()
     return models
