@@ -127,7 +127,7 @@ def _build_into(
         n_trees=n_trees,
         count=n,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build_seconds=round(build_seconds, 3),
+        build_seconds=round(build_seconds, 6),
         checksum=sha256_file(ann_path),
         ids_checksum=sha256_file(ids_path),
     )
