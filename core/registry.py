@@ -57,12 +57,17 @@ def list_models(sessions: sessionmaker[Session]) -> list[ModelVersion]:
         return list(s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
 
 
+def model_row(s: Session, version: str) -> ModelVersion:
+    """The registry row of ``version`` inside an open transaction; RegistryError if there is none."""
+    model = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if model is None:
+        raise RegistryError(f"model version {version!r} does not exist")
+    return model
+
+
 def get_model(sessions: sessionmaker[Session], version: str) -> ModelVersion:
     with session_scope(sessions) as s:
-        model = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if model is None:
-            raise RegistryError(f"model version {version!r} does not exist")
-        return model
+        return model_row(s, version)
 
 
 def active_model(sessions: sessionmaker[Session]) -> ModelVersion | None:
@@ -72,9 +77,7 @@ def active_model(sessions: sessionmaker[Session]) -> ModelVersion | None:
 
 def activate_model_in(s: Session, version: str) -> ModelVersion:
     """Make ``version`` the one active model inside an open transaction."""
-    model = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-    if model is None:
-        raise RegistryError(f"model version {version!r} does not exist")
+    model = model_row(s, version)
     s.execute(
         update(ModelVersion)
         .where(ModelVersion.status == ModelStatus.ACTIVE, ModelVersion.id != model.id)
@@ -93,20 +96,24 @@ def activate_model(sessions: sessionmaker[Session], version: str) -> None:
 
 def set_model_metrics(sessions: sessionmaker[Session], version: str, metrics: dict[str, Any]) -> None:
     with session_scope(sessions) as s:
-        model = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if model is None:
-            raise RegistryError(f"model version {version!r} does not exist")
+        model = model_row(s, version)
         model.metrics = {**model.metrics, **metrics}
+
+
+def active_index_row(s: Session) -> IndexVersion | None:
+    """The index being served, with its model loaded, inside an open transaction (None before
+    the first publish)."""
+    return s.scalar(
+        select(IndexVersion)
+        .options(joinedload(IndexVersion.model))
+        .where(IndexVersion.status == IndexStatus.ACTIVE)
+    )
 
 
 def active_index(sessions: sessionmaker[Session]) -> IndexVersion | None:
     """The index being served, with its model loaded (None before the first publish)."""
     with session_scope(sessions) as s:
-        return s.scalar(
-            select(IndexVersion)
-            .options(joinedload(IndexVersion.model))
-            .where(IndexVersion.status == IndexStatus.ACTIVE)
-        )
+        return active_index_row(s)
 
 
 def list_indexes(sessions: sessionmaker[Session], limit: int = 50) -> list[IndexVersion]:

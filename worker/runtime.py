@@ -16,15 +16,15 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.db import ModelVersion, make_engine, make_session_factory, session_scope
+from core.db import ModelVersion, make_engine, make_session_factory
 from core.dispatch import TaskDispatcher
 from core.embedding import Embedder, ModelSpec, resolve_device
 from core.media import MediaStore
-from core.registry import RegistryError
+from core.registry import get_model
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ class Runtime:
         """The registry row of model ``version`` (cached: what embedding needs never changes)."""
         cached = self._models.get(version)
         if cached is None:
-            with session_scope(self.sessions) as s:
-                cached = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-            if cached is None:
-                raise RegistryError(f"model version {version!r} does not exist")
+            cached = get_model(self.sessions, version)
             self._models[version] = cached
         return cached
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import IndexStatus, IndexVersion, ModelStatus, ModelVersion, session_scope
-from core.registry import RegistryError
+from core.db import ModelStatus, ModelVersion, session_scope
+from core.registry import active_index, active_model, get_model
 from worker.flows.errors import FlowError
 
 
@@ -38,20 +38,11 @@ def no_active_model(sessions: sessionmaker[Session]) -> NoActiveModel:
     return NoActiveModel(list(versions))
 
 
-def model_by_version(sessions: sessionmaker[Session], version: str) -> ModelVersion:
-    with session_scope(sessions) as s:
-        model = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if model is None:
-            raise RegistryError(f"model version {version!r} does not exist")
-        return model
-
-
 def reindex_model(sessions: sessionmaker[Session], version: str | None = None) -> ModelVersion:
     """The model a reindex builds with: ``version`` if given, else the active model."""
     if version is not None:
-        return model_by_version(sessions, version)
-    with session_scope(sessions) as s:
-        model = s.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
+        return get_model(sessions, version)
+    model = active_model(sessions)
     if model is None:
         raise no_active_model(sessions)
     return model
@@ -59,13 +50,9 @@ def reindex_model(sessions: sessionmaker[Session], version: str | None = None) -
 
 def target_models(sessions: sessionmaker[Session]) -> list[ModelVersion]:
     """Models new images are embedded with: the query model first, then the active one."""
-    with session_scope(sessions) as s:
-        query_model = s.scalar(
-            select(ModelVersion).join(IndexVersion, IndexVersion.model_id == ModelVersion.id)
-            .where(IndexVersion.status == IndexStatus.ACTIVE)
-        )
-        active = s.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE))
-    models = [m for m in (query_model, active) if m is not None]
+    index = active_index(sessions)
+    query_model = index.model if index is not None else None
+    models = [m for m in (query_model, active_model(sessions)) if m is not None]
     if not models:
         raise no_active_model(sessions)
     if len(models) == 2 and models[0].id == models[1].id:

@@ -17,11 +17,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import IndexStatus, IndexVersion, Item, ItemImage, ModelVersion, session_scope
+from core.db import IndexVersion, Item, ItemImage, ModelVersion, session_scope
 from core.embeddings_store import snapshot_vectors
 from core.index.manifest import IDS_FILE
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
-from core.registry import RegistryError
+from core.registry import RegistryError, active_index
 from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
 from worker.flows.errors import FlowError
@@ -87,7 +87,7 @@ def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_versio
     if not len(snapshot.image_ids):
         raise ReindexError("nothing to index: no active image has a vector for model "
                            f"{model.version} (import a catalog first)")
-    current = _active(sessions)
+    current = active_index(sessions)
     if not force and current is not None and _up_to_date(current, model, snapshot):
         log.info("index %s is up to date; nothing to build", current.version)
         return {**result, "skipped": "up to date", "index_version": current.version}
@@ -105,11 +105,6 @@ def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_versio
             "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
-def _active(sessions: sessionmaker[Session]) -> IndexVersion | None:
-    with session_scope(sessions) as s:
-        return s.scalar(select(IndexVersion).where(IndexVersion.status == IndexStatus.ACTIVE))
-
-
 def _up_to_date(current: IndexVersion, model: ModelVersion, snapshot: Any) -> bool:
     """The active index holds exactly these images' current vectors of this model."""
     if current.model_id != model.id:
@@ -125,7 +120,7 @@ def _up_to_date(current: IndexVersion, model: ModelVersion, snapshot: Any) -> bo
 
 def catalog_changed_since_active(sessions: sessionmaker[Session]) -> bool:
     """Whether items or images changed after the active index was built (or there is none)."""
-    current = _active(sessions)
+    current = active_index(sessions)
     if current is None:
         return True
     with session_scope(sessions) as s:
