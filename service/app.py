@@ -9,14 +9,16 @@ here: the searcher loads the index when it is started (gunicorn's
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 from sqlalchemy import event
+from werkzeug.routing import IntegerConverter, Map
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.dispatch import TaskDispatcher
 from core.media import MediaStore
 from service.api import api_blueprint
+from service.api.params import DB_INT_MAX
 from service.auth import KeyChecker, init_auth
 from service.context import NoDispatcher, ServiceContext, install_context
 from service.dispatch import CeleryDispatcher
@@ -25,11 +27,33 @@ from service.metrics import Metrics, init_metrics
 from service.requestlog import init_request_ids
 from service.searcher import Searcher
 from service.ui import ui_blueprint
-from service.uploads import JSON_BODY_LIMIT
+from service.uploads import JSON_BODY_LIMIT, ServiceRequest
 from service.urlfetch import UrlFetcher
 
-
 SQLITE_MMAP_BYTES = 4 << 30
+
+UI_CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'self'",       # the UI's own app.js, style.css and JSON polling (connect-src)
+    "img-src 'self' blob:",     # /api/v1/media images; blob: is the search page's photo preview
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+))
+"""For every HTML page: the templates have no inline scripts, styles or event handlers."""
+
+
+class DatabaseIntConverter(IntegerConverter):
+    """``<int:...>`` in URLs, bounded by what the database holds.
+
+    A larger number (``/jobs/99999999999999999999``) does not match the route, so it is a
+    404 like any other id that names nothing, instead of an overflow inside the driver.
+    """
+
+    def __init__(self, map: Map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 (Werkzeug's names)
+                 max: int | None = None, signed: bool = False) -> None:  # noqa: A002
+        super().__init__(map, fixed_digits=fixed_digits, min=min,
+                         max=DB_INT_MAX if max is None else max, signed=signed)
 
 
 def _sqlite_read_tuning(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -54,6 +78,8 @@ def create_app(settings: Settings, *, dispatcher: TaskDispatcher | None = None,
     """Build the app. ``watch_index=False`` disables the hot-swap thread (one-shot tools)."""
     app = Flask(__name__, template_folder="ui/templates", static_folder="ui/static",
                 static_url_path="/static")
+    app.request_class = ServiceRequest  # the body cap also holds for chunked bodies
+    app.url_map.converters["int"] = DatabaseIntConverter  # before any route is added
     # The default request-body cap (JSON bodies); upload endpoints raise it per request.
     app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT
     app.config["MAX_FORM_MEMORY_SIZE"] = JSON_BODY_LIMIT
@@ -80,6 +106,21 @@ def create_app(settings: Settings, *, dispatcher: TaskDispatcher | None = None,
     init_request_ids(app)
     init_metrics(app, metrics)
     register_error_handlers(app)
+    app.after_request(security_headers)
     app.register_blueprint(api_blueprint)
     app.register_blueprint(ui_blueprint)
     return app
+
+
+def security_headers(response: Response) -> Response:
+    """Headers that stop browsers from reinterpreting answers: on every response (JSON, HTML,
+    images, static files) ``nosniff``; on HTML pages also no framing and the UI's CSP.
+
+    ``setdefault``: a view that sets its own value keeps it.
+    """
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.mimetype == "text/html":
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Content-Security-Policy", UI_CONTENT_SECURITY_POLICY)
+    return response

@@ -6,8 +6,9 @@ Off unless ``settings.url_fetch_enabled``. When on, a URL is fetched only if
   (``settings.url_fetch_allowed_hosts``: exact names, or ``*.example.com`` for
   sub-domains) — an empty list allows nothing;
 * *every* address the host resolves to is public: private, loopback, link-local,
-  multicast, reserved and unspecified addresses (and IPv4-mapped forms of them)
-  are refused;
+  site-local, multicast, reserved and unspecified addresses are refused, and an IPv6
+  address that embeds an IPv4 one a gateway would reach (IPv4-mapped, 6to4, NAT64)
+  is judged by that IPv4 address (see :func:`is_public_address`);
 * and the connection then goes to the address that was checked (pinned), with the
   original host name for the Host header and TLS verification, so a DNS answer
   that changes between check and connect (rebinding) cannot redirect it.
@@ -46,10 +47,43 @@ def resolve_host(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+"""RFC 6052: the last 32 bits are the IPv4 address a NAT64 gateway connects to."""
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+"""RFC 8215: network-specific translation prefixes, never global."""
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that traffic to ``address`` ends up at, for the forms that embed one.
+
+    IPv4-mapped (``::ffff:a.b.c.d``: the host's own IPv4 stack), 6to4 (``2002:AABB:CCDD::/48``:
+    a relay forwards to ``A.B.C.D``) and the NAT64 well-known prefix (``64:ff9b::a.b.c.d``).
+    ``2002:a9fe:a9fe::`` is the cloud metadata address 169.254.169.254, so these must be
+    judged by the IPv4 address, not by the (nominally global) IPv6 prefix.
+    """
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
+
+
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True only for globally routable unicast addresses."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True only for globally routable unicast addresses.
+
+    IPv6 site-local (``fec0::/10``, deprecated but still routed inside some networks) and
+    local-use NAT64 are private; an address that embeds IPv4 (:func:`embedded_ipv4`) is
+    public only if the IPv4 address is. Teredo (``2001::/32``) is refused as part of
+    ``2001::/23``, which the standard library already counts as private.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local or address in _NAT64_LOCAL_USE:
+            return False
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return is_public_address(embedded)
     return address.is_global and not (
         address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
         or address.is_reserved or address.is_unspecified

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from service.uploads import (
     body_kind,
     json_object,
     media_error,
+    parse_json,
     read_file,
 )
 
@@ -107,6 +107,7 @@ def put_item(external_id: str) -> Response:
     replace the item's images. JSON: metadata only; the item's current images are kept."""
     ctx = service_context()
     check_params(())
+    _writable_id(external_id)
     kind = body_kind(BodyKind.MULTIPART, BodyKind.JSON)
     max_bytes = ctx.settings.max_image_bytes
     if kind is BodyKind.MULTIPART:
@@ -122,13 +123,17 @@ def put_item(external_id: str) -> Response:
     row = make_row(1, {"external_id": external_id, **metadata}, base_dir=Path("."), image_refs=refs)
     if isinstance(row, RowError):
         raise ApiError(400, ErrorCode.BAD_REQUEST, row.reason)
+    if row.external_id != external_id:  # the catalog rules changed it: the URL would not name the item
+        raise _id_changed(external_id, row.external_id)
     report = import_rows([row], sessions=ctx.sessions, store=ctx.media)
     if report.errors:
         raise ApiError(400, ErrorCode.BAD_REQUEST, report.errors[0].reason)
     created = report.created == 1
     with session_scope(ctx.sessions) as s:
         item = get_item(s, external_id, include_deleted=False)
-        assert item is not None  # just written
+        if item is None:  # deleted by a concurrent request between the write and this read
+            raise ApiError(409, ErrorCode.CONFLICT,
+                           f"item {external_id!r} was deleted by another request while this one saved it")
         body = item_json(item)
         active_ids = [img["id"] for img in body["images"]]
     body["embedding"] = queue_embedding(ctx, report.new_image_ids, active_ids,
@@ -177,12 +182,10 @@ def _sniff(head: bytes) -> str:
 
 
 def _metadata_field(raw: str | None) -> dict[str, Any]:
+    """The multipart ``metadata`` field as an object (absent or blank: none)."""
     if raw is None or not raw.strip():
         return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, ErrorCode.BAD_REQUEST, f"metadata is not valid JSON: {exc}") from exc
+    data = parse_json(raw, "metadata")
     if not isinstance(data, dict):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "metadata must be a JSON object")
     return data
@@ -193,6 +196,26 @@ def _known_id(external_id: str) -> str:
     if len(external_id) > 255 or "\x00" in external_id:
         raise not_found(f"no item with external id {external_id[:80]!r}")
     return external_id
+
+
+def _writable_id(external_id: str) -> None:
+    """400 before anything is read or written for an id the catalog rules would store changed.
+
+    Catalog imports (``core.catalog.validate``) strip surrounding whitespace from ids, so
+    ``PUT /items/%20id%20`` would save item ``id`` under a URL that does not name it. The
+    API refuses such ids instead of renaming the resource the client addressed.
+    """
+    stripped = external_id.strip()
+    if stripped != external_id:
+        raise _id_changed(external_id, stripped)
+
+
+def _id_changed(external_id: str, stored: str) -> ApiError:
+    """The 400 for an id the catalog rules would store as ``stored`` instead."""
+    return ApiError(400, ErrorCode.INVALID_PARAMETER,
+                    f"external_id: {external_id[:80]!r} would be stored as {stored[:80]!r} (catalog ids "
+                    "lose surrounding whitespace, as in imports); send the id as it is stored",
+                    details={"parameter": "external_id"})
 
 
 def _check_metadata(metadata: dict[str, Any], external_id: str) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from service.errors import bad_param
 from service.filters import FILTER_KEYS, Filters, check_known_params, parse_query_filters
 
 _INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+DB_INT_MAX = 2**63 - 1
+"""The largest integer a database column (PostgreSQL BIGINT, SQLite INTEGER) holds: ids and
+offsets past it must be refused before SQL, where they overflow the driver."""
 DEFAULT_K = 10
 DEFAULT_PAGE = 50
 MAX_PAGE = 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from service.uploads import (
     body_kind,
     decode_upload,
     json_object,
+    parse_json,
     read_file,
     uploaded_file,
 )
@@ -84,12 +84,10 @@ def search() -> Response:
 
 
 def _json_field(raw: str | None, name: str) -> Any:
+    """A JSON form field (``filters``); absent or blank is None, bad JSON an invalid_filter 400."""
     if raw is None or not raw.strip():
         return None
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, ErrorCode.INVALID_FILTER, f"{name} is not valid JSON: {exc}") from exc
+    return parse_json(raw, name, code=ErrorCode.INVALID_FILTER)
 
 
 def _by_image(ctx: ServiceContext, data: bytes, k: int, filters: Filters) -> SearchResult:

@@ -59,6 +59,8 @@ def unit_vector(values: object, dim: int) -> np.ndarray:
     """A query vector as float32 unit length; BadVector says what is wrong with it."""
     try:
         vector = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # a JSON integer with hundreds of digits: no float holds it
+        raise BadVector("vector contains a number too large for a float") from None
     except (TypeError, ValueError) as exc:
         raise BadVector(f"vector must be a list of numbers: {exc}") from exc
     if vector.ndim != 1 or vector.shape[0] != dim:

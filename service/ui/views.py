@@ -16,6 +16,7 @@ from sqlalchemy.orm import selectinload
 from core.db import Item, ItemStatus, JobKind, session_scope
 from core.jobs import job_to_dict, list_jobs
 from service.api.common import search_errors
+from service.api.params import DB_INT_MAX
 from service.api.serialize import item_json, match_json
 from service.context import service_context
 from service.errors import ApiError, ErrorCode
@@ -43,6 +44,7 @@ def catalog() -> str:
         page = max(1, int(request.args.get("page", "1")))
     except ValueError:
         page = 1
+    page = min(page, DB_INT_MAX // PAGE_SIZE)  # a page past the end is empty; past this, SQL overflows
     with session_scope(ctx.sessions) as s:
         categories = s.execute(
             select(Item.category, func.count()).where(Item.status == ItemStatus.ACTIVE)
