@@ -18,8 +18,10 @@ extension, with ``/`` replaced by ``-`` (``dress/123.jpg`` -> ``dress-123``,
 Files are visited in sorted path order; a row's "line" is that 1-based ordinal.
 Files that are not images are reported as row errors, not skipped silently.
 
-File-level problems (missing file, no ``external_id`` column) raise
-:class:`CatalogFormatError` before any row is produced.
+File-level problems (missing file, no ``external_id`` column, a file that is not
+UTF-8 text: a UTF-16/32 byte-order mark, or a CSV header that is not UTF-8 or holds
+NUL) raise :class:`CatalogFormatError` before any row is produced. Past that point
+any bytes make row errors, never an exception: a reader yields one item per record.
 """
 
 from __future__ import annotations
@@ -31,25 +33,63 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from core.catalog.rows import CatalogFormatError, CatalogRow, CatalogSource, ImageRef, ImportFormat, RowError
+from core.catalog.rows import (
+    CatalogFormatError,
+    CatalogRow,
+    CatalogSource,
+    ImageRef,
+    ImportFormat,
+    RowError,
+    is_safe_text,
+)
 from core.catalog.validate import KNOWN_FIELDS, make_row, split_known_fields
 
 IMAGE_SEPARATOR = "|"
 
+_WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
+              b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+"""Byte-order marks of the encodings spreadsheets export as "Unicode text" (longest first)."""
 
-def open_source(path: Path, fmt: ImportFormat | None = None) -> CatalogSource:
+_JSON_ERRORS = (ValueError, RecursionError)
+"""What ``json.loads`` raises for bad input: JSONDecodeError is a ValueError, and so is an
+integer over Python's digit limit; nesting deeper than the stack is a RecursionError."""
+
+
+def open_source(path: Path, fmt: ImportFormat | str | None = None) -> CatalogSource:
     """Open ``path`` in format ``fmt`` (detected from the path when None)."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a NUL in the path is a ValueError
+        raise CatalogFormatError(f"{path} cannot be opened: {exc}") from exc
+    if not exists:
         raise CatalogFormatError(f"{path} does not exist")
-    fmt = ImportFormat.detect(path) if fmt is None else ImportFormat(fmt)
+    fmt = ImportFormat.detect(path) if fmt is None else _format(fmt)
     if fmt is ImportFormat.FOLDER:
         return read_folder(path)
     if path.is_dir():
         raise CatalogFormatError(f"{path} is a directory; use the folder format for a folder of images")
+    _check_not_wide(path)
     if fmt is ImportFormat.CSV:
         return read_csv(path)
     return read_jsonl(path)
+
+
+def _format(value: ImportFormat | str) -> ImportFormat:
+    try:
+        return ImportFormat(value)
+    except ValueError:
+        raise CatalogFormatError(f"unknown catalog format {value!r}: use csv, jsonl or folder") from None
+
+
+def _check_not_wide(path: Path) -> None:
+    """Refuse UTF-16/32 text up front: read as UTF-8 every row would only be garbage."""
+    with path.open("rb") as fh:
+        start = fh.read(4)
+    for bom, encoding in _WIDE_BOMS.items():
+        if start.startswith(bom):
+            raise CatalogFormatError(f"{path} is {encoding} text; catalog files must be UTF-8 "
+                                     "(save or export it as UTF-8)")
 
 
 def _count_lines(path: Path) -> int:
@@ -77,6 +117,10 @@ def read_csv(path: Path) -> CatalogSource:
 def _check_header(path: Path, header: list[str]) -> None:
     if not header:
         raise CatalogFormatError(f"{path} is empty: expected a header row naming external_id")
+    # Before the column checks, whose messages would only quote the garbage.
+    if any(not is_safe_text(name) for name in header):
+        raise CatalogFormatError(f"{path}: the header is not UTF-8 text (undecodable bytes or control characters: "
+                                 "a binary file, or another encoding?)")
     if "external_id" not in header:
         raise CatalogFormatError(
             f"{path}: the header has no external_id column (found: {', '.join(header)}); "
@@ -89,8 +133,6 @@ def _check_header(path: Path, header: list[str]) -> None:
         if name in seen:
             raise CatalogFormatError(f"{path}: column {name!r} appears twice in the header")
         seen.add(name)
-    if any(not _valid_text(name) for name in header):
-        raise CatalogFormatError(f"{path}: the header is not valid UTF-8")
 
 
 def _csv_rows(fh: IO[str], reader: "csv._reader", header: list[str], base_dir: Path) -> Iterator[CatalogRow | RowError]:
@@ -123,13 +165,21 @@ def _csv_record(line: int, header: list[str], cells: list[str], base_dir: Path) 
     if known.get("attributes", "").strip():
         try:
             known["attributes"] = json.loads(known["attributes"])
-        except json.JSONDecodeError as exc:
-            return RowError(line, hint, f"attributes is not valid JSON: {exc.msg} (column {exc.colno})")
+        except _JSON_ERRORS as exc:
+            return RowError(line, hint, f"attributes is not valid JSON: {_json_problem(exc)}")
     images = known.get("images")
     if images is not None:
         known["images"] = [part for part in images.split(IMAGE_SEPARATOR) if part.strip()]
     extras = {key: value.strip() for key, value in extras.items() if value.strip()}
     return make_row(line, known, base_dir=base_dir, extras=extras)
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
 
 
 def _valid_text(value: str) -> bool:
@@ -158,8 +208,8 @@ def _jsonl_rows(path: Path) -> Iterator[CatalogRow | RowError]:
                 continue
             try:
                 record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield RowError(line, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            except _JSON_ERRORS as exc:
+                yield RowError(line, None, f"invalid JSON: {_json_problem(exc)}")
                 continue
             if not isinstance(record, dict):
                 yield RowError(line, None, f"expected a JSON object, got {type(record).__name__}")

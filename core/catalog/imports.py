@@ -18,7 +18,7 @@ def import_catalog(
     *,
     sessions: sessionmaker[Session],
     store: MediaStore,
-    fmt: ImportFormat | None = None,
+    fmt: ImportFormat | str | None = None,
     delete_missing: bool = False,
     progress: Progress | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -26,7 +26,8 @@ def import_catalog(
     """Read ``path`` (format detected when ``fmt`` is None) and upsert it into the catalog.
 
     Raises :class:`~core.catalog.rows.CatalogFormatError` when the source cannot be
-    read at all; bad rows are reported in the returned report instead.
+    read at all (an unknown ``fmt`` name included); bad rows, whatever their bytes, are
+    reported in the returned report instead.
     """
     source = open_source(path, fmt)
     return import_rows(source.rows, sessions=sessions, store=store, progress=progress,

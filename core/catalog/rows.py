@@ -8,6 +8,7 @@ the line and the reason); :mod:`core.catalog.upsert` writes the rows.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,38 @@ MAX_GROUP = 255
 MAX_SOURCE_URI = 2000
 MAX_IMAGES_PER_ITEM = 50
 """More photos than this for one product is a broken row, not a product."""
+MAX_MESSAGE = 2000
+"""Characters of an error message kept: a message may quote a whole (binary) header."""
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+"""Lone surrogates, which no UTF-8 encoder writes, and the C0 controls but tab and newline
+(PostgreSQL text refuses NUL; terminals act on the others)."""
+
+
+def safe_text(value: object, *, limit: int = MAX_MESSAGE) -> str:
+    r"""``value`` as text that every database, JSON encoder and terminal accepts.
+
+    Text read with ``surrogateescape`` (or JSON's ``\udXXX`` escapes) can hold lone
+    surrogates; a binary file can hold NUL. Messages that quote the input are stored
+    on the job, so such characters become visible escapes: an undecodable byte
+    ``\xNN`` (the byte itself), any other lone surrogate ``\udNNN``, a control
+    character ``\xNN``. The result is cut to ``limit`` characters.
+    """
+    text = value if isinstance(value, str) else str(value)
+    text = _UNSAFE.sub(_escape, text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def is_safe_text(value: str) -> bool:
+    """True when :func:`safe_text` keeps ``value`` as it is (length aside)."""
+    return safe_text(value, limit=len(value) + 1) == value
 
 
 class ImportFormat(str, enum.Enum):
@@ -44,6 +77,11 @@ class ImportFormat(str, enum.Enum):
 
 class CatalogFormatError(ValueError):
     """The source as a whole cannot be read (missing file, no ``external_id`` column, ...)."""
+
+    def __init__(self, message: str) -> None:
+        # The message quotes the source (its name, its header), which may be any bytes, and
+        # it is stored on the job: made safe here, once, for every place that raises one.
+        super().__init__(safe_text(message))
 
 
 @dataclass(frozen=True)
@@ -75,7 +113,17 @@ class RowError:
 
     line: int
     external_id: str | None
+    """None when the row had no external id that can be stored and shown as it is."""
     reason: str
+
+    def __post_init__(self) -> None:
+        # Reasons quote the input, and row errors are stored in job results (JSON) and
+        # printed: whatever bytes a source holds, what is kept must be safe text. An id
+        # that is not safe text was not readable; None also keeps it from claiming an id
+        # (its escaped form could be a real, different item's id).
+        object.__setattr__(self, "reason", safe_text(self.reason))
+        if self.external_id is not None and not is_safe_text(self.external_id):
+            object.__setattr__(self, "external_id", None)
 
     def __str__(self) -> str:
         who = f" ({self.external_id})" if self.external_id else ""

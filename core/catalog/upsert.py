@@ -98,7 +98,10 @@ def import_rows(
         pending: _Chunk | None = None
         for batch, consumed in _batches(rows, chunk_size, claimed, report):
             known = _load_known(session, [row.external_id for row in batch])
-            step = -(-len(batch) // image_workers)  # contiguous blocks: few hand-offs per chunk
+            # Contiguous blocks: few hand-offs per chunk. A chunk can hold no valid row at
+            # all (the rejected rows after the last full chunk, a file of bad rows): it still
+            # goes through _write_chunk, which writes the chunk before it and counts progress.
+            step = max(1, -(-len(batch) // image_workers))
             futures = [pool.submit(_store_block, batch[i:i + step], known, store)
                        for i in range(0, len(batch), step)]
             if pending is not None:
@@ -232,7 +235,8 @@ def _apply_isolated(session: Session, plans: list[ItemPlan], report: ImportRepor
             with session.begin_nested():
                 new_ids = _apply(session, [plan])
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            # The driver's first line says what is wrong; some errors have no message at all.
+            reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
             report.errors.append(RowError(plan.row.line, plan.row.external_id,
                                           f"the database refused the row: {reason}"))
             continue

@@ -5,6 +5,8 @@ the fields make an item:
 
 * ``external_id`` is required (a string, or an integer in JSON), surrounding
   whitespace is stripped, control characters are refused;
+* no text anywhere (attributes and image references included) may hold NUL, which
+  PostgreSQL cannot store, or undecodable bytes;
 * ``title`` defaults to ``""``; empty ``category`` and ``group`` mean none;
 * ``attributes`` is a JSON object; any other field the format does not know goes
   into the attributes too (CSV cells as strings, empty cells left out; JSONL values
@@ -17,6 +19,7 @@ the fields make an item:
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +39,10 @@ from core.catalog.rows import (
 )
 
 KNOWN_FIELDS = ("external_id", "title", "category", "group", "attributes", "images")
+
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+"""A NUL as ``json.dumps`` writes it: ``\\u0000`` whose backslash is not itself escaped
+(preceded by an even number of backslashes; ``\\\\u0000`` is the text ``\\u0000``)."""
 
 
 class RowInvalid(ValueError):
@@ -92,6 +99,8 @@ def _check_text(name: str, value: str, limit: int) -> None:
         raise RowInvalid(f"{name} is {len(value)} characters long, the limit is {limit}")
     if not _is_valid_unicode(value):
         raise RowInvalid(f"{name} is not valid UTF-8")
+    if "\x00" in value:  # a title may hold other controls (newlines), never this one
+        raise RowInvalid(f"{name} contains a NUL character")
     if any(unicodedata.category(ch) == "Cc" for ch in value) and name != "title":
         raise RowInvalid(f"{name} contains control characters")
 
@@ -132,8 +141,12 @@ def _attributes(value: Any, extras: Mapping[str, Any]) -> dict[str, Any]:
         encoded = json.dumps(attributes, ensure_ascii=False, allow_nan=False)
     except ValueError as exc:  # NaN/Infinity: not JSON, and PostgreSQL's JSONB refuses them
         raise RowInvalid(f"attributes must be plain JSON: {exc}") from None
+    except RecursionError:
+        raise RowInvalid("attributes are nested too deeply") from None
     if not _is_valid_unicode(encoded):
         raise RowInvalid("attributes are not valid UTF-8")
+    if _JSON_NUL.search(encoded):  # JSONB refuses \u0000; SQLite would store it: refused on both
+        raise RowInvalid("attributes contain a NUL character")
     return attributes
 
 
@@ -161,7 +174,12 @@ def resolve_image_ref(ref: Any, base_dir: Path) -> ImageRef:
         raise RowInvalid(f"image reference is {len(ref)} characters long, the limit is {MAX_SOURCE_URI}")
     if not _is_valid_unicode(ref):
         raise RowInvalid("image reference is not valid UTF-8")
-    parts = urlsplit(ref)
+    if "\x00" in ref:  # no file name holds one, and open() raises ValueError on it
+        raise RowInvalid("image reference contains a NUL character")
+    try:
+        parts = urlsplit(ref)
+    except ValueError as exc:  # "http://[" : an unbalanced IPv6 bracket
+        raise RowInvalid(f"image {ref!r} is not a valid URI: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme in {"http", "https"}:
         raise RowInvalid(
@@ -172,6 +190,8 @@ def resolve_image_ref(ref: Any, base_dir: Path) -> ImageRef:
         if parts.netloc not in {"", "localhost"}:
             raise RowInvalid(f"image {ref!r}: file:// URIs must point at this machine")
         path = Path(unquote(parts.path))
+        if "\x00" in str(path):  # %00
+            raise RowInvalid(f"image {ref!r}: the path contains a NUL character")
     elif len(scheme) > 1:  # one letter would be a Windows drive, which is just a path
         raise RowInvalid(f"image {ref!r}: unsupported URI scheme {scheme!r} (use a path or file://)")
     else:

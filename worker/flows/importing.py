@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.catalog.imports import import_catalog
-from core.catalog.rows import CatalogFormatError, ImportFormat, ImportReport
+from core.catalog.rows import CatalogFormatError, ImportReport, safe_text
 from core.db import session_scope
 from core.embeddings_store import missing_image_ids
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
@@ -34,14 +34,21 @@ def report_to_dict(report: ImportReport) -> dict[str, Any]:
         "created": report.created, "updated": report.updated, "unchanged": report.unchanged,
         "deleted": report.deleted, "rejected": len(report.errors),
         "errors": [str(e) for e in report.errors[:MAX_REPORTED_ERRORS]],
-        "warnings": report.warnings, "new_images": len(report.new_image_ids),
+        "warnings": [safe_text(w) for w in report.warnings], "new_images": len(report.new_image_ids),
         "seconds": round(report.seconds, 3),
     }
 
 
 def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
                delete_missing: bool = False) -> dict[str, Any]:
-    """Import ``path`` for ``job_id`` and send EMBED_IMAGES for what needs vectors."""
+    """Import ``path`` for ``job_id`` and send EMBED_IMAGES for what needs vectors.
+
+    Bad rows are reported in the result, never a reason to fail. A source that cannot
+    be read at all fails the job with the reason; any other exception from the import
+    fails it too and is raised (a bug, to be logged as one). Messages are made safe text
+    before they are stored: they may quote arbitrary bytes, and a message the database
+    refused would leave the job running for ever.
+    """
     job = get_job(rt.sessions, job_id)
     if job.status.finished:
         return job.result
@@ -54,18 +61,17 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
         update_progress(rt.sessions, job_id, rows_done)
 
     try:
-        fmt = ImportFormat(format) if format else None
         # The importer syncs the media store once per chunk before committing its rows,
         # so per-file fsyncs (the store's default) would only slow the import down.
         store = MediaStore.from_settings(rt.settings, fsync=False)
-        report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=fmt,
-                                delete_missing=delete_missing,
-                                progress=progress)
-    except (CatalogFormatError, ValueError) as exc:
-        fail_job(rt.sessions, job_id, str(exc))
-        return {"error": str(exc)}
+        report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=format or None,
+                                delete_missing=delete_missing, progress=progress)
+    except CatalogFormatError as exc:  # an unknown format name is one too
+        message = safe_text(exc)
+        fail_job(rt.sessions, job_id, message)
+        return {"error": message}
     except Exception as exc:
-        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}")
+        fail_job(rt.sessions, job_id, safe_text(f"{type(exc).__name__}: {exc}"))
         raise
     result = report_to_dict(report)
     to_embed = set(report.new_image_ids)
