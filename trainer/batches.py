@@ -8,9 +8,11 @@ the epoch number (see :mod:`trainer.state`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from itertools import islice
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
@@ -24,6 +26,21 @@ from trainer.losses import ContrastiveLoss, LossOutput, TripletLoss
 from trainer.samplers import PKBatchSampler
 from trainer.state import epoch_seed
 
+log = logging.getLogger(__name__)
+
+
+def classes_per_batch(targets: Sequence[int], wanted: int) -> int:
+    """P for these training labels: ``wanted``, or every class that has a positive pair when
+    there are fewer (a catalog with few categories, or a search's validation split taking some
+    of them, still trains; the batch is then smaller). Fewer than two such classes cannot train."""
+    available = int((np.bincount(np.asarray(targets, dtype=np.int64)) >= 2).sum()) if len(targets) else 0
+    if available < 2:
+        raise ValueError(f"training needs at least 2 classes with >= 2 images, found {available}")
+    if available < wanted:
+        log.warning("classes_per_batch=%d but the training data has %d classes with >= 2 images: "
+                    "batches hold %d classes", wanted, available, available)
+    return min(wanted, available)
+
 
 class EpochBatches:
     """``batches(epoch)`` yields the epoch's training batches; ``len()`` is the steps per epoch."""
@@ -33,7 +50,8 @@ class EpochBatches:
         self._generator = torch.Generator()
         if isinstance(data.train, ImageDataset):
             self._pk: PKBatchSampler | None = PKBatchSampler(
-                data.train.targets, p=cfg.classes_per_batch, k=cfg.images_per_class, seed=cfg.seed
+                data.train.targets, p=classes_per_batch(data.train.targets, cfg.classes_per_batch),
+                k=cfg.images_per_class, seed=cfg.seed,
             )
             batch_sampler = self._pk
         else:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from core.config import Settings
 from core.embedding import Embedder, load_model
+from trainer.batches import classes_per_batch
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext
 from trainer.data.idx import load_idx_images
@@ -168,3 +169,18 @@ def test_training_with_a_cross_batch_memory(tmp_path: Path, fashion_mnist_dir: P
     assert all(s["candidates"] > 288 * 3 for s in steps[2:])  # against batch + 24, then 36 remembered
     assert "cross-batch memory 36 (from step 2)" in (tmp_path / "run" / "report.txt").read_text()
     assert np.isfinite(result.final_metrics["map_at_r"])
+
+
+def test_fewer_training_classes_than_classes_per_batch_train_with_all_of_them(tmp_path: Path, fashion_mnist_dir: Path):
+    """Six training classes, P=10 asked: every batch holds the six (a small catalog, or a search's
+    validation split, must not fail the run)."""
+    cfg = fmnist_config(
+        fashion_mnist_dir, "epochs=1", "steps_per_epoch=2", "classes_per_batch=10", "images_per_class=4",
+        "data.max_per_class=20", "data.eval_max_per_class=10", "model.embedding_dim=16",
+    )
+    train(cfg, tmp_path / "run", DataContext(Settings()))
+    steps = read_jsonl(tmp_path / "run" / "steps.jsonl")
+    assert [s["candidates"] for s in steps] == [24 * 3 * 20] * 2  # 6 x 4 images: 3 positives, 20 negatives each
+    assert classes_per_batch([0, 0, 1, 1, 2], 8) == 2  # class 2 has no pair: it cannot be drawn
+    with pytest.raises(ValueError, match="at least 2 classes with >= 2 images, found 1"):
+        classes_per_batch([0, 0, 1, 2, 3], 8)
