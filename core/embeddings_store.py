@@ -22,7 +22,14 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import (
-    Embedding, ImageStatus, IndexStatus, IndexVersion, Item, ItemImage, ItemStatus, session_scope,
+    Embedding,
+    ImageStatus,
+    IndexStatus,
+    IndexVersion,
+    Item,
+    ItemImage,
+    ItemStatus,
+    session_scope,
 )
 from core.db.types import utcnow
 from core.index.manifest import IDS_FILE
@@ -180,7 +187,8 @@ def missing_media_keys(session: Session, model_id: int, among: Sequence[int]) ->
     base = _missing_query(model_id, ItemImage.id, ItemImage.media_key)
     found: dict[int, str] = {}
     for chunk in _chunks(sorted(set(among))):
-        found.update((row.id, row.media_key) for row in session.execute(base.where(id_in(session, ItemImage.id, chunk))))
+        rows = session.execute(base.where(id_in(session, ItemImage.id, chunk)))
+        found.update((row.id, row.media_key) for row in rows)
     return found
 
 
@@ -291,7 +299,7 @@ def fresh_set(
     """(image ids, float32 vectors) of the fresh set of an index (default: the active one).
 
     The service searches these exactly and merges them with the Annoy results, so
-    an image embedded after the build is findable at once (DESIGN.md §4).
+    an image embedded after the build is findable at once (docs/ARCHITECTURE.md, "Freshness").
     """
     with session_scope(sessions) as s:
         ids = fresh_image_ids(s, index_version)
@@ -307,7 +315,3 @@ def count_written_since(session: Session, model_id: int, since: dt.datetime) -> 
         select(func.count()).select_from(Embedding)
         .where(Embedding.model_id == model_id, Embedding.created_at >= since)
     ) or 0
-
-
-def embedding_count(session: Session, model_id: int) -> int:
-    return session.scalar(select(func.count()).select_from(Embedding).where(Embedding.model_id == model_id)) or 0

@@ -1,4 +1,4 @@
-"""The tables of DESIGN.md §3 as SQLAlchemy 2.x typed models."""
+"""The tables (docs/ARCHITECTURE.md, "Data model") as SQLAlchemy 2.x typed models."""
 
 from __future__ import annotations
 

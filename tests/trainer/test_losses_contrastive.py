@@ -1,6 +1,6 @@
 """ContrastiveLoss against a brute-force reference: explicit loops over pairs.
 
-Convention (DESIGN.md section 5): Y = 0 similar, Y = 1 dissimilar,
+Convention (docs/ARCHITECTURE.md, "Losses"): Y = 0 similar, Y = 1 dissimilar,
 L = (1 - Y) D^2 + Y max(0, m - D)^2, averaged over the non-zero terms.
 """
 
@@ -82,7 +82,8 @@ def test_explicit_labelled_pairs_match_brute_force() -> None:
     j = torch.tensor([1, 3, 7, 8, 5, 2, 7])
     y = torch.tensor([0, 1, 0, 1, 1, 1, 0])  # includes D = 0 with Y = 0, Y = 1, and a self-pair
     margin = 0.9
-    expected, active = ref_mean_active([ref_term(x.detach(), a, b, c, margin) for a, b, c in zip(i.tolist(), j.tolist(), y.tolist())], x)
+    terms = [ref_term(x.detach(), a, b, c, margin) for a, b, c in zip(i.tolist(), j.tolist(), y.tolist())]
+    expected, active = ref_mean_active(terms, x)
     loss = ContrastiveLoss(margin)
     by_rows = loss.forward_pairs(x[i], x[j], y)
     by_index = loss(x, pairs=PairIndices(i[y == 0], j[y == 0], i[y == 1], j[y == 1]))
@@ -118,6 +119,7 @@ def test_bad_input_is_reported() -> None:
     with pytest.raises(ValueError, match="needs labels or explicit pairs"):
         loss(x)
     with pytest.raises(ValueError, match="equal lengths"):
-        loss(x, pairs=PairIndices(torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)))
+        empty = torch.tensor([], dtype=torch.long)
+        loss(x, pairs=PairIndices(torch.tensor([0, 1]), torch.tensor([2]), empty, empty))
     with pytest.raises(TypeError, match="PairMiner"):
         ContrastiveLoss(miner=object())  # type: ignore[arg-type]

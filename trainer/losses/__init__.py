@@ -1,4 +1,4 @@
-"""Metric-learning losses: contrastive and triplet (DESIGN.md section 5)."""
+"""Metric-learning losses: contrastive and triplet (docs/ARCHITECTURE.md, "Losses")."""
 
 from trainer.losses.base import LossOutput
 from trainer.losses.contrastive import ContrastiveLoss

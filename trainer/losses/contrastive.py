@@ -1,4 +1,4 @@
-"""Contrastive (pairwise) loss (DESIGN.md section 5, Hadsell et al. 2006).
+"""Contrastive (pairwise) loss (docs/ARCHITECTURE.md, "Losses"; Hadsell et al. 2006).
 
 Label convention of the project's notes: ``Y = 0`` for a similar pair,
 ``Y = 1`` for a dissimilar pair; ``L(Y, D) = (1 - Y) D^2 + Y max(0, m - D)^2``

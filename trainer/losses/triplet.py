@@ -1,4 +1,4 @@
-"""Triplet loss (DESIGN.md section 5), plain or squared, hinge or soft margin."""
+"""Triplet loss (docs/ARCHITECTURE.md, "Losses"), plain or squared, hinge or soft margin."""
 
 from __future__ import annotations
 
