@@ -17,6 +17,7 @@ help:
 	@echo "make demo   - set up and run the sample catalog end to end (embedded mode)"
 	@echo "make test   - run the whole test suite (starts throwaway PostgreSQL/Redis)"
 	@echo "make stack  - the full stack natively: PostgreSQL, Redis, migration, API, worker, beat"
+	@echo "make lint   - ruff (part of make test);  make bench - the quick benchmarks"
 
 setup:
 	@./scripts/setup-system.sh
@@ -28,5 +29,15 @@ demo: setup
 stack: setup
 	$(PY) -m cli stack $(STACK_ARGS)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick variant of each benchmark, one after another, printing their tables (minutes, not
+# hours; docs/BENCHMARKS.md has the full runs and their commands). Not part of `make test`.
+QUICK_BENCHES = mining index embed import
+bench: setup
+	@for b in $(QUICK_BENCHES); do echo "== bench/bench_$$b.py --quick"; $(PY) bench/bench_$$b.py --quick || exit 1; done
+
+# pyflakes, pycodestyle and import order (configured in pyproject.toml); part of `make test`.
+lint: setup
+	$(VENV)/bin/ruff check .

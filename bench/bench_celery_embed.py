@@ -51,6 +51,7 @@ from worker.celery_app import CeleryTaskSender, make_celery
 from worker.flows.embed import EMBED_CHUNK_SIZE, chunked
 from worker.local import InProcessDispatcher
 
+
 def direct(settings: Settings, sessions, model_version: str, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
     """Seconds to load and embed ``ids`` in this process, chunk by chunk."""
     torch.set_num_threads(1)

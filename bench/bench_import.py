@@ -26,7 +26,6 @@ import platform
 import resource
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

@@ -35,10 +35,9 @@ import hnswlib
 import numpy as np
 import torch
 
+from core.config import Settings
 from core.embedding import Backbone, Embedder, ModelSpec, Pretrained, build_model
 from core.embedding.preprocess import normalize_uint8
-
-from core.config import Settings
 from core.index import Metric, VectorIndex, build_index, exact_search, recall_at_k
 
 DIM, K, PER_CLUSTER = 128, 10, 100

@@ -16,7 +16,12 @@ Our semi-hard miner defaults to FaceNet's "hardest semi-hard negative per
 anchor-positive pair"; PML's ``TripletMarginMiner("semihard")`` returns every
 semi-hard triplet, so the row "semi-hard (all)" gives the like-for-like result.
 
-Run: PYTHONPATH=. python bench/bench_mining.py [--quick]
+The memory table adds a cross-batch memory of M embeddings (ours: ``MemoryLoss``;
+PML: ``CrossBatchMemory`` with a queue one batch larger, the definition under which
+the two agree, tests/trainer/test_memory.py).  Both enqueue on every call, so the
+timing includes the queue update; both are filled with random unit vectors first.
+
+Run: PYTHONPATH=. python bench/bench_mining.py [--quick] [--memory-sizes 1024,4096]
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from dataclasses import dataclass
 
 import torch
 import torchvision
+from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import Tensor, nn
 
 from trainer.losses import ContrastiveLoss, TripletLoss
+from trainer.losses.memory import MemoryLoss
 from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner, SemiHardMode, TripletMiner
 
 K = 4
@@ -122,6 +129,30 @@ def miner_pairs() -> list[tuple[str, Runner, Runner]]:
     ]
 
 
+def memory_pairs(size: int, batch: int, dim: int, generator: torch.Generator) -> list[tuple[str, Runner, Runner]]:
+    """(name, ours, PML) with a cross-batch memory of ``size`` rows, both queues pre-filled."""
+    m = TRIPLET_MARGIN
+    distance = pml_distances.LpDistance(normalize_embeddings=False)
+    cases = [
+        ("batch-hard", BatchHardMiner(m), pml_miners.BatchHardMiner(distance=distance)),
+        ("semi-hard (all)", SemiHardMiner(m, mode=SemiHardMode.ALL),
+         pml_miners.TripletMarginMiner(m, type_of_triplets="semihard", distance=distance)),
+        ("batch-all", BatchAllMiner(m), pml_miners.TripletMarginMiner(m, type_of_triplets="all", distance=distance)),
+    ]
+    runners: list[tuple[str, Runner, Runner]] = []
+    for name, our_miner, pml_miner in cases:
+        ours = MemoryLoss(TripletLoss(m, miner=our_miner), size)
+        theirs = pml_losses.CrossBatchMemory(pml_losses.TripletMarginLoss(m, distance=distance), dim,
+                                             memory_size=size + batch, miner=pml_miner)
+        for _ in range(-(-(size + batch) // batch)):  # fill both queues with random unit vectors
+            noise = nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=1)
+            labels = torch.randint(0, max(2, size // 8), (batch,), generator=generator)
+            ours(noise, labels)
+            theirs(noise, labels)
+        runners.append((name, lambda e, y, f=ours: f(e, y).loss, lambda e, y, f=theirs: f(e, y)))
+    return runners
+
+
 Clock = Callable[[], float]
 
 
@@ -159,12 +190,15 @@ def loss_ms(run: Runner, emb: Tensor, labels: Tensor, clock: Clock, budget_s: fl
     return timed(once, clock, budget_s)
 
 
-def bench_case(case: ModelCase, clock: Clock, budget: float, generator: torch.Generator) -> tuple[list[str], list[str]]:
-    """(model step rows, miner rows) of the two tables for one model."""
+def bench_case(
+    case: ModelCase, clock: Clock, budget: float, generator: torch.Generator, memory_sizes: list[int],
+) -> tuple[list[str], list[str], list[str]]:
+    """(model step rows, miner rows, memory rows) of the three tables for one model."""
     model = case.make().train()
     params = sum(p.numel() for p in model.parameters())
     steps: list[str] = []
     rows: list[str] = []
+    memory_rows: list[str] = []
     step_by_batch: dict[int, float] = {}
     for batch in case.batches:
         labels = pk_labels(batch, generator)
@@ -191,7 +225,19 @@ def bench_case(case: ModelCase, clock: Clock, budget: float, generator: torch.Ge
                 f"{100 * t_ours / (step + t_ours):.2f} % | {100 * t_pml / (step + t_pml):.2f} %{'*' if note else ''} |"
             )
             print(rows[-1], flush=True)
-    return steps, rows
+        if batch != min(case.batches):
+            continue
+        for size in memory_sizes:  # CPU batches are small: that is what the memory is for
+            for name, ours, theirs in memory_pairs(size, batch, emb.shape[1], generator):
+                t_ours = loss_ms(ours, emb, labels, clock, budget)
+                t_pml = loss_ms(theirs, emb, labels, clock, budget)
+                memory_rows.append(
+                    f"| {case.name} | {batch} | {name} | {size} | {t_ours:.2f} | {t_pml:.2f} | "
+                    f"{t_pml / t_ours:.1f}x | {100 * t_ours / (step + t_ours):.2f} % | "
+                    f"{100 * t_pml / (step + t_pml):.2f} % |"
+                )
+                print(memory_rows[-1], flush=True)
+    return steps, rows, memory_rows
 
 
 def main() -> None:
@@ -202,11 +248,15 @@ def main() -> None:
         help="torch intra-op threads (default 1: on a shared machine, multi-threaded ops "
         "stall whenever one of their threads is descheduled)",
     )
+    parser.add_argument("--memory-sizes", default="1024,4096",
+                        help="cross-batch memory sizes for the memory table (empty: none)")
     args = parser.parse_args()
+    memory_sizes = [int(v) for v in args.memory_sizes.split(",") if v]
     torch.set_num_threads(args.threads)
     # Single-threaded, process CPU time is the code's own cost even while other
     # processes share the cores; with more threads only wall time is meaningful.
-    clock, clock_name = (time.process_time, "process CPU time") if args.threads == 1 else (time.perf_counter, "wall time")
+    single = args.threads == 1
+    clock, clock_name = (time.process_time, "process CPU time") if single else (time.perf_counter, "wall time")
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     budget = 0.3 if args.quick else 1.0
@@ -222,10 +272,12 @@ def main() -> None:
     ]
     steps: list[str] = []
     rows: list[str] = []
+    memory_rows: list[str] = []
     for case in cases:
-        case_steps, case_rows = bench_case(case, clock, budget, generator)
+        case_steps, case_rows, case_memory = bench_case(case, clock, budget, generator, memory_sizes)
         steps += case_steps
         rows += case_rows
+        memory_rows += case_memory
     print()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock_name}, best of >= 5 runs, "
           f"K = {K} images per class, triplet margin {TRIPLET_MARGIN}, pair margin {PAIR_MARGIN}")
@@ -237,6 +289,11 @@ def main() -> None:
     print("| model | batch | miner | ours ms | PML ms | ratio | ours % of step | PML % of step |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if memory_rows:
+        print()
+        print("| model | batch | miner | memory | ours ms | PML ms | ratio | ours % of step | PML % of step |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(memory_rows))
     if any("*" in r for r in rows):
         print("\n\\* model step extrapolated linearly from the largest measured batch; "
               "miner + loss timed on random unit embeddings of the model's size.")

@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader
 
 from core.config import Settings
 from core.embedding import Backbone, ModelSpec, Pretrained, build_model
-from trainer.config import TrainConfig
 from trainer.augment import normalize_batch
+from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data, build_training_data
 from trainer.metrics import RetrievalMetrics, retrieval_metrics
 from trainer.train import train

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from torchvision.transforms import v2
 
 from bench.bench_quality import CLOTHING, CLOTHING_CONFIG, FM, header, row, trained_metrics
 from core.config import Settings
-from core.embedding import ModelSpec, ResizeMode, build_model
+from core.embedding import ResizeMode, build_model
 from trainer.augment import normalize_batch
 from trainer.components import build_network, build_optimizer
 from trainer.config import TrainConfig
@@ -59,6 +58,7 @@ OURS_ROWS: dict[str, list[str]] = {
     "constant_lr": ["optim.schedule=constant", "optim.warmup_epochs=0"],
     "peer_like": PEER_LIKE,
     "peer_like_pad": ["model.resize=pad", *PEER_LIKE[1:]],
+    "memory": ["memory.size=1024", "memory.warmup_steps=100"],
 }
 ROW_NOTES = {
     "ours": "the config as shipped",
@@ -68,6 +68,7 @@ ROW_NOTES = {
     "constant_lr": "constant lr, no warm-up",
     "peer_like": "centre crop + no jitter + constant lr",
     "peer_like_pad": "pad + no jitter + constant lr",
+    "memory": "cross-batch memory of 1,024 from step 100",
 }
 
 

@@ -41,7 +41,12 @@ from core.reindex_requests import submit_reindex
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
 from tests.worker.support import (
-    REPO, WorkerProcess, analyze, import_fmnist, register_tiny_model, wait_for_job,
+    REPO,
+    WorkerProcess,
+    analyze,
+    import_fmnist,
+    register_tiny_model,
+    wait_for_job,
 )
 from worker.celery_app import CeleryTaskSender, make_celery
 
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace, sizes: list[int], root: Path, trees: int) -> N
         pg.stop()
     print(f"\nReindex from scratch (every image embedded), small CNN 64 px -> 128-d, {trees} trees, "
           "torch 1 thread per worker process, PostgreSQL + Redis on loopback\n")
-    print("| items | worker processes | embed s | build s | verify s | publish s | wall s | images/s | self-recall@10 |")
+    print("| items | worker processes | embed s | build s | verify s | publish s | wall s | images/s "
+          "| self-recall@10 |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n']:,} | {r['workers']} | " + " | ".join(f"{r[s]:.2f}" for s in STAGES)

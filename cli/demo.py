@@ -228,8 +228,9 @@ def _print_comparison(ctx: CliContext, cfg: TrainConfig, result: dict[str, Any],
                           float(result["candidate_metrics"]["map_at_r"]),
                           float(result["candidate_metrics"]["precision_at_1"]), trained))
     if result.get("baseline") and result.get("baseline_metrics"):
-        rows.append(Contender(f"pretrained baseline {result['baseline']}", float(result["baseline_metrics"]["map_at_r"]),
-                              float(result["baseline_metrics"]["precision_at_1"]), result["baseline"]))
+        baseline = result["baseline_metrics"]
+        rows.append(Contender(f"pretrained baseline {result['baseline']}", float(baseline["map_at_r"]),
+                              float(baseline["precision_at_1"]), result["baseline"]))
     if result.get("active") and result.get("active_metrics"):
         rows.append(Contender(f"previously active {result['active']}", float(result["active_metrics"]["map_at_r"]),
                               float(result["active_metrics"]["precision_at_1"]), result["active"]))

@@ -19,8 +19,15 @@ from tqdm import tqdm
 from cli.context import CliContext
 from core.config import DeviceChoice
 from core.embedding import Backbone, load_model, resolve_device
-from core.registry import RegistryError, activate_model, active_model, get_model, list_models, new_version
-from core.registry import set_model_metrics
+from core.registry import (
+    RegistryError,
+    activate_model,
+    active_model,
+    get_model,
+    list_models,
+    new_version,
+    set_model_metrics,
+)
 from trainer.augment import eval_pipeline
 from trainer.config import ConfigError, DataSource, TrainConfig
 from trainer.data import DataContext, ImageDataset
@@ -28,11 +35,17 @@ from trainer.data.folder import scan_folder
 from trainer.evaluate import evaluate_query_reference
 from trainer.metrics import RetrievalMetrics
 from trainer.registry import (
-    NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained, untrained_spec,
+    NoHoldoutError,
+    compare_versions,
+    evaluate_version,
+    register_trained,
+    register_untrained,
+    untrained_spec,
 )
 from trainer.search import load_search_space, planned_epochs, run_search
 from trainer.state import RunPaths
 from trainer.train import train as run_training
+
 
 def _use_threads(ctx: CliContext) -> None:
     """Apply LOOKALIKE_TORCH_THREADS (this command is the process's top level)."""
@@ -203,13 +216,15 @@ def activate(ctx: CliContext, version: str) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def compare(ctx: CliContext, a: str, b: str, config_path: Path | None, overrides: tuple[str, ...], as_json: bool) -> None:
+def compare(ctx: CliContext, a: str, b: str, config_path: Path | None, overrides: tuple[str, ...],
+            as_json: bool) -> None:
     """Score versions A and B on the same holdout."""
     a, b = _resolve_version(ctx, a), _resolve_version(ctx, b)
     _use_threads(ctx)
     try:
         cfg = TrainConfig.from_yaml(config_path, overrides) if config_path or overrides else None
-        result = compare_versions(ctx.sessions, ctx.settings, a, b, config=cfg, device=resolve_device(ctx.settings.device))
+        result = compare_versions(ctx.sessions, ctx.settings, a, b, config=cfg,
+                                  device=resolve_device(ctx.settings.device))
     except (ConfigError, NoHoldoutError, RegistryError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

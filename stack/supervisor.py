@@ -24,7 +24,13 @@ import redis
 from core.config import Settings
 from stack.process import ConsoleSink, ManagedProcess
 from stack.services import (
-    StackConfig, StackError, create_database, init_postgres, pg_binary, postgres_user, service_specs,
+    StackConfig,
+    StackError,
+    create_database,
+    init_postgres,
+    pg_binary,
+    postgres_user,
+    service_specs,
 )
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,8 @@ def embed_dataset(
 
 
 def evaluate_holdout(
-    model: nn.Module, dataset: ImageDataset, *, device: torch.device, ks: Sequence[int] = DEFAULT_KS, **embed_kwargs: object
+    model: nn.Module, dataset: ImageDataset, *, device: torch.device, ks: Sequence[int] = DEFAULT_KS,
+    **embed_kwargs: object,
 ) -> RetrievalMetrics:
     """Leave-one-out retrieval metrics on ``dataset``."""
     embeddings = embed_dataset(model, dataset, device=device, **embed_kwargs)  # type: ignore[arg-type]

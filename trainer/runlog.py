@@ -52,7 +52,8 @@ def render_report(
         f"loss      {loss['kind']} (miner {loss['miner']}, margin {loss['margin']}, squared={loss['squared']})"
         + (f"; cross-batch memory {memory['size']} (from step {memory['warmup_steps']})" if memory.get("size") else ""),
         f"optimiser AdamW lr {optim['lr']} (backbone {optim['backbone_lr'] or optim['lr']}), "
-        f"wd {optim['weight_decay']}, warm-up {optim['warmup_epochs']} epochs then {optim['schedule']}, clip {optim['grad_clip']}",
+        f"wd {optim['weight_decay']}, warm-up {optim['warmup_epochs']} epochs then {optim['schedule']}, "
+        f"clip {optim['grad_clip']}",
         f"data      {config['data']['source']}: "
         + ", ".join(f"{k}={v}" for k, v in summary.items() if k != "holdout_classes"),
         f"device    {device}; {len(history) and history[-1].get('epoch', 0)} epochs in {seconds:.1f} s",

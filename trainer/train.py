@@ -23,7 +23,12 @@ from tqdm import tqdm
 from core.embedding import EmbeddingNet, ModelSpec, resolve_device, save_checkpoint
 from trainer.batches import EpochBatches, batch_loss
 from trainer.components import (
-    amp_dtype, build_loss, build_network, build_optimizer, build_scheduler, keep_frozen_norms_in_eval,
+    amp_dtype,
+    build_loss,
+    build_network,
+    build_optimizer,
+    build_scheduler,
+    keep_frozen_norms_in_eval,
     with_memory,
 )
 from trainer.config import ConfigError, TrainConfig

@@ -13,8 +13,8 @@ from typing import Any
 
 from core.db import JobKind
 from core.jobs import create_job
-from core.reindex_requests import submit_reindex
 from core.registry import active_index
+from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import

@@ -83,7 +83,8 @@ def load_split(dataset_dir: Path, split: Split) -> tuple[np.ndarray, np.ndarray]
     images = read_idx(Path(dataset_dir) / images_name)
     labels = read_idx(Path(dataset_dir) / labels_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise CatalogFormatError(f"{dataset_dir}: {split.value} images {images.shape} and labels {labels.shape} do not match")
+        raise CatalogFormatError(f"{dataset_dir}: {split.value} images {images.shape} and labels {labels.shape} "
+                                 "do not match")
     if labels.size and labels.max() >= len(CLASSES):
         raise CatalogFormatError(f"{dataset_dir}: label {labels.max()} is not a Fashion-MNIST class")
     return images, labels

@@ -120,7 +120,8 @@ class Embedder:
         return _eval_scope(self.model)
 
     def __repr__(self) -> str:
-        return f"Embedder({self.spec.backbone.value}, dim={self.dim}, device={self.device}, batch_size={self.batch_size})"
+        return (f"Embedder({self.spec.backbone.value}, dim={self.dim}, device={self.device}, "
+                f"batch_size={self.batch_size})")
 
 
 @contextmanager

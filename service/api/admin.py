@@ -19,7 +19,15 @@ from core.catalog import ImportFormat
 from core.db import JobKind, JobStatus
 from core.dispatch import DispatchUnavailable
 from core.jobs import JobNotFound, create_job, fail_job, get_job, job_to_dict, list_jobs, set_task_id
-from core.registry import RegistryError, activate_model, get_model, index_to_dict, list_indexes, list_models, model_to_dict
+from core.registry import (
+    RegistryError,
+    activate_model,
+    get_model,
+    index_to_dict,
+    list_indexes,
+    list_models,
+    model_to_dict,
+)
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from service.api.common import dispatch_errors, timed_json
@@ -133,7 +141,8 @@ def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
             if written > IMPORT_MAX_BYTES:
                 fh.close()
                 tmp.unlink(missing_ok=True)
-                raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"import file is larger than {IMPORT_MAX_BYTES:,} bytes")
+                raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE,
+                               f"import file is larger than {IMPORT_MAX_BYTES:,} bytes")
             fh.write(chunk)
         fh.flush()
         os.fsync(fh.fileno())

@@ -25,7 +25,7 @@ def shop(tmp_path: Path) -> dict[str, object]:
     """A CSV with good and bad rows, next to its images."""
     root = tmp_path / "shop"
     keys = {name: write_image(root / "img" / f"{name}.png", seed) for seed, name in enumerate("abcd")}
-    bad = write_bad_images(root / "bad")
+    write_bad_images(root / "bad")
     absolute_uri = (root / "img" / "c.png").as_uri()
     rows = [
         ["sku-1", "Röck — ドレス 👗", "dress", "g1", '{"size": "M"}', "img/a.png|img/b.png", "red"],  # 2

@@ -13,9 +13,9 @@ import torchvision.models as tvm
 
 from core.embedding import Backbone, ModelSpec, Pretrained, backbones, build_model
 from core.embedding.backbones import (
+    LITE_VARIANTS,
     MissingDependencyError,
     PretrainedWeightsMissingError,
-    LITE_VARIANTS,
     default_weights_dir,
     lite_weights_file,
     torchvision_weight_files,
@@ -188,7 +188,9 @@ def test_each_lite_backbone_has_its_own_weights_file() -> None:
 
 
 @pytest.mark.parametrize(("backbone", "natural"), [(LITE[0], 224), (LITE[1], 240), (LITE[2], 260)])
-def test_lite_natural_input_size_is_the_package_resolution(package_lite: type, backbone: Backbone, natural: int) -> None:
+def test_lite_natural_input_size_is_the_package_resolution(
+    package_lite: type, backbone: Backbone, natural: int
+) -> None:
     assert backbone.natural_input_size == natural
     assert efficientnet_params(LITE_VARIANTS[backbone].model_name)[2] == natural
 

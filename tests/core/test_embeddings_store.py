@@ -12,12 +12,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import (
-    Embedding, ImageStatus, IndexStatus, IndexVersion, Item, ItemImage, ItemStatus, session_scope,
+    Embedding,
+    ImageStatus,
+    IndexStatus,
+    IndexVersion,
+    Item,
+    ItemImage,
+    ItemStatus,
+    session_scope,
 )
 from core.db.types import utcnow
 from core.embeddings_store import (
-    EmbeddingStoreError, active_image_mask, decode_vectors, encode_vector, fresh_image_ids, fresh_set,
-    load_vectors, missing_image_ids, put_vectors, snapshot_vectors,
+    EmbeddingStoreError,
+    active_image_mask,
+    decode_vectors,
+    encode_vector,
+    fresh_image_ids,
+    fresh_set,
+    load_vectors,
+    missing_image_ids,
+    put_vectors,
+    snapshot_vectors,
 )
 from core.index.manifest import IDS_FILE
 from core.registry import get_model, register_model

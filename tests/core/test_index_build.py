@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.index import FORMAT_VERSION, IndexManifest, Metric, VectorIndex, build_index
-from core.index import annoy_index
+from core.index import FORMAT_VERSION, IndexManifest, Metric, VectorIndex, annoy_index, build_index
 
 
 def sample(n: int = 400, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import JobKind, JobStatus
 from core.jobs import (
-    JobNotFound, create_job, fail_job, finish_job, get_job, job_to_dict, list_jobs, start_job,
+    JobNotFound,
+    create_job,
+    fail_job,
+    finish_job,
+    get_job,
+    job_to_dict,
+    list_jobs,
+    start_job,
     update_progress,
 )
 

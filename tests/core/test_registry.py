@@ -7,13 +7,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import IndexStatus, IndexVersion, ModelStatus, session_scope
 from core.registry import (
-    RegistryError, activate_model, active_index, active_model, get_model, list_models,
+    RegistryError,
+    activate_model,
+    active_index,
+    active_model,
+    get_model,
+    list_models,
     register_model,
 )
 
 
 def test_register_and_activate_exactly_one(sessions: sessionmaker[Session]) -> None:
-    a = register_model(sessions, checkpoint_path=Path("a.pt"), spec={"backbone": "small_cnn"}, metrics={"map_at_r": 0.5})
+    a = register_model(sessions, checkpoint_path=Path("a.pt"), spec={"backbone": "small_cnn"},
+                       metrics={"map_at_r": 0.5})
     b = register_model(sessions, checkpoint_path=Path("b.pt"), spec={"backbone": "small_cnn"})
     assert a != b and active_model(sessions) is None
     activate_model(sessions, a)

@@ -59,7 +59,8 @@ def _wait_found(e2e: E2E, png: bytes, external_id: str, timeout: float = 60.0) -
         if response.status_code == 200 and response.json()["results"][0]["external_id"] == external_id:
             return response.json()
         if time.monotonic() > deadline:
-            raise AssertionError(f"{external_id} not found by its own image: {response.status_code} {response.text[:500]}")
+            raise AssertionError(f"{external_id} not found by its own image: "
+                                 f"{response.status_code} {response.text[:500]}")
         time.sleep(0.5)
 
 

@@ -8,8 +8,7 @@ from flask import Flask
 
 from core.index import Metric
 from service.filters import Filters
-from service.searcher import BadVector, Searcher, unit_vector
-from service.searcher import engine
+from service.searcher import BadVector, Searcher, engine, unit_vector
 from tests.service.item_reference import brute_force_item
 from tests.service.support import Catalog, publish
 

@@ -13,7 +13,8 @@ from service.errors import ApiError
 from service.filters import Filters, parse_json_filters, parse_query_filters
 
 ITEMS: list[dict[str, Any]] = [
-    {"external_id": "a", "category": "shoes", "group_key": "g1", "attributes": {"color": "red", "size": 42, "sale": True}},
+    {"external_id": "a", "category": "shoes", "group_key": "g1",
+     "attributes": {"color": "red", "size": 42, "sale": True}},
     {"external_id": "b", "category": "shoes", "group_key": "g1", "attributes": {"color": "blue", "size": 42.5}},
     {"external_id": "c", "category": "bags", "group_key": None, "attributes": {"color": "red", "sale": False}},
     {"external_id": "d", "category": None, "group_key": "g2", "attributes": {}},

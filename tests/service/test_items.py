@@ -6,10 +6,8 @@ import io
 import json
 
 import numpy as np
-
 from flask.testing import FlaskClient
 from sqlalchemy import select
-
 
 from core.db import Embedding, Item, ItemImage, ItemStatus, session_scope
 from service.app import create_app
@@ -33,7 +31,8 @@ def test_list_filters_and_paginates(client: FlaskClient, catalog: Catalog) -> No
     assert [i["external_id"] for i in first["items"] + second["items"]] == bags[:20]
     red = client.get("/api/v1/items?attr=color:red&attr=size:36&limit=200").json
     assert {i["external_id"] for i in red["items"]} == {
-        ext for ext, it in catalog.items.items() if it["attributes"]["color"] == "red" and it["attributes"]["size"] == 36}
+        ext for ext, it in catalog.items.items()
+        if it["attributes"]["color"] == "red" and it["attributes"]["size"] == 36}
     assert client.get("/api/v1/items?limit=0").status_code == 400
     assert client.get("/api/v1/items?limit=201").status_code == 400
     assert client.get("/api/v1/items?sort=title").status_code == 400

@@ -23,8 +23,7 @@ from core.config import Settings
 from core.db import Item, session_scope
 from service.app import create_app
 from service.filters import Filters
-from service.searcher import Searcher
-from service.searcher import engine
+from service.searcher import Searcher, engine
 from service.searcher.engine import MAX_QUERY_PHOTOS, SearchResult
 from service.searcher.metadata import Exclusions
 from tests.service.item_reference import brute_force_item, brute_force_photos, item_photo_vectors

@@ -61,7 +61,8 @@ def make_catalog(settings: Settings, sessions: sessionmaker[Session], n_items: i
             item = Item(external_id=f"sku-{i}", title=f"item {i}", category=f"cat-{i % 4}", group_key=f"g-{i // 2}")
             for p in range(photos):
                 stored = store.put_bytes(png_bytes(photo(COLOURS[i % 4], p + 3 * i)))
-                item.images.append(ItemImage(position=p, media_key=stored.key, width=stored.width, height=stored.height))
+                item.images.append(ItemImage(position=p, media_key=stored.key, width=stored.width,
+                                             height=stored.height))
             s.add(item)
             ids.append(item.external_id)
     return ids

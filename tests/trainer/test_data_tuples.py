@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.embedding import ModelSpec
+from tests.trainer.test_data import make_catalog
 from trainer.config import AugmentPolicy, DataConfig, DataSource, LabelKind
 from trainer.data import DataContext, build_training_data, read_tuples_csv
-from tests.trainer.test_data import make_catalog
 
 
 def test_pairs_csv_parsing_and_errors(tmp_path: Path):
@@ -63,6 +63,7 @@ def test_tuple_training_data_drops_holdout_and_checks_ids(
 
     triplets = tmp_path / "triplets.csv"
     triplets.write_text("anchor,positive,negative\nsku-0,sku-4,sku-1\nsku-0,sku-4,nope\n")
-    cfg = DataConfig(source=DataSource.TRIPLETS, path=str(triplets), label=LabelKind.CATEGORY, holdout_classes=["cat-3"])
+    cfg = DataConfig(source=DataSource.TRIPLETS, path=str(triplets), label=LabelKind.CATEGORY,
+                     holdout_classes=["cat-3"])
     with pytest.raises(ValueError, match="line 3: unknown external id 'nope'"):
         build_training_data(cfg, ModelSpec(input_size=32), ctx)

@@ -187,6 +187,7 @@ def test_bad_configuration_and_input_are_reported() -> None:
     with pytest.raises(ValueError, match="equal lengths"):
         TripletLoss()(x, triplets=TripletIndices(torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([2])))
     with pytest.raises(ValueError, match="mask must be boolean"):
-        TripletLoss()(x, triplets=TripletBlock(torch.tensor([0]), torch.tensor([1]), torch.ones(1, 9, dtype=torch.bool)))
+        block = TripletBlock(torch.tensor([0]), torch.tensor([1]), torch.ones(1, 9, dtype=torch.bool))
+        TripletLoss()(x, triplets=block)
     with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
         TripletLoss(margin=float("nan"))

@@ -252,7 +252,9 @@ def test_miners_accept_a_precomputed_matrix_and_reject_bad_input() -> None:
         BatchAllMiner()(x[0], labels)
 
 
-@pytest.mark.parametrize("miner", [BatchAllMiner(0.3), BatchAllMiner(0.3, only_active=False), SemiHardMiner(0.3, mode="all")])
+@pytest.mark.parametrize(
+    "miner", [BatchAllMiner(0.3), BatchAllMiner(0.3, only_active=False), SemiHardMiner(0.3, mode="all")]
+)
 def test_row_form_selection_expands_to_the_mined_indices(miner) -> None:
     x, labels = make_batch("random", seed=8)
     dist = torch.cdist(x, x)

@@ -10,9 +10,14 @@ from trainer.components import build_loss
 from trainer.config import ConfigError, LossConfig, LossKind, MinerKind, TrainConfig
 from trainer.distances import distance_matrix
 from trainer.losses import ContrastiveLoss, TripletLoss
-from trainer.miners import triplet_base
 from trainer.miners import (
-    BatchAllMiner, BatchHardMiner, HardPairMiner, PairStrategy, SemiHardMiner, SemiHardMode,
+    BatchAllMiner,
+    BatchHardMiner,
+    HardPairMiner,
+    PairStrategy,
+    SemiHardMiner,
+    SemiHardMode,
+    triplet_base,
 )
 
 TRIPLET_MINERS = [BatchAllMiner, BatchHardMiner, SemiHardMiner]

@@ -17,13 +17,18 @@ from core.db import ModelStatus, make_session_factory
 from core.embedding import Backbone, ModelSpec, Pretrained, load_model
 from core.embedding.backbones import lite_weights_file
 from core.registry import get_model, list_models
-from trainer.data import DataContext
-from trainer.registry import (
-    NoHoldoutError, compare_versions, evaluate_version, register_trained, register_untrained, untrained_spec,
-)
-from trainer.train import train
 from tests.trainer.test_data import make_folder
 from tests.trainer.test_train import fmnist_config, one_torch_thread  # noqa: F401 - autouse fixture
+from trainer.data import DataContext
+from trainer.registry import (
+    NoHoldoutError,
+    compare_versions,
+    evaluate_version,
+    register_trained,
+    register_untrained,
+    untrained_spec,
+)
+from trainer.train import train
 
 SHORT = ("epochs=1", "steps_per_epoch=20", "classes_per_batch=6", "images_per_class=16", "optim.lr=3e-3",
          "optim.warmup_epochs=0.2", "data.eval_max_per_class=60", "data.max_per_class=2000")
@@ -42,7 +47,8 @@ def test_register_evaluate_compare(
     version = register_trained(sessions, settings, trained, version="m-trained")
     record = get_model(sessions, version)
     assert record.status is ModelStatus.CANDIDATE
-    assert Path(record.checkpoint_path) == settings.models_dir / "m-trained.pt" and Path(record.checkpoint_path).is_file()
+    assert Path(record.checkpoint_path) == settings.models_dir / "m-trained.pt"
+    assert Path(record.checkpoint_path).is_file()
     assert record.train_config == trained.config.to_dict() and record.spec == trained.spec.to_dict()
     assert record.metrics["map_at_r"] == trained.final_metrics["map_at_r"]
     assert record.metrics["holdout"]["eval_images"] == 240

@@ -11,14 +11,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import make_session_factory
 from core.embedding import load_model
+from tests.trainer.test_data import make_catalog, make_folder
+from tests.trainer.test_train import one_torch_thread  # noqa: F401 - autouse fixture
 from trainer.augment import normalize_batch
 from trainer.batches import EpochBatches, batch_loss
 from trainer.components import build_loss, build_network
 from trainer.config import DataSource, TrainConfig
 from trainer.data import DataContext, build_training_data
 from trainer.train import train
-from tests.trainer.test_data import make_catalog, make_folder
-from tests.trainer.test_train import one_torch_thread  # noqa: F401 - autouse fixture
 
 TINY = ["model.input_size=32", "model.embedding_dim=16", "device=cpu", "progress=false", "epochs=2",
         "classes_per_batch=3", "images_per_class=2", "data.augment=light"]

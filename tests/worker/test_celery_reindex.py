@@ -24,7 +24,13 @@ from core.reindex_requests import ReindexRequest, submit_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import CeleryStack
 from tests.worker.support import (
-    TINY_SPEC, image_ids, import_fmnist, register_tiny_model, wait_for_job, wait_until, write_fmnist_folder,
+    TINY_SPEC,
+    image_ids,
+    import_fmnist,
+    register_tiny_model,
+    wait_for_job,
+    wait_until,
+    write_fmnist_folder,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]

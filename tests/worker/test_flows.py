@@ -11,7 +11,14 @@ from sqlalchemy import select, update
 from core.catalog import delete_items
 from core.catalog.sample import Split
 from core.db import (
-    IndexStatus, IndexVersion, Item, ItemImage, JobKind, JobStatus, ModelVersion, session_scope,
+    IndexStatus,
+    IndexVersion,
+    Item,
+    ItemImage,
+    JobKind,
+    JobStatus,
+    ModelVersion,
+    session_scope,
 )
 from core.embeddings_store import active_image_mask, fresh_set, load_vectors
 from core.index import Metric, VectorIndex, exact_search

@@ -16,7 +16,11 @@ from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import CeleryStack, Embedded
 from tests.worker.support import (
-    TINY_TRAINING, import_fmnist, register_tiny_model, wait_for_job, wait_until,
+    TINY_TRAINING,
+    import_fmnist,
+    register_tiny_model,
+    wait_for_job,
+    wait_until,
 )
 from worker.flows.recovery import TASK_PARAM, recover_orphaned_jobs
 

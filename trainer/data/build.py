@@ -82,7 +82,8 @@ def build_training_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> T
 def build_eval_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> ImageDataset | None:
     """Only the held-out evaluation set (for ``lookalike evaluate``): the same split as training."""
     if cfg.source in TUPLE_SOURCES:
-        train_all: ImageList = catalog_list(ctx.need_sessions(cfg.source), MediaStore.from_settings(ctx.settings), cfg.label)
+        train_all: ImageList = catalog_list(ctx.need_sessions(cfg.source), MediaStore.from_settings(ctx.settings),
+                                            cfg.label)
         eval_all = None
     else:
         train_all = _load_list(cfg, ctx, cfg.path)
@@ -124,7 +125,9 @@ def _split(cfg: DataConfig, train_all: ImageList, eval_all: ImageList | None) ->
     return validation_classes(trainable, cfg.validation_fraction)
 
 
-def _eval_list(cfg: DataConfig, split: ClassSplit, train_all: ImageList, eval_all: ImageList | None) -> ImageList | None:
+def _eval_list(
+    cfg: DataConfig, split: ClassSplit, train_all: ImageList, eval_all: ImageList | None
+) -> ImageList | None:
     source = eval_all if eval_all is not None else train_all
     keep = split.holdout if split.holdout else (set(source.labels) if eval_all is not None else set())
     if not keep:
@@ -160,7 +163,8 @@ def _tuple_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> TrainingD
     store = MediaStore.from_settings(ctx.settings)
     rows = read_tuples_csv(Path(cfg.path), cfg.source)
     images = catalog_images(sessions)
-    every = MediaList(store, [r.media_key for r in images], [r.external_id for r in images], [r.image_id for r in images])
+    every = MediaList(store, [r.media_key for r in images], [r.external_id for r in images],
+                      [r.image_id for r in images])
     images_of: dict[str, list[int]] = {}
     for i, r in enumerate(images):
         images_of.setdefault(r.external_id, []).append(i)

@@ -121,7 +121,9 @@ def preload(images: ImageList, size: int, resize: ResizeMode = ResizeMode.SQUASH
 class ImageDataset(Dataset[tuple[Tensor, int]]):
     """``(uint8 [3, S, S] pixels, class index)`` pairs; ``classes[i]`` names class index ``i``."""
 
-    def __init__(self, images: ImageList, transform: Callable[[PixelSource], Tensor], classes: Sequence[str] | None = None):
+    def __init__(
+        self, images: ImageList, transform: Callable[[PixelSource], Tensor], classes: Sequence[str] | None = None
+    ):
         self.images = images
         self.transform = transform
         self.classes = sorted(set(images.labels)) if classes is None else list(classes)

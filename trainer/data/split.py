@@ -73,7 +73,9 @@ def split_classes(classes: Iterable[str], *, fraction: float, explicit: Sequence
     return ClassSplit(frozenset(train), frozenset(holdout))
 
 
-def select(labels: Sequence[str], keep: frozenset[str] | set[str], *, max_per_class: int = 0, min_per_class: int = 1) -> list[int]:
+def select(
+    labels: Sequence[str], keep: frozenset[str] | set[str], *, max_per_class: int = 0, min_per_class: int = 1
+) -> list[int]:
     """Indices of the images whose label is in ``keep``, in order.
 
     ``max_per_class`` keeps the first images of each class (0: all);

@@ -59,7 +59,8 @@ def read_tuples_csv(path: Path, kind: DataSource) -> TupleRows:
     reader = csv.DictReader(text.splitlines())
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     if not set(columns) <= set(header):
-        raise ValueError(f"{path}: the header must name the columns {','.join(columns)}; found {','.join(header) or 'nothing'}")
+        raise ValueError(f"{path}: the header must name the columns {','.join(columns)}; "
+                         f"found {','.join(header) or 'nothing'}")
     reader.fieldnames = header
     ids: list[tuple[str, ...]] = []
     ys: list[int] = []

@@ -9,12 +9,12 @@ from trainer.miners.base import (
     TripletIndices,
     TripletSelection,
 )
-from trainer.miners.pair_base import PairMiner
-from trainer.miners.triplet_base import TripletMiner
 from trainer.miners.batch_all import BatchAllMiner
 from trainer.miners.batch_hard import BatchHardMiner
 from trainer.miners.hard_pair import HardPairMiner, PairStrategy
+from trainer.miners.pair_base import PairMiner
 from trainer.miners.semi_hard import SemiHardMiner, SemiHardMode
+from trainer.miners.triplet_base import TripletMiner
 
 __all__ = [
     "BatchAllMiner",

@@ -14,8 +14,8 @@ import logging
 from core.db import session_scope
 from core.dispatch import DispatchUnavailable
 from core.embeddings_store import fresh_image_ids
-from core.reindex_requests import submit_reindex
 from core.registry import active_index, active_model
+from core.reindex_requests import submit_reindex
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
