@@ -45,6 +45,16 @@ def valid_triplets(labels: torch.Tensor, all_labels: torch.Tensor) -> list[tuple
             if p != a and all_labels[p] == labels[a] and all_labels[q] != labels[a]]
 
 
+def assert_same_gradient(loss: torch.Tensor, expected: torch.Tensor, x: torch.Tensor) -> None:
+    """The loss's gradient on the batch equals the reference's, taken through ``cat(x, memory)``
+    (the memory rows are constants there, as in the loss)."""
+    loss.backward()
+    grad = x.grad.clone()
+    x.grad = None
+    expected.backward()
+    assert torch.allclose(grad, x.grad, atol=1e-12)
+
+
 def d(z: torch.Tensor, i: int, j: int, squared: bool = False) -> torch.Tensor:
     v = torch.linalg.vector_norm(z[i] - z[j])
     return v * v if squared else v
@@ -64,11 +74,7 @@ def test_all_triplets_with_memory_match_brute_force(seed: int, squared: bool, mi
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-12)
     assert out.active == active
     assert out.violating_fraction == pytest.approx(active / len(triplets))
-    out.loss.backward()
-    grad = x.grad.clone()
-    x.grad = None
-    expected.backward()  # through z: the memory rows are constants, the batch rows are x
-    assert torch.allclose(grad, x.grad, atol=1e-12)
+    assert_same_gradient(out.loss, expected, x)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -86,11 +92,7 @@ def test_batch_hard_with_memory_matches_brute_force(seed: int) -> None:
     expected, active = ref_mean_active(terms, x)
     assert out.total == len(terms) and out.active == active
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-12)
-    out.loss.backward()
-    grad = x.grad.clone()
-    x.grad = None
-    expected.backward()
-    assert torch.allclose(grad, x.grad, atol=1e-12)
+    assert_same_gradient(out.loss, expected, x)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -137,11 +139,7 @@ def test_contrastive_with_memory_matches_brute_force(seed: int, strategy: PairSt
     expected, active = ref_mean_active(terms, x)
     assert out.active == active
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-12)
-    out.loss.backward()
-    grad = x.grad.clone()
-    x.grad = None
-    expected.backward()
-    assert torch.allclose(grad, x.grad, atol=1e-12)
+    assert_same_gradient(out.loss, expected, x)
 
 
 def test_an_empty_memory_is_the_plain_loss_and_tuples_cannot_be_combined() -> None:
