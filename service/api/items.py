@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from core.catalog import ImageRef, RowError, get_item, import_rows
 from core.catalog.queries import DeleteOutcome, delete_item
-from core.catalog.rows import MAX_IMAGES_PER_ITEM
+from core.catalog.rows import MAX_EXTERNAL_ID, MAX_IMAGES_PER_ITEM
 from core.catalog.validate import make_row
 from core.db import Item, ItemStatus, session_scope
 from core.media import MediaError
@@ -208,6 +208,10 @@ def _writable_id(external_id: str) -> None:
     stripped = external_id.strip()
     if stripped != external_id:
         raise _id_changed(external_id, stripped)
+    if len(external_id) > MAX_EXTERNAL_ID:  # before the body is read: no item can have this id
+        raise ApiError(400, ErrorCode.INVALID_PARAMETER,
+                       f"external_id: {len(external_id)} characters, more than the {MAX_EXTERNAL_ID} allowed",
+                       details={"parameter": "external_id"})
 
 
 def _id_changed(external_id: str, stored: str) -> ApiError:

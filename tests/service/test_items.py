@@ -97,7 +97,8 @@ def test_put_errors(client: FlaskClient, auth: dict) -> None:
     response = client.put("/api/v1/items/x", json={"title": 5}, headers=auth)
     assert response.status_code == 400
     response = client.put("/api/v1/items/" + "a" * 256, json={"title": "long id"}, headers=auth)
-    assert response.status_code in (400, 409)
+    assert response.status_code == 400 and response.json["error"]["details"]["parameter"] == "external_id"
+    assert "256 characters, more than the 255 allowed" in response.json["error"]["message"]
 
 
 def test_oversized_item_image_is_413(client: FlaskClient, catalog: Catalog, auth: dict) -> None:
