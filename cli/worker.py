@@ -125,7 +125,7 @@ def _follow(ctx: CliContext, job_id: int, wait: bool) -> None:
     last = None
     while True:
         job = get_job(ctx.sessions, job_id)
-        state = (job.status, job.progress_done, job.progress_total)
+        state = (job.status, job.phase, job.progress_done, job.progress_total)
         if state != last:
             click.echo(f"job {job_id}: {_line(job)}")
             last = state
@@ -138,7 +138,8 @@ def _follow(ctx: CliContext, job_id: int, wait: bool) -> None:
 
 
 def _line(job: Job) -> str:
-    progress = f" {job.progress_done}/{job.progress_total}" if job.progress_total else ""
+    phase = f" {job.phase.value}" if job.phase.value else ""
+    progress = f"{phase} {job.progress_done}/{job.progress_total}" if job.progress_total else phase
     error = f" - {job.error}" if job.error else ""
     return f"{job.kind.value} {job.status.value}{progress}{error}"
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import Job, JobKind, JobStatus, session_scope
+from core.db import Job, JobKind, JobPhase, JobStatus, session_scope
 from core.db.types import utcnow
 
 
@@ -45,6 +45,7 @@ def start_job(sessions: sessionmaker[Session], job_id: int, *, celery_task_id: s
         job.finished_at = None
         job.error = ""
         job.attempts += 1
+        job.phase = JobPhase.NONE
         if celery_task_id:
             job.celery_task_id = celery_task_id
 
@@ -54,12 +55,16 @@ def set_task_id(sessions: sessionmaker[Session], job_id: int, celery_task_id: st
         _load(s, job_id).celery_task_id = celery_task_id
 
 
-def update_progress(sessions: sessionmaker[Session], job_id: int, done: int, total: int | None = None) -> None:
+def update_progress(sessions: sessionmaker[Session], job_id: int, done: int, total: int | None = None,
+                    *, phase: JobPhase | None = None) -> None:
+    """Record ``done`` (of ``total``) within the job's current phase, entering ``phase`` if given."""
     with session_scope(sessions) as s:
         job = _load(s, job_id)
         job.progress_done = done
         if total is not None:
             job.progress_total = total
+        if phase is not None:
+            job.phase = phase
 
 
 def finish_job(sessions: sessionmaker[Session], job_id: int, result: dict[str, Any] | None = None) -> None:
@@ -110,7 +115,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "id": job.id,
         "kind": job.kind.value,
         "status": job.status.value,
-        "progress": {"done": job.progress_done, "total": job.progress_total},
+        "progress": {"done": job.progress_done, "total": job.progress_total, "phase": job.phase.value or None},
         "celery_task_id": job.celery_task_id,
         "params": job.params,
         "result": job.result,

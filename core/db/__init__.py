@@ -12,6 +12,7 @@ from core.db.models import (
     ItemStatus,
     Job,
     JobKind,
+    JobPhase,
     JobStatus,
     ModelStatus,
     ModelVersion,
@@ -20,6 +21,6 @@ from core.db.session import make_engine, make_session_factory, session_scope
 
 __all__ = [
     "ApiKey", "Base", "Embedding", "ImageStatus", "IndexStatus", "IndexVersion", "Item",
-    "ItemImage", "ItemStatus", "Job", "JobKind", "JobStatus", "ModelStatus", "ModelVersion",
+    "ItemImage", "ItemStatus", "Job", "JobKind", "JobPhase", "JobStatus", "ModelStatus", "ModelVersion",
     "make_engine", "make_session_factory", "session_scope",
 ]

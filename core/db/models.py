@@ -81,6 +81,16 @@ class JobStatus(str, enum.Enum):
         return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 
 
+class JobPhase(str, enum.Enum):
+    """What a multi-step job is doing now; ``progress`` counts within the phase."""
+
+    NONE = ""  # a one-step job (import, embed), or not started
+    EMBEDDING = "embedding"
+    BUILDING = "building"
+    VERIFYING = "verifying"
+    PUBLISHING = "publishing"
+
+
 class Item(Base):
     """A catalog product, addressed by the shop's external id (SKU)."""
 
@@ -199,6 +209,7 @@ class Job(Base):
     )
     progress_done: Mapped[int] = mapped_column(BigInteger, default=0)
     progress_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    phase: Mapped[JobPhase] = mapped_column(enum_column(JobPhase), default=JobPhase.NONE, server_default="")
     celery_task_id: Mapped[str | None] = mapped_column(String(255))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -26,7 +26,7 @@ def test_job_lifecycle(sessions: sessionmaker[Session]) -> None:
     assert (job.status, job.progress_done, job.progress_total, job.attempts) == (JobStatus.RUNNING, 5, 10, 1)
     finish_job(sessions, job_id, {"index": "v1"})
     data = job_to_dict(get_job(sessions, job_id))
-    assert data["status"] == "succeeded" and data["progress"] == {"done": 10, "total": 10}
+    assert data["status"] == "succeeded" and data["progress"] == {"done": 10, "total": 10, "phase": None}
     assert data["result"] == {"index": "v1"} and data["finished_at"] is not None
 
 

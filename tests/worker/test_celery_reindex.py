@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.catalog.sample import Split
-from core.db import IndexStatus, IndexVersion, ItemImage, Job, JobKind, JobStatus, session_scope
+from core.db import IndexStatus, IndexVersion, ItemImage, Job, JobKind, JobPhase, JobStatus, session_scope
 from core.embedding import Embedder, ModelSpec
 from core.embeddings_store import load_vectors
 from core.index import IndexManifest, VectorIndex
@@ -144,7 +144,7 @@ def test_worker_killed_mid_reindex_leaves_the_served_index_and_the_retry_complet
     request = submit_reindex(stack.settings, stack.sessions, stack.dispatcher)
     child = stack.worker.child_pids()[0]
     wait_until(lambda: (j := get_job(stack.sessions, request.job_id)).status is JobStatus.RUNNING
-               and j.progress_done > 0, 60, 0.01, "reindex half way")
+               and j.phase is JobPhase.EMBEDDING and j.progress_done > 0, 60, 0.01, "reindex half way")
     os.kill(child, signal.SIGSTOP)  # frozen mid-flight: look at what is served
     try:
         now = active_index(stack.sessions)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from core.catalog import delete_items
 from core.catalog.sample import Split
@@ -15,14 +15,16 @@ from core.db import (
     IndexVersion,
     Item,
     ItemImage,
+    Job,
     JobKind,
+    JobPhase,
     JobStatus,
     ModelVersion,
     session_scope,
 )
 from core.embeddings_store import active_image_mask, fresh_set, load_vectors
 from core.index import Metric, VectorIndex, exact_search
-from core.jobs import create_job, get_job, list_jobs
+from core.jobs import create_job, get_job, job_to_dict, list_jobs
 from core.registry import active_index, active_model, list_indexes
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
@@ -231,3 +233,30 @@ def test_a_retried_retrain_does_not_train_a_registered_candidate_again(embedded:
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert job.result["candidate"] == f"m-retrain-{job_id}" and "run_dir" not in job.result
     assert job.result["promoted"] is False and "below the margin 1.0" in job.result["decision"]["reason"]
+
+
+def test_a_reindex_reports_each_phase_it_goes_through(embedded: Embedded) -> None:
+    """Progress names the step (embedding images, building, verifying, publishing), as the jobs
+    API, the CLI and the UI show it; every write of the job row is watched as it happens."""
+    env = embedded
+    _indexed(env, 12)
+    import_fmnist(env.settings, env.sessions, 4, split=Split.TEST)  # something to embed first
+    seen: list[tuple[JobPhase, int, int]] = []
+
+    def watch(_mapper, _connection, job: Job) -> None:
+        if job.kind is JobKind.REINDEX and (not seen or seen[-1] != (job.phase, job.progress_done,
+                                                                      job.progress_total)):
+            seen.append((job.phase, job.progress_done, job.progress_total))
+
+    event.listen(Job, "before_update", watch)
+    try:
+        job_id = submit_reindex(env.settings, env.sessions, env.dispatcher, force=True).job_id
+    finally:
+        event.remove(Job, "before_update", watch)
+    job = get_job(env.sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    phases = [p for p, _, _ in seen]
+    order = [JobPhase.EMBEDDING, JobPhase.BUILDING, JobPhase.VERIFYING, JobPhase.PUBLISHING]
+    assert [p for i, p in enumerate(phases) if p in order and (i == 0 or phases[i - 1] != p)] == order
+    assert (JobPhase.EMBEDDING, 4, 4) in seen  # the new images, counted while embedding
+    assert job_to_dict(job)["progress"] == {"done": 1, "total": 1, "phase": "publishing"}

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from core.catalog.sample import Split
-from core.db import Job, JobKind, JobStatus, session_scope
+from core.db import Job, JobKind, JobPhase, JobStatus, session_scope
 from core.db.types import utcnow
 from core.jobs import create_job, get_job, start_job
 from core.registry import active_index
@@ -87,7 +87,7 @@ def test_a_reindex_whose_whole_worker_was_killed_completes_after_a_restart(celer
     import_fmnist(stack.settings, stack.sessions, 900, split=Split.TEST)
     request = submit_reindex(stack.settings, stack.sessions, stack.dispatcher, force=True)
     wait_until(lambda: (j := get_job(stack.sessions, request.job_id)).status is JobStatus.RUNNING
-               and j.progress_done > 0, 60, 0.01, "reindex half way")
+               and j.phase is JobPhase.EMBEDDING and j.progress_done > 0, 60, 0.01, "reindex half way")
     stack.worker.stop()  # SIGKILL to the worker's whole process group: no one is left to requeue
     assert get_job(stack.sessions, request.job_id).status is JobStatus.RUNNING
 

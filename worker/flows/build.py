@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,11 @@ def _set_status(sessions: sessionmaker[Session], version: str, expected: IndexSt
 
 
 def build_version(
-    settings: Settings, sessions: sessionmaker[Session], model: ModelVersion, snapshot: VectorSnapshot
+    settings: Settings, sessions: sessionmaker[Session], model: ModelVersion, snapshot: VectorSnapshot,
+    *, on_verify: Callable[[], None] | None = None,
 ) -> BuiltIndex:
-    """Build, verify and mark READY (or FAILED) a new index version of ``snapshot``."""
+    """Build, verify and mark READY (or FAILED) a new index version of ``snapshot``;
+    ``on_verify`` is called between the two (job progress)."""
     version = new_version("i")
     directory = settings.indexes_dir / version
     with session_scope(sessions) as s:
@@ -93,6 +96,8 @@ def build_version(
         build_index(directory, snapshot.image_ids, snapshot.vectors, index_version=version,
                     model_version=model.version, metric=metric, n_trees=settings.annoy_trees)
         build_seconds = time.perf_counter() - started
+        if on_verify is not None:
+            on_verify()
         started = time.perf_counter()
         recall = verify_recall(directory, snapshot, metric, model.version, settings.verify_sample_size,
                                search_k=settings.annoy_search_k)

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import IndexVersion, Item, ItemImage, ModelVersion, session_scope
+from core.db import IndexVersion, Item, ItemImage, JobPhase, ModelVersion, session_scope
 from core.embeddings_store import snapshot_vectors
 from core.index.manifest import IDS_FILE
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
@@ -77,6 +77,11 @@ def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_versio
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
+    def enter(phase: JobPhase, done: int = 0, total: int | None = 1) -> None:
+        if job_id is not None:
+            update_progress(sessions, job_id, done, total, phase=phase)
+
+    enter(JobPhase.EMBEDDING, 0, None)
     progress = (lambda done, total: update_progress(sessions, job_id, done, total)) if job_id else None
     catchup = embed_missing(rt, model, progress)
     with session_scope(sessions) as s:
@@ -92,10 +97,13 @@ def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_versio
         log.info("index %s is up to date; nothing to build", current.version)
         return {**result, "skipped": "up to date", "index_version": current.version}
 
-    built = build_version(settings, sessions, model, snapshot)
+    enter(JobPhase.BUILDING)  # one Annoy build call: 0 of 1, then the next phase
+    built = build_version(settings, sessions, model, snapshot,
+                          on_verify=lambda: enter(JobPhase.VERIFYING))
     timings["build"], timings["verify"] = built.build_seconds, built.verify_seconds
     if lock_lost():
         raise ReindexError(f"lost the reindex lock while building {built.version}; not publishing it")
+    enter(JobPhase.PUBLISHING)
     started = time.perf_counter()
     publish_index(settings, sessions, built.version)
     timings["publish"] = time.perf_counter() - started

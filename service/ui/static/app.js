@@ -18,7 +18,8 @@
       pending += 1;
       fetch(el.dataset.jobUrl).then(function (r) { return r.json(); }).then(function (job) {
         el.querySelector('[data-field="status"]').textContent = job.status;
-        el.querySelector('[data-field="progress"]').textContent = job.progress.done + " / " + job.progress.total;
+        el.querySelector('[data-field="progress"]').textContent =
+          (job.progress.phase ? job.progress.phase + " " : "") + job.progress.done + " / " + job.progress.total;
         var bar = el.querySelector("progress");
         bar.max = job.progress.total || 1;
         bar.value = job.progress.done;
