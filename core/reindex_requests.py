@@ -28,13 +28,6 @@ from core.tasks import TaskName
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER = dt.timedelta(minutes=30)
-"""An open job not updated for this long is presumed lost (its worker and message gone).
-
-A running reindex touches its job every few seconds (the lock heartbeat), and a
-queued one waits behind at most one other reindex, so this is generous.
-"""
-
 _ADVISORY_KEY = 0x100C_A11E
 """PostgreSQL advisory-lock key that serialises reindex requests."""
 
@@ -56,16 +49,21 @@ def _serialize(s: Session) -> None:
         s.execute(text("UPDATE jobs SET id = id WHERE 0"))
 
 
-def open_reindex_job(s: Session) -> Job | None:
-    """The queued or running REINDEX job, if any; stale ones are marked failed on the way."""
+def open_reindex_job(s: Session, lost_after_seconds: float) -> Job | None:
+    """The queued or running REINDEX job, if any; lost ones are marked failed on the way.
+
+    A job is presumed lost when its row has not been touched for ``lost_after_seconds``
+    (``orphaned_job_seconds``, the one notion of a dead job: a running job's heartbeat and a
+    queued one's lock wait both touch it far more often); 0 never presumes a job lost.
+    """
     candidates = s.scalars(
         select(Job).where(Job.kind == JobKind.REINDEX,
                           Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
         .order_by(Job.id)
     ).all()
-    cutoff = utcnow() - STALE_AFTER
+    cutoff = utcnow() - dt.timedelta(seconds=lost_after_seconds) if lost_after_seconds > 0 else None
     for job in candidates:
-        if job.updated_at >= cutoff:
+        if cutoff is None or job.updated_at >= cutoff:
             return job
         s.execute(
             update(Job).where(Job.id == job.id).values(
@@ -91,7 +89,7 @@ def submit_reindex(
     """
     with session_scope(sessions) as s:
         _serialize(s)
-        existing = open_reindex_job(s)
+        existing = open_reindex_job(s, settings.orphaned_job_seconds)
         if existing is not None:
             log.info("reindex requested (%s): joining job %d", reason, existing.id)
             return ReindexRequest(job_id=existing.id, joined=True)

@@ -15,7 +15,7 @@ from core.db import Job, JobKind, JobStatus, session_scope
 from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable
 from core.jobs import finish_job, get_job, start_job
-from core.reindex_requests import STALE_AFTER, submit_reindex
+from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from worker.local import InProcessDispatcher
 
@@ -72,8 +72,14 @@ def test_a_job_without_a_sign_of_life_is_given_up(any_db_settings: Settings, ses
     sender = Recorder()
     old = submit_reindex(any_db_settings, sessions, sender).job_id
     start_job(sessions, old)
+    silent = dt.timedelta(seconds=any_db_settings.orphaned_job_seconds)  # the setting recovery uses too
     with session_scope(sessions) as s:
-        s.execute(update(Job).where(Job.id == old).values(updated_at=utcnow() - STALE_AFTER - dt.timedelta(seconds=1)))
+        s.execute(update(Job).where(Job.id == old).values(updated_at=utcnow() - silent + dt.timedelta(seconds=5)))
+    assert submit_reindex(any_db_settings, sessions, sender).job_id == old  # still alive: joined
+    with session_scope(sessions) as s:
+        s.execute(update(Job).where(Job.id == old).values(updated_at=utcnow() - silent - dt.timedelta(seconds=1)))
+    never = any_db_settings.replace(orphaned_job_seconds=0)  # recovery off: nothing is presumed lost
+    assert submit_reindex(never, sessions, sender).job_id == old
     new = submit_reindex(any_db_settings, sessions, sender)
     assert new.job_id != old and not new.joined
     abandoned = get_job(sessions, old)
