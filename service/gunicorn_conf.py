@@ -13,8 +13,9 @@
   index. Importing torch dirties ~280 MB of relocated library pages per process;
   imported once in the master they stay shared copy-on-write by every worker
   instead of being private to each.
-* Prometheus multi-process mode: the master puts a fresh directory into
-  ``PROMETHEUS_MULTIPROC_DIR`` (``raw_env``) before forking; ``/metrics`` then
+* Prometheus multi-process mode: the master creates a fresh directory when it starts
+  (``on_starting``, not at import: reading this file has no side effects) and puts it
+  into ``PROMETHEUS_MULTIPROC_DIR``, which the forked workers inherit; ``/metrics`` then
   aggregates all workers. The master itself never imports prometheus_client,
   which picks its mode once, at import.
 * Log lines carry the request id (``[%(request_id)s]``); the access log shows it too.
@@ -37,7 +38,7 @@ from core.config import Settings
 from service.requestlog import LOG_FORMAT
 
 _settings = Settings.from_env()
-_metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 bind = "127.0.0.1:8000"
 workers = 2
@@ -53,7 +54,6 @@ max_requests = 0
 limit_request_line = 8190
 control_socket_disable = True
 """No ``gunicornc`` socket: nothing uses it, and two servers of one user would share its path."""
-raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 
@@ -74,6 +74,11 @@ logconfig_dict: dict[str, Any] = {
 }
 
 
+def on_starting(server: Any) -> None:
+    """The master, before any worker exists: the shared metrics directory, inherited by the forks."""
+    os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="lookalike-metrics-")
+
+
 def pre_fork(server: Any, worker: Any) -> None:
     """Move the master's objects out of the collector's reach before forking.
 
@@ -92,9 +97,9 @@ def post_worker_init(worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges (prometheus_client's mark_process_dead, without importing it)."""
-    for path in glob.glob(os.path.join(_metrics_dir, f"gauge_live*_{worker.pid}.db")):
+    for path in glob.glob(os.path.join(os.environ[METRICS_DIR_ENV], f"gauge_live*_{worker.pid}.db")):
         os.remove(path)
 
 
 def on_exit(server: Any) -> None:
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    shutil.rmtree(os.environ.pop(METRICS_DIR_ENV), ignore_errors=True)

@@ -24,6 +24,7 @@ Why each setting:
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 from celery import Celery
@@ -101,13 +102,22 @@ def make_celery(settings: Settings) -> Celery:
     runtime = Runtime(settings, CeleryTaskSender(app))
     app.lookalike_runtime = runtime  # type: ignore[attr-defined]
     register_tasks(app, runtime)
-
-    def reset_after_fork(**_: Any) -> None:
-        runtime.after_fork()
-
-    # weak=False: the closure would otherwise be garbage-collected with this frame.
-    worker_process_init.connect(reset_after_fork, weak=False)
+    _RUNTIMES.add(runtime)
+    # One receiver per process, whatever the number of apps built (dispatch_uid): connecting a
+    # closure per call would pile up receivers that keep every app's runtime alive.
+    worker_process_init.connect(_reset_runtimes_after_fork, weak=False, dispatch_uid=_AFTER_FORK_UID)
     return app
+
+
+_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
+"""The runtimes of the apps this process built (held by their apps, not by this set)."""
+_AFTER_FORK_UID = "lookalike.worker.reset_runtimes_after_fork"
+
+
+def _reset_runtimes_after_fork(**_: Any) -> None:
+    """In a freshly forked worker child: every runtime forgets its parent's connections."""
+    for runtime in list(_RUNTIMES):
+        runtime.after_fork()
 
 
 app = Proxy(lambda: make_celery(Settings.from_env()))
