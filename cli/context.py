@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
+from core.db.backend import Backend, backend_of
 from migrations import alembic_config
 
 
@@ -49,7 +50,7 @@ def ensure_schema(engine: Engine, url: str) -> None:
         current = MigrationContext.configure(conn).get_current_revision()
     if current == head:
         return
-    if engine.dialect.name == "sqlite":
+    if backend_of(engine) is Backend.SQLITE:
         command.upgrade(config, "head")
         return
     raise click.ClickException(

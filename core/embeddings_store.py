@@ -31,6 +31,7 @@ from core.db import (
     ItemStatus,
     session_scope,
 )
+from core.db.backend import Backend, backend_of
 from core.db.types import utcnow
 from core.index.manifest import IDS_FILE
 
@@ -82,7 +83,7 @@ def id_in(session: Session, column: ColumnElement[int], ids: Sequence[int]) -> C
     psycopg parses it once; an expanded IN of a few hundred ids is parsed on every call.
     """
     values = [int(i) for i in ids]
-    if session.get_bind().dialect.name == "postgresql":
+    if backend_of(session) is Backend.POSTGRESQL:
         return column == any_(literal(values, ARRAY(Integer)))
     return column.in_(values)
 
@@ -118,14 +119,12 @@ def put_vectors(
         )
     if not len(image_ids):
         return 0
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise EmbeddingStoreError(f"put_vectors does not support the {dialect!r} database")
+    backend = backend_of(session)
     now = utcnow()
     blobs = [encode_vector(v) for v in vectors]
     ids = [int(i) for i in image_ids]
     keys = [Embedding.image_id, Embedding.model_id]
-    if dialect == "postgresql":
+    if backend is Backend.POSTGRESQL:
         # Two array parameters unnested into rows: one short statement whatever the batch
         # size (a multi-row VALUES is re-parsed by psycopg on every call, which cost
         # more than the embedding itself did in the worker's chunks).

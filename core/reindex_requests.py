@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import Job, JobKind, JobStatus, session_scope
+from core.db.backend import Backend, backend_of
 from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.jobs import fail_job, set_task_id
@@ -41,7 +42,7 @@ class ReindexRequest:
 
 def _serialize(s: Session) -> None:
     """Block concurrent requests until this transaction ends (one look-and-create at a time)."""
-    if s.get_bind().dialect.name == "postgresql":
+    if backend_of(s) is Backend.POSTGRESQL:
         s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_KEY})
     else:
         # A write statement, even one that touches no row, takes SQLite's write lock

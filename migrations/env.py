@@ -6,6 +6,7 @@ from alembic import context
 
 from core.config import Settings
 from core.db import Base, make_engine
+from core.db.backend import Backend, backend_of
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or Settings.from_env().resolved_database_url
@@ -38,7 +39,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         compare_type=True,
         # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=backend_of(connection) is Backend.SQLITE,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -15,6 +15,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
+from core.db.backend import Backend, backend_of
 from core.dispatch import TaskDispatcher
 from core.media import MediaStore
 from service.api import api_blueprint
@@ -86,7 +87,7 @@ def create_app(settings: Settings, *, dispatcher: TaskDispatcher | None = None,
     app.json.sort_keys = False  # keep the documented field order; also cheaper
 
     engine = make_engine(settings)
-    if engine.dialect.name == "sqlite":
+    if backend_of(engine) is Backend.SQLITE:
         event.listen(engine, "connect", _sqlite_read_tuning)
     sessions = make_session_factory(engine)
     metrics = Metrics()

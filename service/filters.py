@@ -27,6 +27,7 @@ from sqlalchemy import String, case, cast, false, func
 from sqlalchemy.sql.elements import ColumnElement
 
 from core.db import Item
+from core.db.backend import Backend
 from service.errors import ApiError, ErrorCode
 
 FILTER_KEYS = ("category", "group", "attr")
@@ -66,15 +67,15 @@ class Filters:
             out["attributes"] = {name: list(values) for name, values in self.attributes}
         return out
 
-    def clauses(self, dialect: str) -> list[ColumnElement[bool]]:
-        """SQL conditions on :class:`Item` columns for the given dialect name."""
+    def clauses(self, backend: Backend) -> list[ColumnElement[bool]]:
+        """SQL conditions on :class:`Item` columns for ``backend``."""
         out: list[ColumnElement[bool]] = []
         if self.categories:
             out.append(_in(Item.category, self.categories))
         if self.groups:
             out.append(_in(Item.group_key, self.groups))
         for name, values in self.attributes:
-            out.append(_in(attribute_text(name, dialect), values))
+            out.append(_in(attribute_text(name, backend), values))
         return out
 
 
@@ -95,9 +96,9 @@ def _in(column: ColumnElement[Any], values: tuple[str, ...]) -> ColumnElement[bo
     return column.in_(usable) if usable else false()
 
 
-def attribute_text(name: str, dialect: str) -> ColumnElement[str]:
+def attribute_text(name: str, backend: Backend) -> ColumnElement[str]:
     """The text of attribute ``name`` (NULL if absent), the same on SQLite and PostgreSQL."""
-    if dialect == "sqlite":
+    if backend is Backend.SQLITE:
         path = f'$."{name}"'  # safe: ATTRIBUTE_NAME has no quotes or backslashes
         kind = func.json_type(Item.attributes, path)
         return case(

@@ -15,6 +15,7 @@ from core.catalog.queries import DeleteOutcome, delete_item
 from core.catalog.rows import MAX_EXTERNAL_ID, MAX_IMAGES_PER_ITEM
 from core.catalog.validate import make_row
 from core.db import Item, ItemStatus, session_scope
+from core.db.backend import backend_of
 from core.media import MediaError
 from service.api.common import (
     elapsed_ms,
@@ -63,7 +64,7 @@ def list_items() -> Response:
     filters = query_filters()
     ctx = service_context()
     with session_scope(ctx.sessions) as s:
-        conditions = [Item.status == ItemStatus.ACTIVE, *filters.clauses(s.get_bind().dialect.name)]
+        conditions = [Item.status == ItemStatus.ACTIVE, *filters.clauses(backend_of(s))]
         total = s.scalar(select(func.count()).select_from(Item).where(*conditions)) or 0
         items = s.scalars(select(Item).where(*conditions).order_by(Item.id).limit(limit).offset(offset)
                           .options(selectinload(Item.images))).all()

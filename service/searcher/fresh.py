@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from core.db import Embedding, ImageStatus, Item, ItemImage, ItemStatus
+from core.db.backend import backend_of
 from core.index import VectorIndex
 from service.searcher.planhints import no_index
 
@@ -65,14 +66,14 @@ def read_fresh(
     # SQLite (no statistics) takes any equality over a range: it reads every vector
     # of the model through the model_id index, or every active image through the
     # status index, on each poll. So those columns are kept off their indexes.
-    dialect = engine.dialect.name if since is not None else ""
+    backend = backend_of(engine) if since is not None else None
     query = (
         select(Embedding.image_id, Embedding.created_at, Embedding.dim, Embedding.vector)
         .join(ItemImage, ItemImage.id == Embedding.image_id)
         .join(Item, Item.id == ItemImage.item_id)
-        .where(no_index(Embedding.model_id, dialect) == model_id,
-               no_index(ItemImage.status, dialect) == ImageStatus.ACTIVE,
-               no_index(Item.status, dialect) == ItemStatus.ACTIVE)
+        .where(no_index(Embedding.model_id, backend) == model_id,
+               no_index(ItemImage.status, backend) == ImageStatus.ACTIVE,
+               no_index(Item.status, backend) == ItemStatus.ACTIVE)
     )
     if since is not None:
         query = query.where(Embedding.created_at > since)

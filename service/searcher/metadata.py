@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from core.db import ImageStatus, Item, ItemImage, ItemStatus
+from core.db.backend import Backend, backend_of
 from service.filters import Filters
 
 IN_CHUNK = 10_000
@@ -92,22 +93,20 @@ _COLUMNS = (Item.id, Item.external_id, Item.title, Item.category, Item.group_key
             ItemImage.id, ItemImage.media_key)
 
 
-def _ids_clause(dialect: str) -> ColumnElement[bool]:
+def _ids_clause(backend: Backend) -> ColumnElement[bool]:
     """``ItemImage.id`` among the bound value ``ids`` (see :func:`_ids_value` for its form)."""
-    if dialect == "sqlite":
+    if backend is Backend.SQLITE:
         ids = func.json_each(bindparam("ids", type_=String)).table_valued("value")
         return ItemImage.id.in_(select(ids.c.value))
-    if dialect == "postgresql":
-        return ItemImage.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
-    return ItemImage.id.in_(bindparam("ids", expanding=True))
+    return ItemImage.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
-def _ids_value(dialect: str, ids: list[int]) -> Any:
-    return json.dumps(ids) if dialect == "sqlite" else ids
+def _ids_value(backend: Backend, ids: list[int]) -> Any:
+    return json.dumps(ids) if backend is Backend.SQLITE else ids
 
 
 @functools.lru_cache(maxsize=512)
-def _statement(dialect: str, filters: Filters, exclude_item: bool, exclude_group: bool,
+def _statement(backend: Backend, filters: Filters, exclude_item: bool, exclude_group: bool,
                by_ids: bool) -> Select[Any]:
     """The metadata query for one shape of request, built once and reused.
 
@@ -117,13 +116,13 @@ def _statement(dialect: str, filters: Filters, exclude_item: bool, exclude_group
     """
     query = (select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id)
              .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE,
-                    *filters.clauses(dialect)))
+                    *filters.clauses(backend)))
     if exclude_item:
         query = query.where(Item.id != bindparam("exclude_item_id"))
     if exclude_group:
         query = query.where(or_(Item.group_key.is_(None), Item.group_key != bindparam("exclude_group")))
     if by_ids:
-        query = query.where(_ids_clause(dialect))
+        query = query.where(_ids_clause(backend))
     return query
 
 
@@ -143,21 +142,21 @@ def _meta(row: Sequence[Any]) -> ImageMeta:
 def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filters,
                    exclusions: Exclusions) -> dict[int, ImageMeta]:
     """Metadata of the servable, matching images among ``image_ids`` (one query per 10k ids)."""
-    dialect = conn.dialect.name
-    statement = _statement(dialect, filters, exclusions.item_id is not None,
+    backend = backend_of(conn)
+    statement = _statement(backend, filters, exclusions.item_id is not None,
                            exclusions.group_key is not None, True)
     params = _params(exclusions)
     out: dict[int, ImageMeta] = {}
     ids = [int(i) for i in image_ids]
     for start in range(0, len(ids), IN_CHUNK):
-        params["ids"] = _ids_value(dialect, ids[start:start + IN_CHUNK])
+        params["ids"] = _ids_value(backend, ids[start:start + IN_CHUNK])
         for row in conn.execute(statement, params).all():
             out[row[6]] = _meta(row)
     return out
 def matching_images(conn: Connection, *, filters: Filters, exclusions: Exclusions,
                     limit: int) -> list[ImageMeta] | None:
     """Every servable image matching the filters, or None if there are more than ``limit``."""
-    statement = _statement(conn.dialect.name, filters, exclusions.item_id is not None,
+    statement = _statement(backend_of(conn), filters, exclusions.item_id is not None,
                            exclusions.group_key is not None, False)
     rows = [_meta(r) for r in conn.execute(statement.order_by(ItemImage.id).limit(limit + 1),
                                            _params(exclusions))]

@@ -15,11 +15,14 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
+from core.db.backend import Backend
+
 _UNARY_PLUS = custom_op("+")
 
 
-def no_index(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """``column``, made unusable as an index key on SQLite (its type, hence its bound values, kept)."""
-    if dialect != "sqlite":
+def no_index(column: ColumnElement[Any], backend: Backend | None) -> ColumnElement[Any]:
+    """``column``, made unusable as an index key on SQLite (its type, hence its bound values, kept);
+    unchanged elsewhere and for ``None`` (no hint wanted)."""
+    if backend is not Backend.SQLITE:
         return column
     return UnaryExpression(column, operator=_UNARY_PLUS, type_=column.type)
