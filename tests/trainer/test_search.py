@@ -9,7 +9,7 @@ import torch
 
 from core.config import Settings
 from tests.trainer.test_train import HOLDOUT, fmnist_config
-from trainer.config import ConfigError
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext, build_training_data
 from trainer.runlog import read_jsonl
 from trainer.search import DEFAULT_SEARCH_SPACE, SearchSpace, load_search_space, run_search
@@ -38,6 +38,16 @@ def test_space_reads_candidates_and_grid() -> None:
     assert load_search_space("default") == SearchSpace.from_yaml(DEFAULT_SEARCH_SPACE)
 
 
+def test_candidates_score_at_most_validation_max_per_class_images_per_class() -> None:
+    space = SearchSpace.from_dict({"validation_max_per_class": 50,
+                                   "candidates": [{"name": "bh", "overrides": ["loss.miner=batch_hard"]}]})
+    caps = {given: space.candidate_configs(TrainConfig.from_yaml(None, [f"data.eval_max_per_class={given}"]))["bh"]
+            .data.eval_max_per_class for given in (0, 20, 400)}
+    assert caps == {0: 50, 20: 20, 400: 50}  # the smaller of the config's cap and the search's
+    every = SearchSpace.from_dict({"validation_max_per_class": 0, "candidates": [{"name": "a", "overrides": []}]})
+    assert every.candidate_configs(TrainConfig.from_yaml(None, []))["a"].data.eval_max_per_class == 0
+
+
 @pytest.mark.parametrize("data, message", [
     ({"candidates": []}, "no candidates"),
     ({"candidates": [{"overrides": ["epochs=1"]}], "colour": 1}, "unknown key"),
@@ -46,6 +56,7 @@ def test_space_reads_candidates_and_grid() -> None:
     ({"candidates": [{"name": "a", "overrides": ["epochs=1"]}], "rungs": [0.5, 0.25]}, "increasing"),
     ({"candidates": [{"name": "a", "overrides": ["epochs=1"]}], "validation_fraction": 0}, "validation_fraction"),
     ({"grid": {"loss.margin": []}}, "non-empty lists"),
+    ({"candidates": [{"name": "a", "overrides": []}], "validation_max_per_class": -1}, "validation_max_per_class"),
     ({"grid": {"loss.margin": list(range(17))}}, "at most 16"),
 ])
 def test_space_rejects_mistakes_with_the_reason(data: dict, message: str) -> None:
