@@ -2,9 +2,11 @@
 
 Vectors are stored as float32 little-endian bytes (``np.asarray(v, '<f4').tobytes()``)
 with their dimension, one row per (image, model). The worker writes them; the
-reindex reads a snapshot of them to build an index; the service reads the *fresh
-set* (embedded with the active index's model but not part of that index) and
-searches it exactly so that new images are findable before any rebuild.
+reindex reads a snapshot of them to build an index. :func:`read_fresh` is the one
+definition of the *fresh set* (embedded for the served index's model, with its
+dimension, but not in that index version): the service searches it exactly so that
+new images are findable before any rebuild, and the worker's rebuild threshold
+counts it (docs/ARCHITECTURE.md, "The fresh set").
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import ColumnElement, Integer, LargeBinary, Select, any_, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Integer, LargeBinary, Select, any_, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from core.db import (
     Embedding,
@@ -29,11 +31,11 @@ from core.db import (
     Item,
     ItemImage,
     ItemStatus,
-    session_scope,
 )
 from core.db.backend import Backend, backend_of
+from core.db.planhints import no_index
 from core.db.types import utcnow
-from core.index.manifest import IDS_FILE
+from core.index import VectorIndex
 
 _IN_CHUNK = 900
 """Ids per ``IN (...)`` clause: well under SQLite's bound-parameter limit."""
@@ -254,58 +256,112 @@ def active_image_mask(session: Session, image_ids: Sequence[int]) -> np.ndarray:
     return np.fromiter((int(i) in alive for i in image_ids), dtype=bool, count=len(image_ids))
 
 
-def _index_row(session: Session, index_version: str | None) -> IndexVersion | None:
-    query = select(IndexVersion)
-    if index_version is None:
-        return session.scalar(query.where(IndexVersion.status == IndexStatus.ACTIVE))
-    row = session.scalar(query.where(IndexVersion.version == index_version))
-    if row is None:
-        raise EmbeddingStoreError(f"index version {index_version!r} does not exist")
-    return row
+COMMIT_SLACK = dt.timedelta(seconds=5)
+"""How far before the newest vector an index holds (or a reader's cursor) vectors are still read.
+
+``created_at`` is stamped when a row is written, not when its transaction commits, so
+a vector committed late can carry a time earlier than one already seen; this covers
+such transactions (docs/ARCHITECTURE.md, "The fresh set")."""
+
+
+class IndexMembership(Protocol):
+    """What the fresh set needs of an index: which ids it holds (a loaded :class:`VectorIndex`)."""
+
+    def rows_of(self, item_ids: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FreshBasis:
+    """The served index version a fresh set is measured against."""
+
+    model_id: int
+    """The index's model: only its vectors can be searched with the index."""
+    dim: int
+    """The index's dimension: a vector of another length cannot be compared with it."""
+    newest_in_index: dt.datetime | None
+    """``indexes.max_embedding_created_at``: the newest vector the build included (None: it held none)."""
+    index: IndexMembership
+
+    @property
+    def floor(self) -> dt.datetime | None:
+        """Vectors written at or before this are in the index or never fresh against it."""
+        return None if self.newest_in_index is None else self.newest_in_index - COMMIT_SLACK
+
+
+@dataclass(frozen=True)
+class FreshRows:
+    """Fresh vectors read in one query, and how far that query read."""
+
+    image_ids: np.ndarray
+    """int64 [n], ascending."""
+    vectors: np.ndarray
+    """float32 [n, dim]."""
+    read_until: dt.datetime | None
+    """Newest ``created_at`` among every row the query read (fresh or not): a reader's next cursor."""
+
+
+def read_fresh(bind: Connection | Session, basis: FreshBasis, *, after: dt.datetime | None = None) -> FreshRows:
+    """The fresh set of ``basis``'s index — *the* definition, used by the worker and the service.
+
+    An image is fresh when it is servable (image and item active), has a vector of the
+    index's model with the index's dimension written after :attr:`FreshBasis.floor`,
+    and either is not in the index or its vector is newer than the newest one the build
+    included (it was re-embedded). See docs/ARCHITECTURE.md, "The fresh set".
+
+    ``after`` (a reader's cursor less :data:`COMMIT_SLACK`) restricts the answer to
+    vectors written after it, which is how the service follows the set incrementally;
+    the answer is always a subset of the definition. One query, driven by the
+    ``created_at`` index, so its cost follows the fresh set, not the catalog.
+    """
+    bounds = [t for t in (basis.floor, after) if t is not None]
+    since = max(bounds) if bounds else None
+    # With a bound the created_at range is the selective condition. Left a choice,
+    # SQLite (no statistics) takes any equality over a range: it reads every vector of
+    # the model through the model_id index, or every active image through the status
+    # index, on each poll. So those columns are kept off their indexes.
+    backend = backend_of(bind) if since is not None else None
+    query = (
+        select(Embedding.image_id, Embedding.created_at, Embedding.vector)
+        .join(ItemImage, ItemImage.id == Embedding.image_id)
+        .join(Item, Item.id == ItemImage.item_id)
+        .where(no_index(Embedding.model_id, backend) == basis.model_id,
+               Embedding.dim == basis.dim,
+               no_index(ItemImage.status, backend) == ImageStatus.ACTIVE,
+               no_index(Item.status, backend) == ItemStatus.ACTIVE)
+    )
+    if since is not None:
+        query = query.where(Embedding.created_at > since)
+    rows = sorted(bind.execute(query).all(), key=lambda r: r.image_id)
+    read_until = max((r.created_at for r in rows), default=None)
+    ids = np.fromiter((r.image_id for r in rows), np.int64, len(rows))
+    newest = basis.newest_in_index
+    newer = np.fromiter((newest is None or r.created_at > newest for r in rows), bool, len(rows))
+    keep = (basis.index.rows_of(ids) < 0) | newer
+    return FreshRows(
+        image_ids=ids[keep],
+        vectors=decode_vectors([r.vector for r, k in zip(rows, keep.tolist()) if k], basis.dim),
+        read_until=read_until,
+    )
 
 
 def fresh_image_ids(session: Session, index_version: str | None = None) -> np.ndarray:
-    """Servable images embedded with the index's model but not (as now) in the index.
+    """The ids of :func:`read_fresh`'s set for an index version (default: the active index).
 
-    An image is fresh when its id is not among the index's ids, or when its vector
-    is newer than the newest one the build included (the image changed and was
-    re-embedded). Comparing ids, not only timestamps, also catches a vector that was
-    committed while the build was reading its snapshot. ``None`` means the active
-    index; with no active index there is nothing to be fresh against: empty.
+    What the worker's rebuild threshold counts. With no active index there is
+    nothing to be fresh against: empty.
     """
-    index = _index_row(session, index_version)
-    if index is None:
-        return np.empty(0, np.int64)
-    rows = session.execute(
-        _servable(select(Embedding.image_id, Embedding.created_at))
-        .where(Embedding.model_id == index.model_id)
-        .order_by(Embedding.image_id)
-    ).all()
-    if not rows:
-        return np.empty(0, np.int64)
-    ids = np.fromiter((r.image_id for r in rows), np.int64, len(rows))
-    indexed = np.load(Path(index.path) / IDS_FILE, mmap_mode="r")
-    fresh = ~np.isin(ids, np.asarray(indexed, dtype=np.int64))
-    newest = index.max_embedding_created_at
-    if newest is not None:
-        fresh |= np.fromiter((r.created_at > newest for r in rows), bool, len(rows))
-    return ids[fresh]
-
-
-def fresh_set(
-    sessions: sessionmaker[Session], index_version: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, float32 vectors) of the fresh set of an index (default: the active one).
-
-    The service searches these exactly and merges them with the Annoy results, so
-    an image embedded after the build is findable at once (docs/ARCHITECTURE.md, "Freshness").
-    """
-    with session_scope(sessions) as s:
-        ids = fresh_image_ids(s, index_version)
-        if not len(ids):
-            return ids, np.empty((0, 0), np.float32)
-        model_id = _index_row(s, index_version).model_id  # type: ignore[union-attr]
-        return load_vectors(s, model_id, ids.tolist())
+    query = select(IndexVersion)
+    if index_version is None:
+        row = session.scalar(query.where(IndexVersion.status == IndexStatus.ACTIVE))
+        if row is None:
+            return np.empty(0, np.int64)
+    else:
+        row = session.scalar(query.where(IndexVersion.version == index_version))
+        if row is None:
+            raise EmbeddingStoreError(f"index version {index_version!r} does not exist")
+    with VectorIndex.load(Path(row.path)) as index:
+        basis = FreshBasis(row.model_id, index.manifest.dim, row.max_embedding_created_at, index)
+        return read_fresh(session, basis).image_ids
 
 
 def count_written_since(session: Session, model_id: int, since: dt.datetime) -> int:

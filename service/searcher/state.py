@@ -22,8 +22,9 @@ from sqlalchemy import Engine
 from core.config import Settings
 from core.db import IndexVersion
 from core.embedding import Embedder, resolve_device
+from core.embeddings_store import FreshBasis
 from core.index import Metric, VectorIndex
-from service.searcher.fresh import FreshSet, read_fresh
+from service.searcher.fresh import FreshSet, follow_fresh
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class SearchState:
     @property
     def dim(self) -> int:
         return self.index.manifest.dim
+
+    @property
+    def fresh_basis(self) -> FreshBasis:
+        """What this state's fresh set is measured against: its index version."""
+        return FreshBasis(self.model_id, self.dim, self.newest_in_index, self.index)
 
     def with_fresh(self, fresh: FreshSet) -> SearchState:
         return dataclasses.replace(self, fresh=fresh)
@@ -89,7 +95,7 @@ def build_state(settings: Settings, engine: Engine, row: IndexVersion) -> Search
     if embedder is not None and embedder.dim != index.manifest.dim:
         error = f"model {model.version} embeds {embedder.dim}-d vectors, the index holds {index.manifest.dim}-d"
         embedder = None
-    fresh = read_fresh(engine, model_id=model.id, index=index, newest_in_index=row.max_embedding_created_at)
+    fresh = follow_fresh(engine, FreshBasis(model.id, index.manifest.dim, row.max_embedding_created_at, index))
     log.info("loaded index %s (model %s, %d images, %d fresh) in %.2fs", row.version, model.version,
              len(index), len(fresh), time.perf_counter() - started)
     return SearchState(
@@ -101,6 +107,5 @@ def build_state(settings: Settings, engine: Engine, row: IndexVersion) -> Search
 
 def refresh_fresh(engine: Engine, state: SearchState) -> SearchState:
     """The same state with its fresh set brought up to date (itself if nothing changed)."""
-    fresh = read_fresh(engine, model_id=state.model_id, index=state.index,
-                       newest_in_index=state.newest_in_index, previous=state.fresh)
+    fresh = follow_fresh(engine, state.fresh_basis, previous=state.fresh)
     return state if fresh is state.fresh else state.with_fresh(fresh)

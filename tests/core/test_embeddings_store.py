@@ -23,18 +23,20 @@ from core.db import (
 )
 from core.db.types import utcnow
 from core.embeddings_store import (
+    COMMIT_SLACK,
     EmbeddingStoreError,
+    FreshBasis,
     active_image_mask,
     decode_vectors,
     encode_vector,
     fresh_image_ids,
-    fresh_set,
     load_vectors,
     missing_image_ids,
     put_vectors,
+    read_fresh,
     snapshot_vectors,
 )
-from core.index.manifest import IDS_FILE
+from core.index import Metric, VectorIndex, build_index
 from core.registry import get_model, register_model
 
 
@@ -126,45 +128,88 @@ def test_deleted_items_and_removed_images_are_neither_missing_nor_snapshotted(se
         assert missing_image_ids(s, model) == []
 
 
-def _index(settings: Settings, sessions: sessionmaker[Session], model_id: int, version: str,
-           indexed: list[int], newest: dt.datetime | None, status: IndexStatus = IndexStatus.ACTIVE) -> None:
-    """An index row plus the ids file the fresh set reads (the only file it needs)."""
-    directory = settings.indexes_dir / version
-    directory.mkdir(parents=True)
-    np.save(directory / IDS_FILE, np.asarray(indexed, dtype=np.int64))
+def _set_created(sessions: sessionmaker[Session], model_id: int, stamps: dict[int, dt.datetime]) -> None:
     with session_scope(sessions) as s:
-        s.add(IndexVersion(version=version, model_id=model_id, path=str(directory), status=status,
+        for image_id, at in stamps.items():
+            s.execute(update(Embedding).where(Embedding.image_id == image_id, Embedding.model_id == model_id)
+                      .values(created_at=at))
+
+
+def _publish(settings: Settings, sessions: sessionmaker[Session], model_id: int, indexed: list[int],
+             newest: dt.datetime) -> None:
+    """A real index over the stored vectors of ``indexed``, active, built at ``newest``."""
+    with session_scope(sessions) as s:
+        ids, vectors = load_vectors(s, model_id, indexed)
+    directory = settings.indexes_dir / "i1"
+    build_index(directory, ids, vectors, index_version="i1", model_version="m1", metric=Metric.EUCLIDEAN,
+                n_trees=2, n_jobs=1)
+    with session_scope(sessions) as s:
+        s.add(IndexVersion(version="i1", model_id=model_id, path=str(directory), status=IndexStatus.ACTIVE,
                            max_embedding_created_at=newest))
 
 
-def test_fresh_set_is_what_the_index_lacks_or_holds_stale(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    images = _catalog(sessions, 6)
+def _brute_force_fresh(sessions: sessionmaker[Session], model_id: int, dim: int, indexed: set[int],
+                       newest: dt.datetime, after: dt.datetime | None = None) -> list[int]:
+    """The fresh set's definition (docs/ARCHITECTURE.md), row by row over the whole embeddings table."""
+    fresh = []
+    with session_scope(sessions) as s:
+        for e in s.query(Embedding).order_by(Embedding.image_id):
+            image = s.get(ItemImage, e.image_id)
+            servable = image.status is ImageStatus.ACTIVE and s.get(Item, image.item_id).status is ItemStatus.ACTIVE
+            if (servable and e.model_id == model_id and e.dim == dim and e.created_at > newest - COMMIT_SLACK
+                    and (after is None or e.created_at > after)
+                    and (e.image_id not in indexed or e.created_at > newest)):
+                fresh.append(e.image_id)
+    return fresh
+
+
+def test_the_fresh_set_is_what_the_served_index_lacks_or_holds_stale(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    images = _catalog(sessions, 12)
     model, other = _model(sessions, "m1"), _model(sessions, "m2")
-    vectors = _vectors(6)
+    vectors = _vectors(12)
+    built = utcnow().replace(microsecond=0) - dt.timedelta(hours=1)
     with session_scope(sessions) as s:
-        put_vectors(s, model, images[:4], vectors[:4])
-        put_vectors(s, other, images, _vectors(6, seed=9))  # another model's vectors never count
+        put_vectors(s, other, images, _vectors(12, seed=9))  # another model's vectors never count
+        put_vectors(s, model, images[:7], vectors[:7])
+    # Before the build: 0-4 long before, 5 the newest the build read, 6 committed late (within the
+    # slack) and missed by it.
+    _set_created(sessions, model, {**{i: built - dt.timedelta(hours=1) for i in images[:5]},
+                                   images[5]: built, images[6]: built - dt.timedelta(seconds=2)})
     with session_scope(sessions) as s:
-        newest = max(e.created_at for e in s.query(Embedding).filter(Embedding.model_id == model))
-    assert fresh_set(sessions) [0].size == 0  # no active index: nothing to be fresh against
-    _index(settings, sessions, model, "i1", images[:3], newest)
+        assert fresh_image_ids(s).size == 0  # no active index: nothing to be fresh against
+    indexed = [images[i] for i in (0, 1, 2, 3, 5)]  # 4 was not servable at build time: never fresh
+    _publish(settings, sessions, model, indexed, built)
 
     with session_scope(sessions) as s:
-        # images[3] was embedded but not indexed (committed while the build read its snapshot)
-        assert fresh_image_ids(s).tolist() == [images[3]]
-        put_vectors(s, model, images[4:], vectors[4:])  # arrived after the build
-        # images[0] changed and was re-embedded: the index holds a stale vector for it
-        put_vectors(s, model, images[:1], vectors[5:6], replace=True)
-        s.execute(update(Embedding).where(Embedding.image_id == images[0])
-                  .values(created_at=utcnow() + dt.timedelta(seconds=1)))
-    ids, fresh = fresh_set(sessions)
-    assert ids.tolist() == [images[0], images[3], images[4], images[5]]
-    np.testing.assert_array_equal(fresh, np.stack([vectors[5], vectors[3], vectors[4], vectors[5]]))
+        put_vectors(s, model, images[7:9], vectors[7:9])  # after the build
+        put_vectors(s, model, images[1:2], vectors[11:12], replace=True)  # re-embedded: the index is stale
+        put_vectors(s, model, images[9:10], _vectors(1, dim=4))  # the model's, but not the index's dimension
+        put_vectors(s, model, images[11:12], vectors[11:12])
+        s.execute(update(Item).where(Item.id == s.get(ItemImage, images[8]).item_id)
+                  .values(status=ItemStatus.DELETED))  # a deleted item is never fresh
+        s.execute(update(ItemImage).where(ItemImage.id == images[11]).values(status=ImageStatus.REMOVED))
+    _set_created(sessions, model, {images[7]: built + dt.timedelta(seconds=1),
+                                   images[8]: built + dt.timedelta(seconds=1),
+                                   images[1]: built + dt.timedelta(seconds=3),
+                                   images[9]: built + dt.timedelta(seconds=1),
+                                   images[11]: built + dt.timedelta(seconds=1)})
 
-    with session_scope(sessions) as s:  # a deleted item is never fresh
-        item = s.get(ItemImage, images[4]).item_id
-        s.execute(update(Item).where(Item.id == item).values(status=ItemStatus.DELETED))
-    assert fresh_set(sessions)[0].tolist() == [images[0], images[3], images[5]]
-    assert fresh_set(sessions, "i1")[0].tolist() == [images[0], images[3], images[5]]
-    with pytest.raises(EmbeddingStoreError, match="nope"):
-        fresh_set(sessions, "nope")
+    expected = [images[1], images[6], images[7]]
+    assert _brute_force_fresh(sessions, model, 8, set(indexed), built) == expected
+    with session_scope(sessions) as s:
+        assert fresh_image_ids(s).tolist() == expected
+        assert fresh_image_ids(s, "i1").tolist() == expected
+        with pytest.raises(EmbeddingStoreError, match="nope"):
+            fresh_image_ids(s, "nope")
+        with VectorIndex.load(settings.indexes_dir / "i1") as index:
+            basis = FreshBasis(model, 8, built, index)
+            rows = read_fresh(s, basis)
+            assert rows.image_ids.tolist() == expected
+            np.testing.assert_array_equal(rows.vectors, np.stack([vectors[11], vectors[6], vectors[7]]))
+            assert rows.read_until == built + dt.timedelta(seconds=3)
+            # Followed from a cursor: only what was written after it, never more than the set.
+            later = built + dt.timedelta(seconds=2)
+            assert read_fresh(s, basis, after=later).image_ids.tolist() == [images[1]]
+            assert _brute_force_fresh(sessions, model, 8, set(indexed), built, after=later) == [images[1]]
+            assert read_fresh(s, basis, after=built - dt.timedelta(days=1)).image_ids.tolist() == expected

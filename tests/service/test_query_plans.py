@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, event
 
+from core.embeddings_store import FreshBasis, read_fresh
 from core.index import Metric, VectorIndex, build_index
 from service.filters import Filters
-from service.searcher.fresh import read_fresh
 from service.searcher.metadata import Exclusions, fetch_metadata
 
 
@@ -52,7 +52,9 @@ def index(tmp_path: Path) -> Iterator[VectorIndex]:
 
 def test_fresh_poll_reads_only_new_embeddings_through_created_at(sqlite_engine: Engine, index: VectorIndex) -> None:
     newest = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    plan = plan_of(sqlite_engine, lambda: read_fresh(sqlite_engine, model_id=1, index=index, newest_in_index=newest))
+    basis = FreshBasis(model_id=1, dim=4, newest_in_index=newest, index=index)
+    with sqlite_engine.connect() as conn:
+        plan = plan_of(sqlite_engine, lambda: read_fresh(conn, basis))
     assert plan[0].startswith("SEARCH embeddings USING INDEX ix_embeddings_created_at (created_at>?)"), plan
     assert not any(step.startswith("SCAN") for step in plan), plan
 

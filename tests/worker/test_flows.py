@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sqlalchemy import event, select, update
@@ -22,12 +20,15 @@ from core.db import (
     ModelVersion,
     session_scope,
 )
-from core.embeddings_store import active_image_mask, fresh_set, load_vectors
-from core.index import Metric, VectorIndex, exact_search
+from core.embeddings_store import fresh_image_ids, load_vectors
+from core.index import Metric, exact_search
 from core.jobs import create_job, get_job, job_to_dict, list_jobs
 from core.registry import active_index, active_model, list_indexes
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
+from service.filters import Filters
+from service.metrics import Metrics
+from service.searcher import Searcher
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 from trainer.config import DataSource, LabelKind
@@ -62,21 +63,20 @@ def test_reindex_without_an_active_model_fails_with_a_clear_message(embedded: Em
                          "(registered, not active: m-trained)")
 
 
-def _search(env: Embedded, index: IndexVersion, query: np.ndarray, k: int) -> list[int]:
-    """What a searcher does with the freshness contract: Annoy + exact fresh set, minus the dead."""
-    annoy = VectorIndex.load(Path(index.path))
-    ids, dists = annoy.query(query, k)
-    annoy.close()
-    fresh_ids, fresh = fresh_set(env.sessions)
-    if len(fresh_ids):
-        rows, fresh_d = exact_search(fresh, query[None, :], min(k, len(fresh_ids)), metric=Metric.EUCLIDEAN)
-        ids = np.concatenate([ids, fresh_ids[rows[0]]])
-        dists = np.concatenate([dists, fresh_d[0]])
-    order = np.argsort(dists, kind="stable")
-    ids = ids[order]
+def _fresh(env: Embedded) -> list[int]:
+    """The fresh set of the active index, as the worker's rebuild threshold counts it."""
     with session_scope(env.sessions) as s:
-        alive = active_image_mask(s, ids.tolist())
-    return ids[alive][:k].tolist()
+        return fresh_image_ids(s).tolist()
+
+
+def _searcher(env: Embedded) -> Searcher:
+    """The service's searcher over this database (no watcher thread: loaded on first use)."""
+    return Searcher(env.settings, env.sessions.kw["bind"], env.sessions, Metrics(), watch=False)
+
+
+def _found(searcher: Searcher, query: np.ndarray, k: int) -> list[int]:
+    """The image ids the searcher answers for a vector (every item here has one image)."""
+    return [m.meta.image_id for m in searcher.search_vector(query, k=k, filters=Filters()).matches]
 
 
 def test_an_item_added_after_the_build_is_findable_at_once_and_a_deleted_one_never(embedded: Embedded) -> None:
@@ -86,8 +86,9 @@ def test_an_item_added_after_the_build_is_findable_at_once_and_a_deleted_one_nev
     env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=new_images)  # what an import sends
     assert active_index(env.sessions).version == index.version  # no rebuild (threshold 1000)
 
-    fresh_ids, _ = fresh_set(env.sessions)
-    assert fresh_ids.tolist() == new_images
+    searcher = _searcher(env)
+    assert _fresh(env) == new_images
+    assert searcher.current().fresh.image_ids.tolist() == new_images  # the service's set is the same
     model_id = active_model(env.sessions).id
     with session_scope(env.sessions) as s:
         every_id, every = load_vectors(s, model_id)
@@ -95,15 +96,15 @@ def test_an_item_added_after_the_build_is_findable_at_once_and_a_deleted_one_nev
     # Reference: brute force over every servable vector; the new image is its own nearest.
     rows, _ = exact_search(every, query, 5, metric=Metric.EUCLIDEAN)
     assert every_id[rows[0][0]] == new_images[0]
-    assert _search(env, index, query[0], 5)[0] == new_images[0]
+    assert _found(searcher, query[0], 5) == every_id[rows[0]].tolist()
 
     with session_scope(env.sessions) as s:
         gone = [s.scalar(select(Item.external_id).join(ItemImage).where(ItemImage.id == i))
                 for i in (new_images[0], int(every_id[0]))]  # one fresh, one indexed
         delete_items(s, gone)
-    assert new_images[0] not in fresh_set(env.sessions)[0].tolist()
+    assert new_images[0] not in _fresh(env)
     for probe in (query[0], every[0]):
-        found = _search(env, index, probe, 10)
+        found = _found(searcher, probe, 10)
         assert new_images[0] not in found and int(every_id[0]) not in found
 
 
@@ -116,7 +117,7 @@ def test_a_fresh_set_past_the_threshold_queues_a_rebuild(embedded: Embedded) -> 
     env.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=import_fmnist(env.settings, env.sessions, 5, Split.TEST))
     rebuilt = active_index(env.sessions)  # 5 fresh > 4: rebuilt and published
     assert rebuilt.version != first.version and rebuilt.image_count == 45
-    assert fresh_set(env.sessions)[0].size == 0
+    assert _fresh(env) == []
     reindexes = list_jobs(env.sessions, kind=JobKind.REINDEX)
     assert reindexes[0].params["reason"] == "fresh set of 5 images > 4"
 
@@ -188,7 +189,7 @@ def test_new_images_are_embedded_for_the_query_model_and_the_next_one(embedded: 
     with session_scope(env.sessions) as s:
         for model_id in (served.model_id, active_model(env.sessions).id):
             assert load_vectors(s, model_id, new_images)[0].tolist() == new_images
-    assert fresh_set(env.sessions)[0].tolist() == new_images  # findable with the served model
+    assert _fresh(env) == new_images  # findable with the served model
 
 
 def test_the_scheduled_reindex_runs_only_when_something_changed(embedded: Embedded) -> None:
