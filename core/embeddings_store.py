@@ -78,14 +78,14 @@ def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
         yield [int(i) for i in ids[start:start + _IN_CHUNK]]
 
 
-def id_in(session: Session, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+def id_in(bind: Session | Connection, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
     """``column IN ids``, as ``= ANY(array)`` on PostgreSQL.
 
     One array parameter keeps the statement short and the same for every batch, so
     psycopg parses it once; an expanded IN of a few hundred ids is parsed on every call.
     """
     values = [int(i) for i in ids]
-    if backend_of(session) is Backend.POSTGRESQL:
+    if backend_of(bind) is Backend.POSTGRESQL:
         return column == any_(literal(values, ARRAY(Integer)))
     return column.in_(values)
 
@@ -193,7 +193,7 @@ def missing_media_keys(session: Session, model_id: int, among: Sequence[int]) ->
     return found
 
 
-def snapshot_vectors(session: Session, model_id: int) -> VectorSnapshot:
+def snapshot_vectors(session: Session | Connection, model_id: int) -> VectorSnapshot:
     """All servable vectors of ``model_id`` in one query (what a reindex builds from)."""
     rows = session.execute(
         _servable(select(Embedding.image_id, ItemImage.item_id, Embedding.dim, Embedding.vector,
@@ -216,28 +216,34 @@ def snapshot_vectors(session: Session, model_id: int) -> VectorSnapshot:
 
 
 def load_vectors(
-    session: Session, model_id: int, image_ids: Sequence[int] | None = None
+    bind: Session | Connection, model_id: int, image_ids: Sequence[int] | None = None, *,
+    dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(image ids int64, float32 [n, dim]) for ``model_id``, ascending ids.
 
     Without ``image_ids``: every servable vector. With them: those of the listed
-    images that have a vector, whatever their status (the caller asked for them).
+    images that have a vector, whatever their status (the caller asked for them),
+    and with ``dim`` only those of that dimension (what an index of that dimension
+    can be queried with); one query per 900 ids.
     """
     if image_ids is None:
-        snap = snapshot_vectors(session, model_id)
+        if dim is not None:
+            raise TypeError("dim applies to listed image_ids only")
+        snap = snapshot_vectors(bind, model_id)
         return snap.image_ids, snap.vectors
     rows = []
     for chunk in _chunks(sorted(set(image_ids))):
-        rows.extend(session.execute(
-            select(Embedding.image_id, Embedding.dim, Embedding.vector)
-            .where(Embedding.model_id == model_id, id_in(session, Embedding.image_id, chunk))
-        ).all())
+        query = (select(Embedding.image_id, Embedding.dim, Embedding.vector)
+                 .where(Embedding.model_id == model_id, id_in(bind, Embedding.image_id, chunk)))
+        if dim is not None:
+            query = query.where(Embedding.dim == dim)
+        rows.extend(bind.execute(query).all())
     rows.sort(key=lambda r: r.image_id)
     dims = {r.dim for r in rows}
     if len(dims) > 1:
         raise EmbeddingStoreError(f"model {model_id} has vectors of several dimensions: {sorted(dims)}")
     ids = np.fromiter((r.image_id for r in rows), np.int64, len(rows))
-    return ids, decode_vectors([r.vector for r in rows], dims.pop() if dims else 0)
+    return ids, decode_vectors([r.vector for r in rows], dims.pop() if dims else (dim or 0))
 
 
 def active_image_mask(session: Session, image_ids: Sequence[int]) -> np.ndarray:

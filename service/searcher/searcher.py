@@ -18,10 +18,11 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
+from core.embeddings_store import load_vectors
 from core.notify import IndexChangeListener
 from service.filters import Filters
 from service.metrics import Metrics
@@ -141,7 +142,7 @@ class Searcher:
             item = lookup_item(conn, external_id)
             if item is None:
                 raise ItemNotFound(f"no active item with external id {external_id!r}")
-            vectors = _item_vectors(state, item.image_ids)
+            vectors = _item_vectors(state, conn, item.image_ids)
             if not vectors:
                 raise NotEmbedded(f"item {external_id!r} has no vector for model {state.model_version} yet "
                                   "(it is queued for embedding, or has no image)")
@@ -173,20 +174,31 @@ class Searcher:
         return result
 
 
-def _item_vectors(state: SearchState, image_ids: tuple[int, ...],
+def _item_vectors(state: SearchState, conn: Connection, image_ids: tuple[int, ...],
                   limit: int = MAX_QUERY_PHOTOS) -> list[np.ndarray]:
     """The vectors of the item's first ``limit`` images that have one, in display order.
 
-    A fresh vector wins over the index's (it is the newer); images with no vector yet
-    are skipped.
+    A fresh vector wins over the index's (it is the newer). An image this process
+    holds no vector for may still have one in the database: embedded a moment ago and
+    made fresh by another process, which this one's next poll would pick up. Those
+    are read in one query (at most ``limit`` ids, by primary key, with the index's
+    model and dimension), so an item is searchable by id on every worker as soon as
+    its embedding is stored (docs/ARCHITECTURE.md, "The fresh set"). Images with no
+    vector anywhere are skipped.
     """
-    out: list[np.ndarray] = []
+    held: dict[int, np.ndarray] = {}
+    lacking: list[int] = []
     for image_id in image_ids:
         v = state.fresh.vector(image_id)
         if v is None and state.index.contains(image_id):
             v = state.index.vector(image_id)
-        if v is not None:
-            out.append(v)
-            if len(out) == limit:
-                break
-    return out
+        if v is None:
+            lacking.append(image_id)
+            continue
+        held[image_id] = v
+        if len(held) == limit:
+            break
+    if lacking and len(held) < limit:
+        ids, vectors = load_vectors(conn, state.model_id, lacking[:limit], dim=state.dim)
+        held.update(zip(ids.tolist(), vectors))
+    return [held[i] for i in image_ids if i in held][:limit]

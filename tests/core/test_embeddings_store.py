@@ -85,8 +85,13 @@ def test_put_missing_and_load(sessions: sessionmaker[Session]) -> None:
         assert missing_image_ids(s, model) == images[4:]
         assert missing_image_ids(s, model, among=[images[0], images[5], 10**6]) == [images[5]]
         ids, loaded = load_vectors(s, model)
+        listed = load_vectors(s, model, [images[5], images[1], images[0]], dim=8)
+        other_dim = load_vectors(s, model, images, dim=4)  # an index of another dimension cannot use them
     assert ids.tolist() == images[:4]
     np.testing.assert_array_equal(loaded, vectors[:4])
+    assert listed[0].tolist() == images[:2]
+    np.testing.assert_array_equal(listed[1], vectors[:2])
+    assert other_dim[0].size == 0 and other_dim[1].shape == (0, 4)
 
 
 def test_put_is_idempotent_unless_replacing(sessions: sessionmaker[Session]) -> None:
