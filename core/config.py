@@ -67,7 +67,8 @@ class Settings:
     verify_sample_size: int = 500
     min_verify_recall: float = 0.9
     fresh_rebuild_threshold: int = 1000
-    """Queue a rebuild once this many images are embedded but absent from the active index."""
+    """Queue a rebuild once the active index's fresh set holds more than this many images
+    (docs/ARCHITECTURE.md, "The fresh set")."""
 
     promotion_margin: float = 0.01
     """A retrained model must beat the active one's MAP@R on the holdout by this much."""
