@@ -25,13 +25,13 @@ from core.db import (
 from core.embeddings_store import active_image_mask, fresh_set, load_vectors
 from core.index import Metric, VectorIndex, exact_search
 from core.jobs import create_job, get_job, job_to_dict, list_jobs
+from core.publish import publish_index
 from core.registry import active_index, active_model, list_indexes
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 from trainer.config import DataSource, LabelKind
-from worker.flows.publish import publish_index
 from worker.flows.retrain import retrain_config
 
 
