@@ -10,6 +10,7 @@ from cli.catalog import catalog
 from cli.context import CliContext
 from cli.db import db
 from cli.demo import demo
+from cli.indexes import indexes
 from cli.serve import keys, serve
 from cli.stack import stack
 from cli.train import evaluate, models, train
@@ -36,6 +37,7 @@ lookalike.add_command(keys)
 lookalike.add_command(train)
 lookalike.add_command(evaluate)
 lookalike.add_command(models)
+lookalike.add_command(indexes)
 lookalike.add_command(demo)
 lookalike.add_command(stack)
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
+from core.config import Settings
 from core.db import IndexStatus, IndexVersion, ModelStatus, ModelVersion, session_scope
 from core.db.types import utcnow
 
@@ -116,12 +117,34 @@ def active_index(sessions: sessionmaker[Session]) -> IndexVersion | None:
         return active_index_row(s)
 
 
+def get_index(sessions: sessionmaker[Session], version: str) -> IndexVersion | None:
+    """Index version ``version`` with its model loaded, or None if there is none."""
+    with session_scope(sessions) as s:
+        return s.scalar(select(IndexVersion).options(joinedload(IndexVersion.model))
+                        .where(IndexVersion.version == version))
+
+
 def list_indexes(sessions: sessionmaker[Session], limit: int = 50) -> list[IndexVersion]:
     with session_scope(sessions) as s:
         return list(s.scalars(
             select(IndexVersion).options(joinedload(IndexVersion.model))
             .order_by(IndexVersion.id.desc()).limit(limit)
         ))
+
+
+def index_directory(settings: Settings, row: IndexVersion) -> Path:
+    """Where the files of index version ``row`` live: its recorded path, else ``indexes/<version>``."""
+    return Path(row.path) if row.path else settings.indexes_dir / row.version
+
+
+def checkpoint_path(settings: Settings, checkpoint: str, model_version: str) -> Path:
+    """The recorded checkpoint path, or the conventional ``models/<version>.pt``."""
+    recorded = Path(checkpoint) if checkpoint else None
+    if recorded is not None and recorded.is_absolute() and recorded.exists():
+        return recorded
+    if recorded is not None and not recorded.is_absolute() and (settings.models_dir / recorded).exists():
+        return settings.models_dir / recorded
+    return settings.models_dir / f"{model_version}.pt"
 
 
 def model_to_dict(model: ModelVersion) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Admin endpoints: imports, reindex, retrain, jobs, models, indexes.
+"""Admin endpoints: imports, reindex, retrain, jobs, models (indexes: service/api/indexes.py).
 
 Long operations answer 202 with the job they created (``Location`` points at it);
 the job row is written *before* the task is sent, and if the broker cannot be
@@ -23,15 +23,13 @@ from core.registry import (
     RegistryError,
     activate_model,
     get_model,
-    index_to_dict,
-    list_indexes,
     list_models,
     model_to_dict,
 )
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from service.api.common import dispatch_errors, timed_json
-from service.api.params import check_params, int_param, page_params
+from service.api.params import check_params, page_params
 from service.auth import Access, requires
 from service.context import ServiceContext, service_context
 from service.errors import ApiError, ErrorCode, bad_param, not_found
@@ -216,7 +214,7 @@ def _enum_param(name: str, enum_type: Any) -> Any:
         raise bad_param(name, f"must be one of {', '.join(e.value for e in enum_type)}, got {raw!r}") from None
 
 
-# --------------------------------------------------------------------------- models / indexes
+# --------------------------------------------------------------------------- models
 @bp.get("/models")
 @requires(Access.READ)
 def models() -> Response:
@@ -245,15 +243,3 @@ def activate(version: str) -> Response:
             answer["reindex_job_id"] = submit_reindex(ctx.settings, ctx.sessions, ctx.dispatcher,
                                                       reason=f"model {version} activated").job_id
     return timed_json(answer)
-
-
-@bp.get("/indexes")
-@requires(Access.READ)
-def indexes() -> Response:
-    check_params(("limit",))
-    limit = int_param("limit", 50, minimum=1, maximum=500)
-    ctx = service_context()
-    state = ctx.searcher.holder.state
-    serving = state.index_version if state is not None else None
-    rows = [{**index_to_dict(i), "served_here": i.version == serving} for i in list_indexes(ctx.sessions, limit)]
-    return timed_json({"indexes": rows})

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from sqlalchemy import Engine
@@ -24,6 +23,7 @@ from core.db import IndexVersion
 from core.embedding import Embedder, resolve_device
 from core.embeddings_store import FreshBasis
 from core.index import Metric, VectorIndex
+from core.registry import checkpoint_path, index_directory
 from service.searcher.fresh import FreshSet, follow_fresh
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,6 @@ class SearchState:
 
     def with_fresh(self, fresh: FreshSet) -> SearchState:
         return dataclasses.replace(self, fresh=fresh)
-
-
-def index_directory(settings: Settings, row: IndexVersion) -> Path:
-    return Path(row.path) if row.path else settings.indexes_dir / row.version
-
-
-def checkpoint_path(settings: Settings, checkpoint: str, model_version: str) -> Path:
-    """The recorded checkpoint path, or the conventional ``models/<version>.pt``."""
-    recorded = Path(checkpoint) if checkpoint else None
-    if recorded is not None and recorded.is_absolute() and recorded.exists():
-        return recorded
-    if recorded is not None and not recorded.is_absolute() and (settings.models_dir / recorded).exists():
-        return settings.models_dir / recorded
-    return settings.models_dir / f"{model_version}.pt"
 
 
 def load_embedder(settings: Settings, checkpoint: str, model_version: str) -> tuple[Embedder | None, str]:

@@ -19,8 +19,8 @@ from core.db import Embedding, IndexStatus, IndexVersion, Item, ItemImage, Model
 from core.embeddings_store import put_vectors
 from core.index import Metric, build_index
 from core.media import MediaStore
+from core.publish import publish_index
 from tests.worker.support import TINY_SPEC, register_tiny_model
-from worker.flows.publish import publish_index
 
 DIM = TINY_SPEC.embedding_dim
 _versions = itertools.count(1)

@@ -23,6 +23,7 @@ from core.db import (
 from core.embeddings_store import fresh_image_ids, load_vectors
 from core.index import Metric, exact_search
 from core.jobs import create_job, get_job, job_to_dict, list_jobs
+from core.publish import publish_index
 from core.registry import active_index, active_model, list_indexes
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
@@ -32,7 +33,6 @@ from service.searcher import Searcher
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 from trainer.config import DataSource, LabelKind
-from worker.flows.publish import publish_index
 from worker.flows.retrain import retrain_config
 
 

@@ -21,13 +21,13 @@ from core.db import IndexVersion, Item, ItemImage, JobPhase, ModelVersion, sessi
 from core.embeddings_store import snapshot_vectors
 from core.index.manifest import IDS_FILE
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.publish import publish_index
 from core.registry import RegistryError, active_index
 from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
 from worker.flows.errors import FlowError
 from worker.flows.jobstate import touch_job
 from worker.flows.models import reindex_model
-from worker.flows.publish import publish_index
 from worker.flows.retire import retire_old_indexes
 from worker.lock import LockBusy, holding, reindex_lock
 from worker.runtime import Runtime

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import IndexStatus, IndexVersion, session_scope
+from core.publish import retire_beyond_keep
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,7 @@ ORPHAN_MIN_AGE_SECONDS = 6 * 3600
 def retire_old_indexes(settings: Settings, sessions: sessionmaker[Session]) -> dict[str, Any]:
     """RETIRE_OLD_INDEXES: enforce ``keep_index_versions`` and delete unneeded directories."""
     with session_scope(sessions) as s:
-        ready = s.scalars(
-            select(IndexVersion).where(IndexVersion.status == IndexStatus.READY)
-            .order_by(IndexVersion.id.desc())
-        ).all()
-        for old in ready[max(settings.keep_index_versions - 1, 0):]:
-            old.status = IndexStatus.RETIRED
+        retire_beyond_keep(s, settings.keep_index_versions)  # the rule publish applies (core/publish.py)
         doomed = [Path(p) for p in s.scalars(
             select(IndexVersion.path).where(IndexVersion.status.in_([IndexStatus.RETIRED, IndexStatus.FAILED]))
         ) if p]
