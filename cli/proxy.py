@@ -29,7 +29,8 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 @click.option("--listen", default="127.0.0.1:8000", show_default=True, callback=_address,
               help="host:port clients connect to.")
 @click.option("--upstream", default="127.0.0.1:8001", show_default=True, callback=_address,
-              help="host:port of `lookalike serve` (gunicorn).")
+              help="host:port of `lookalike serve` (gunicorn); the defaults are the stack's layout: "
+                   "`lookalike serve --bind 127.0.0.1:8001` behind nginx on 8000.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="nginx's directory: config, pid file, request-body temp files [default: <home>/proxy].")
 @click.pass_obj
