@@ -1,4 +1,4 @@
-# One image for every Python process of the stack (api, worker, beat, migrate).
+# One image for every process of the stack (api, nginx, worker, beat, migrate).
 # CPU build of PyTorch: the compose stack has no GPU; a GPU worker image would swap
 # the torch wheel for a CUDA one and nothing else.
 FROM python:3.11-slim-bookworm
@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LOOKALIKE_ARTIFACTS_DIR=/data/artifacts
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist curl \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist curl nginx \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -16,7 +16,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 help:
 	@echo "make demo   - set up and run the sample catalog end to end (embedded mode)"
 	@echo "make test   - run the whole test suite (starts throwaway PostgreSQL/Redis)"
-	@echo "make stack  - the full stack natively: PostgreSQL, Redis, migration, API, worker, beat"
+	@echo "make stack  - the full stack natively: PostgreSQL, Redis, migration, API behind nginx, worker, beat"
 	@echo "make lint   - ruff (part of make test);  make bench - the quick benchmarks"
 
 setup:

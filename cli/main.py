@@ -11,6 +11,7 @@ from cli.context import CliContext
 from cli.db import db
 from cli.demo import demo
 from cli.indexes import indexes
+from cli.proxy import proxy
 from cli.serve import keys, serve
 from cli.stack import stack
 from cli.train import evaluate, models, train
@@ -33,6 +34,7 @@ lookalike.add_command(reindex)
 lookalike.add_command(retrain)
 lookalike.add_command(jobs)
 lookalike.add_command(serve)
+lookalike.add_command(proxy)
 lookalike.add_command(keys)
 lookalike.add_command(train)
 lookalike.add_command(evaluate)

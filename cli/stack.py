@@ -21,17 +21,23 @@ PORT = click.IntRange(1, 65535)
 
 
 @click.command("stack")
-@click.option("--api-port", type=PORT, default=StackConfig.api_port, show_default=True)
+@click.option("--api-port", type=PORT, default=StackConfig.api_port, show_default=True,
+              help="The public port (nginx).")
+@click.option("--gunicorn-port", type=PORT, default=StackConfig.gunicorn_port, show_default=True,
+              help="gunicorn's internal loopback port, behind nginx.")
 @click.option("--postgres-port", type=PORT, default=StackConfig.postgres_port, show_default=True)
 @click.option("--redis-port", type=PORT, default=StackConfig.redis_port, show_default=True)
 @click.option("--api-workers", type=click.IntRange(1, 64), default=StackConfig.api_workers, show_default=True)
 @click.option("--worker-concurrency", type=click.IntRange(1, 64), default=StackConfig.worker_concurrency,
               show_default=True)
 @click.pass_obj
-def stack(ctx: CliContext, api_port: int, postgres_port: int, redis_port: int, api_workers: int,
+def stack(ctx: CliContext, api_port: int, gunicorn_port: int, postgres_port: int, redis_port: int, api_workers: int,
           worker_concurrency: int) -> None:
-    """PostgreSQL, Redis, migration, API, worker and beat on loopback, until Ctrl-C."""
-    config = StackConfig(home=ctx.settings.home, api_port=api_port, postgres_port=postgres_port,
+    """PostgreSQL, Redis, migration, API behind nginx, worker and beat on loopback, until Ctrl-C."""
+    if gunicorn_port == api_port:
+        raise click.BadParameter("must differ from --api-port (nginx listens there)", param_hint="--gunicorn-port")
+    config = StackConfig(home=ctx.settings.home, api_port=api_port, gunicorn_port=gunicorn_port,
+                         postgres_port=postgres_port,
                          redis_port=redis_port, api_workers=api_workers, worker_concurrency=worker_concurrency)
     supervisor = Stack(config, ctx.settings, console=click.echo)
     done = threading.Event()

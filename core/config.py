@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -17,6 +18,13 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "LOOKALIKE_"
+
+IMPORT_MAX_BYTES = 512 * 1024 * 1024
+"""Largest catalog file (CSV or JSONL) one ``POST /api/v1/imports`` upload may carry."""
+MAX_UPLOAD_IMAGES = 10
+"""Most images one ``PUT /api/v1/items/<id>`` request may upload."""
+MULTIPART_OVERHEAD = 64 * 1024
+"""Room for multipart boundaries and small text fields next to the uploaded files."""
 
 
 class ConfigError(ValueError):
@@ -90,6 +98,15 @@ class Settings:
     url_fetch_allowed_hosts: tuple[str, ...] = ()
     max_k: int = 100
     index_poll_seconds: float = 2.0
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of reverse proxies: only a request whose peer is one of
+    them has its ``X-Forwarded-For`` / ``X-Forwarded-Proto`` believed (docs/OPERATIONS.md)."""
+    proxy_client_header_timeout: int = 10
+    """nginx (``lookalike proxy``): seconds a client may take to send the request headers."""
+    proxy_client_body_timeout: int = 30
+    """nginx: seconds a client may stay silent between two reads of its request body."""
+    proxy_send_timeout: int = 30
+    """nginx: seconds a client may stay silent between two writes of the response to it."""
 
     log_level: str = "INFO"
 
@@ -119,6 +136,19 @@ class Settings:
     @property
     def resolved_redis_url(self) -> str:
         return self.redis_url or self.broker_url
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body any endpoint accepts: a reverse proxy's body limit.
+
+        The endpoints' own caps are smaller or equal (each answers 413 itself past its
+        own); a proxy in front must not refuse a body the API would take.
+        """
+        return max(IMPORT_MAX_BYTES, MAX_UPLOAD_IMAGES * self.max_image_bytes) + MULTIPART_OVERHEAD
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in self.trusted_proxies)
 
     @property
     def embedded(self) -> bool:
@@ -161,6 +191,15 @@ class Settings:
         return env
 
     def __post_init__(self) -> None:
+        for name in ("proxy_client_header_timeout", "proxy_client_body_timeout", "proxy_send_timeout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1 (seconds)")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"LOOKALIKE_TRUSTED_PROXIES: {entry!r} is not an IP address or network "
+                                  "(CIDR)") from exc
         if 0 < self.orphaned_job_seconds <= 3 * self.job_heartbeat_seconds:
             raise ConfigError(
                 f"LOOKALIKE_ORPHANED_JOB_SECONDS={self.orphaned_job_seconds} must be more than three "

@@ -25,6 +25,7 @@ from service.context import NoDispatcher, ServiceContext, install_context
 from service.dispatch import CeleryDispatcher
 from service.errors import register_error_handlers
 from service.metrics import Metrics, init_metrics
+from service.proxy import TrustedProxies
 from service.requestlog import init_request_ids
 from service.searcher import Searcher
 from service.ui import ui_blueprint
@@ -110,6 +111,8 @@ def create_app(settings: Settings, *, dispatcher: TaskDispatcher | None = None,
     app.after_request(security_headers)
     app.register_blueprint(api_blueprint)
     app.register_blueprint(ui_blueprint)
+    if settings.trusted_proxies:  # the client's address as the proxy saw it (service/proxy.py)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxy_networks)  # type: ignore[method-assign]
     return app
 
 

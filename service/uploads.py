@@ -34,8 +34,6 @@ from core.media import MediaError, MediaErrorReason, decode_image
 from service.errors import ApiError, ErrorCode
 
 JSON_BODY_LIMIT = 1024 * 1024
-MULTIPART_OVERHEAD = 64 * 1024
-"""Room for multipart boundaries and small text fields next to an image."""
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in any JSON document the service reads."""
 

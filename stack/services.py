@@ -1,11 +1,13 @@
-"""The six services of the full stack, as native processes on loopback.
+"""The seven services of the full stack, as native processes on loopback.
 
 The application commands are the ones docker-compose.yml runs (tests/test_compose.py
 checks that they agree): ``alembic upgrade head``, ``lookalike serve``,
-``lookalike worker --queues embed,index,train``, ``lookalike beat``. Only the bind
-address (loopback here) and the way ``lookalike`` is invoked (``python -m cli``
-from the source tree) differ. PostgreSQL and Redis keep their data under
-``<home>/stack/``, so a second ``make stack`` finds the catalog where it was left.
+``lookalike proxy`` (nginx, on the public port, in front of gunicorn on an internal
+one: docs/OPERATIONS.md "Behind nginx"), ``lookalike worker --queues embed,index,train``,
+``lookalike beat``. Only the addresses (loopback here) and the way ``lookalike`` is
+invoked (``python -m cli`` from the source tree) differ. PostgreSQL and Redis keep
+their data under ``<home>/stack/``, so a second ``make stack`` finds the catalog
+where it was left.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 MIGRATE_COMMAND = ("alembic", "upgrade", "head")
 API_ARGS = ("serve", "--workers", "2")
+PROXY_ARGS = ("proxy",)
 WORKER_ARGS = ("worker", "--queues", "embed,index,train", "--concurrency", "2")
 BEAT_ARGS = ("beat",)
-"""``lookalike`` arguments shared with docker-compose.yml (which adds ``--bind 0.0.0.0:8000``)."""
+"""``lookalike`` arguments shared with docker-compose.yml (which adds the addresses: ``--bind 0.0.0.0:8000``,
+``--listen 0.0.0.0:8000 --upstream api:8000``)."""
+LOOPBACK = "127.0.0.1"
 
 DATABASE = "lookalike"
 
@@ -43,6 +48,9 @@ class StackConfig:
 
     home: Path
     api_port: int = 8000
+    """The public port: nginx listens here."""
+    gunicorn_port: int = 8001
+    """gunicorn, on loopback behind nginx."""
     postgres_port: int = 54329
     redis_port: int = 63799
     """Not the system defaults (5432, 6379): a distribution's own servers may hold those."""
@@ -59,12 +67,19 @@ class StackConfig:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        """The API as clients see it: through nginx."""
+        return f"http://{LOOPBACK}:{self.api_port}"
+
+    @property
+    def gunicorn_url(self) -> str:
+        """gunicorn itself, bypassing nginx (the supervisor's readiness check)."""
+        return f"http://{LOOPBACK}:{self.gunicorn_port}"
 
     def app_settings(self, base: Settings) -> Settings:
-        """``base`` pointed at this stack's PostgreSQL and Redis."""
+        """``base`` pointed at this stack's PostgreSQL and Redis, trusting its nginx's forwarded headers."""
         redis = f"redis://127.0.0.1:{self.redis_port}"
         return base.replace(
+            trusted_proxies=(LOOPBACK,),
             home=self.home.resolve(),
             database_url=f"postgresql+psycopg://postgres@127.0.0.1:{self.postgres_port}/{DATABASE}",
             broker_url=f"{redis}/0", result_backend=f"{redis}/1", redis_url=f"{redis}/0",
@@ -142,8 +157,15 @@ def service_specs(config: StackConfig, settings: Settings) -> list[ProcessSpec]:
         ProcessSpec("migrate", (python, "-m", *MIGRATE_COMMAND), env=app_env, cwd=REPO, oneshot=True),
         ProcessSpec(
             "api", (*lookalike, *_replace_option(API_ARGS, "--workers", str(config.api_workers)),
-                    "--bind", f"127.0.0.1:{config.api_port}"),
+                    "--bind", f"{LOOPBACK}:{config.gunicorn_port}"),
             env=app_env, cwd=REPO, stop_timeout=35.0,  # gunicorn's graceful_timeout is 30 s
+        ),
+        ProcessSpec(
+            "nginx", (*lookalike, *PROXY_ARGS, "--listen", f"{LOOPBACK}:{config.api_port}",
+                      "--upstream", f"{LOOPBACK}:{config.gunicorn_port}", "--dir", str(config.root / "nginx")),
+            # SIGQUIT is nginx's graceful shutdown (requests in flight finish; at most
+            # worker_shutdown_timeout, 10 s); then the group is killed.
+            env=app_env, cwd=REPO, stop_signal=signal.SIGQUIT, stop_timeout=15.0,
         ),
         ProcessSpec(
             "worker", (*lookalike, *_replace_option(WORKER_ARGS, "--concurrency", str(config.worker_concurrency))),

@@ -1,7 +1,8 @@
 """Start the full stack in order, keep it running, stop it cleanly.
 
 Start order: PostgreSQL (cluster created on first use) -> Redis -> the migration
-(must exit 0) -> the API (until ``/healthz`` answers) -> a worker -> beat. A
+(must exit 0) -> the API (until gunicorn's ``/healthz`` answers) -> nginx (until
+``/healthz`` answers through it) -> a worker -> beat. A
 service that exits on its own is restarted with a backoff (1 s doubling to 30 s),
 which is what docker-compose's ``restart: unless-stopped`` does; a service stopped
 through :meth:`Stack.stop_service` stays down until :meth:`Stack.start_service`.
@@ -119,7 +120,8 @@ class Stack:
                 raise StackError(f"{name} failed with exit code {code}; see {service.log_path}")
             return
         checks: dict[str, Callable[[], bool]] = {
-            "postgres": self._postgres_ready, "redis": self._redis_ready, "api": self._api_ready,
+            "postgres": self._postgres_ready, "redis": self._redis_ready,
+            "api": lambda: self._healthy(self.config.gunicorn_url), "nginx": lambda: self._healthy(self.config.api_url),
         }
         check = checks.get(name)
         if check is None:
@@ -149,9 +151,10 @@ class Stack:
         finally:
             client.close()
 
-    def _api_ready(self) -> bool:
+    @staticmethod
+    def _healthy(base_url: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.config.api_url}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cli.main import lookalike
-from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, WORKER_ARGS
+from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, PROXY_ARGS, WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,25 +28,47 @@ def _compose_command() -> list[str]:
     pytest.fail("neither `docker compose` nor `docker-compose` is installed (make test installs it)")
 
 
-def test_compose_file_is_valid_and_complete() -> None:
+def _resolved_config() -> dict:
+    """The file as `docker compose config` resolves it (anchors merged, variables filled in)."""
     result = subprocess.run(
         [*_compose_command(), "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True, text=True, env={"LOOKALIKE_ADMIN_API_KEY": "test-key", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
-    config = yaml.safe_load(result.stdout)
-    assert set(config["services"]) == {"postgres", "redis", "migrate", "api", "worker", "beat"}
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_file_is_valid_and_complete() -> None:
+    config = _resolved_config()
+    assert set(config["services"]) == {"postgres", "redis", "migrate", "api", "nginx", "worker", "beat"}
     for name in ("api", "worker", "beat", "migrate"):
         env = config["services"][name]["environment"]
         assert env["LOOKALIKE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["LOOKALIKE_BROKER_URL"] == "redis://redis:6379/0"
-    for name in ("postgres", "redis", "api"):
+    for name in ("postgres", "redis", "api", "nginx"):
         assert "healthcheck" in config["services"][name]
+
+
+def test_compose_puts_nginx_in_front_of_the_api_and_trusts_only_its_network() -> None:
+    """Only nginx publishes the port; the api believes forwarded headers from the edge network alone."""
+    config = _resolved_config()
+    services = config["services"]
+    assert [name for name, service in services.items() if service.get("ports")] == ["nginx"]
+    assert services["nginx"]["ports"][0]["target"] == 8000
+    assert services["nginx"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert set(services["nginx"]["networks"]) == {"edge"}
+    assert set(services["api"]["networks"]) == {"default", "edge"}
+    members = [name for name, service in services.items() if "edge" in service.get("networks", {})]
+    assert sorted(members) == ["api", "nginx"]
+    subnet = config["networks"]["edge"]["ipam"]["config"][0]["subnet"]
+    assert services["api"]["environment"]["LOOKALIKE_TRUSTED_PROXIES"] == subnet
+    # The proxy gets none of the app's secrets.
+    assert "LOOKALIKE_ADMIN_API_KEY" not in services["nginx"]["environment"]
 
 
 def test_compose_commands_exist_in_the_cli() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "nginx", "worker", "beat"):
         argv = services[name]["command"]
         assert argv[0] == "lookalike"
         command = lookalike.commands[argv[1]]
@@ -61,6 +83,8 @@ def test_make_stack_runs_the_same_commands_as_compose() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert services["migrate"]["command"] == list(MIGRATE_COMMAND)
     assert services["api"]["command"] == ["lookalike", *API_ARGS, "--bind", "0.0.0.0:8000"]
+    assert services["nginx"]["command"] == ["lookalike", *PROXY_ARGS, "--listen", "0.0.0.0:8000",
+                                            "--upstream", "api:8000"]
     assert services["worker"]["command"] == ["lookalike", *WORKER_ARGS]
     assert services["beat"]["command"] == ["lookalike", *BEAT_ARGS]
 

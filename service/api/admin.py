@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from core.catalog import ImportFormat
+from core.config import IMPORT_MAX_BYTES, MULTIPART_OVERHEAD
 from core.db import JobKind, JobStatus
 from core.dispatch import DispatchUnavailable
 from core.jobs import JobNotFound, create_job, fail_job, get_job, job_to_dict, list_jobs, set_task_id
@@ -33,11 +34,10 @@ from service.api.params import check_params, page_params
 from service.auth import Access, requires
 from service.context import ServiceContext, service_context
 from service.errors import ApiError, ErrorCode, bad_param, not_found
-from service.uploads import MULTIPART_OVERHEAD, BodyKind, allow_body, body_kind, json_object, uploaded_file
+from service.uploads import BodyKind, allow_body, body_kind, json_object, uploaded_file
 
 bp = Blueprint("admin", __name__)
 
-IMPORT_MAX_BYTES = 512 * 1024 * 1024
 _SUFFIX_FORMATS = {".csv": ImportFormat.CSV, ".jsonl": ImportFormat.JSONL, ".ndjson": ImportFormat.JSONL}
 
 

@@ -14,6 +14,7 @@ from core.catalog import ImageRef, RowError, get_item, import_rows
 from core.catalog.queries import DeleteOutcome, delete_item
 from core.catalog.rows import MAX_EXTERNAL_ID, MAX_IMAGES_PER_ITEM
 from core.catalog.validate import make_row
+from core.config import MAX_UPLOAD_IMAGES, MULTIPART_OVERHEAD
 from core.db import Item, ItemStatus, session_scope
 from core.db.backend import backend_of
 from core.media import MediaError
@@ -37,7 +38,6 @@ from service.context import service_context
 from service.errors import ApiError, ErrorCode, not_found
 from service.filters import FILTER_KEYS
 from service.uploads import (
-    MULTIPART_OVERHEAD,
     BodyKind,
     allow_body,
     body_kind,
@@ -49,7 +49,6 @@ from service.uploads import (
 
 bp = Blueprint("items", __name__)
 
-MAX_UPLOAD_IMAGES = 10
 METADATA_KEYS = ("title", "category", "group", "attributes")
 _MEDIA_KEY = re.compile(r"^[0-9a-f]{64}$")
 _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),

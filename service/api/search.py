@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from PIL import Image
 
+from core.config import MULTIPART_OVERHEAD
 from service.api.common import elapsed_ms, record_search_timings, search_errors, timed_json
 from service.api.params import DEFAULT_K, check_params, int_value
 from service.api.serialize import results_json
@@ -18,7 +19,6 @@ from service.filters import Filters, parse_json_filters
 from service.metrics import add_timing
 from service.searcher import SearchResult
 from service.uploads import (
-    MULTIPART_OVERHEAD,
     BodyKind,
     allow_body,
     body_kind,

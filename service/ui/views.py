@@ -13,6 +13,7 @@ from flask import Blueprint, render_template, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
+from core.config import MULTIPART_OVERHEAD
 from core.db import Item, ItemStatus, JobKind, session_scope
 from core.jobs import job_to_dict, list_jobs
 from service.api.common import search_errors
@@ -21,7 +22,7 @@ from service.api.serialize import item_json, match_json
 from service.context import service_context
 from service.errors import ApiError, ErrorCode
 from service.filters import Filters
-from service.uploads import MULTIPART_OVERHEAD, allow_body, decode_upload, read_file
+from service.uploads import allow_body, decode_upload, read_file
 
 ui_blueprint = Blueprint("ui", __name__)
 

@@ -70,3 +70,21 @@ def test_an_orphan_timeout_shorter_than_three_heartbeats_is_refused() -> None:
     with pytest.raises(ConfigError, match="LOOKALIKE_ORPHANED_JOB_SECONDS"):
         Settings(job_heartbeat_seconds=10, orphaned_job_seconds=25)
     assert Settings(job_heartbeat_seconds=10, orphaned_job_seconds=0).orphaned_job_seconds == 0
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    s = Settings.from_env({"LOOKALIKE_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"})
+    assert [str(n) for n in s.trusted_proxy_networks] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="LOOKALIKE_TRUSTED_PROXIES: 'nginx'"):
+        Settings.from_env({"LOOKALIKE_TRUSTED_PROXIES": "nginx"})
+
+
+def test_proxy_timeouts_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="LOOKALIKE_PROXY_CLIENT_BODY_TIMEOUT=0"):
+        Settings(proxy_client_body_timeout=0)
+
+
+def test_the_largest_request_is_an_import_or_a_full_item_upload() -> None:
+    # 512 MiB import vs ten 20 MiB images: the import; ten 100 MiB images: the upload.
+    assert Settings().max_request_bytes == 512 * 1024 * 1024 + 64 * 1024
+    assert Settings(max_image_bytes=100 * 1024 * 1024).max_request_bytes == 1000 * 1024 * 1024 + 64 * 1024

@@ -1,8 +1,9 @@
 """The native full stack (``lookalike stack``'s supervisor) for the end-to-end tests.
 
-One stack per module: PostgreSQL, Redis, the migration, gunicorn, a Celery worker
-and beat, each a real process on a free loopback port, all under the same
-:class:`stack.Stack` that ``make stack`` runs. The tests drive it only through
+One stack per module: PostgreSQL, Redis, the migration, gunicorn behind nginx (every
+request of the tests goes through nginx), a Celery worker and beat, each a real
+process on a free loopback port, all under the same :class:`stack.Stack` that
+``make stack`` runs. The tests drive it only through
 HTTP, and through the supervisor for the faults (kill, stop, restart).
 """
 
@@ -111,8 +112,8 @@ def e2e() -> Iterator[E2E]:
     # to reach its data directory (pytest's base temp dir is private to root).
     root = Path(tempfile.mkdtemp(prefix="lookalike-e2e-"))
     root.chmod(0o755)
-    config = StackConfig(home=root / "home", api_port=free_port(), postgres_port=free_port(),
-                         redis_port=free_port(), api_workers=2, worker_concurrency=2)
+    config = StackConfig(home=root / "home", api_port=free_port(), gunicorn_port=free_port(),
+                         postgres_port=free_port(), redis_port=free_port(), api_workers=2, worker_concurrency=2)
     base = Settings(
         admin_api_key=ADMIN_KEY, annoy_trees=20, verify_sample_size=200, torch_threads=1,
         index_poll_seconds=1.0, log_level="INFO",

@@ -17,15 +17,16 @@ from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_FIELDS = ("home", "database_url", "broker_url", "redis_url", "index_poll_seconds", "annoy_search_k",
-              "torch_threads", "max_k", "log_level", "reads_public", "embed_batch_size")
+              "torch_threads", "max_k", "log_level", "reads_public", "embed_batch_size", "trusted_proxies",
+              "proxy_client_header_timeout", "proxy_client_body_timeout", "proxy_send_timeout")
 
 
 def server_env(settings: Settings) -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(settings.home),
            "LANG": "C.UTF-8", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+    exported = settings.to_env()
     for name in ENV_FIELDS:
-        value = getattr(settings, name)
-        env[f"LOOKALIKE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"LOOKALIKE_{name.upper()}"] = exported[f"LOOKALIKE_{name.upper()}"]
     return env
 
 

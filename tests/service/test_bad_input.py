@@ -24,10 +24,11 @@ from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder, TestResponse
 from werkzeug.wrappers import Request
 
+from core.config import MULTIPART_OVERHEAD
 from core.db import Item, ItemImage, Job, session_scope
 from service.app import UI_CONTENT_SECURITY_POLICY, create_app
 from service.errors import ApiError
-from service.uploads import JSON_BODY_LIMIT, MAX_JSON_DEPTH, MULTIPART_OVERHEAD, parse_json
+from service.uploads import JSON_BODY_LIMIT, MAX_JSON_DEPTH, parse_json
 from service.urlfetch import embedded_ipv4, is_public_address
 from tests.service.support import DIM, Catalog, png_bytes
 
