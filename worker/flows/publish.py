@@ -20,6 +20,7 @@ from core.db.types import utcnow
 from core.notify import IndexChanged, publish_index_changed
 from core.registry import RegistryError, activate_model_in
 from worker.flows.errors import FlowError
+from worker.flows.retire import retire_beyond_keep
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,7 @@ def publish_index(settings: Settings, sessions: sessionmaker[Session], version: 
         index.published_at = utcnow()
         model = activate_model_in(s, index.model.version)
         s.flush()
-        kept = s.scalars(
-            select(IndexVersion).where(IndexVersion.status == IndexStatus.READY)
-            .order_by(IndexVersion.id.desc())
-        ).all()
-        for old in kept[max(settings.keep_index_versions - 1, 0):]:
-            old.status = IndexStatus.RETIRED
+        retire_beyond_keep(s, settings.keep_index_versions)
         message = IndexChanged(index_version=index.version, model_version=model.version)
     listeners = publish_index_changed(settings, message)
     log.info("published index %s (model %s); %d listener(s) notified",

@@ -33,12 +33,7 @@ ORPHAN_MIN_AGE_SECONDS = 6 * 3600
 def retire_old_indexes(settings: Settings, sessions: sessionmaker[Session]) -> dict[str, Any]:
     """RETIRE_OLD_INDEXES: enforce ``keep_index_versions`` and delete unneeded directories."""
     with session_scope(sessions) as s:
-        ready = s.scalars(
-            select(IndexVersion).where(IndexVersion.status == IndexStatus.READY)
-            .order_by(IndexVersion.id.desc())
-        ).all()
-        for old in ready[max(settings.keep_index_versions - 1, 0):]:
-            old.status = IndexStatus.RETIRED
+        retire_beyond_keep(s, settings.keep_index_versions)
         doomed = [Path(p) for p in s.scalars(
             select(IndexVersion.path).where(IndexVersion.status.in_([IndexStatus.RETIRED, IndexStatus.FAILED]))
         ) if p]
@@ -47,6 +42,23 @@ def retire_old_indexes(settings: Settings, sessions: sessionmaker[Session]) -> d
     if removed:
         log.info("removed %d old index directories", len(removed))
     return {"removed": removed}
+
+
+def retire_beyond_keep(s: Session, keep: int) -> list[IndexVersion]:
+    """Mark RETIRED every READY version older than the newest ``keep - 1``; returns them.
+
+    ``keep`` is ``keep_index_versions``, which counts the active index too
+    (docs/CONFIG.md): the active one plus ``keep - 1`` READY versions to roll back to.
+    Publish calls this in its transaction, RETIRE_OLD_INDEXES before deleting, so the
+    two can never disagree on which versions stay. Runs in the caller's session.
+    """
+    ready = s.scalars(
+        select(IndexVersion).where(IndexVersion.status == IndexStatus.READY).order_by(IndexVersion.id.desc())
+    ).all()
+    surplus = list(ready[max(keep - 1, 0):])
+    for old in surplus:
+        old.status = IndexStatus.RETIRED
+    return surplus
 
 
 def remove_index_dir(path: Path) -> bool:
