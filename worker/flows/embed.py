@@ -27,7 +27,7 @@ from core.registry import RegistryError
 from core.tasks import TaskName
 from worker.flows.freshness import after_embedding
 from worker.flows.jobstate import merge_result
-from worker.flows.models import NoActiveModel, target_models
+from worker.flows.model_choice import NoActiveModel, target_models
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

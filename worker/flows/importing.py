@@ -20,7 +20,7 @@ from core.embeddings_store import missing_image_ids
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
 from core.media import MediaStore
 from core.tasks import TaskName
-from worker.flows.models import NoActiveModel, target_models
+from worker.flows.model_choice import NoActiveModel, target_models
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

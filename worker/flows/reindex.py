@@ -26,7 +26,7 @@ from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
 from worker.flows.errors import FlowError
 from worker.flows.jobstate import touch_job
-from worker.flows.models import reindex_model
+from worker.flows.model_choice import reindex_model
 from worker.flows.publish import publish_index
 from worker.flows.retire import retire_old_indexes
 from worker.lock import LockBusy, holding, reindex_lock
