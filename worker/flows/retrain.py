@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core.db import Job
 from core.embedding import resolve_device
-from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.jobs import update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
 from trainer.baseline import NoBaselineError, pretrained_baseline, register_pretrained_baseline
 from trainer.config import ConfigError, DataSource, LabelKind, TrainConfig
@@ -37,8 +38,9 @@ from trainer.train import train
 from worker.flows.errors import FlowError
 from worker.flows.jobstate import merge_result, touch_job
 from worker.flows.promotion import Contender, decide
-from worker.flows.reindex import MAX_ATTEMPTS, reindex_locked
-from worker.lock import LockBusy, holding, reindex_lock
+from worker.flows.reindex import reindex_locked
+from worker.flows.runner import run_job_flow
+from worker.lock import holding, reindex_lock
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -100,24 +102,11 @@ def run_retrain(rt: Runtime, job_id: int, config: dict[str, Any] | None = None,
                 search: str | None = None) -> dict[str, Any]:
     """RETRAIN for ``job_id`` (worker.handlers creates one when beat sends none)."""
     overrides = list(overrides or [])
-    job = get_job(rt.sessions, job_id)
-    if job.status.finished:
-        return job.result
-    if job.attempts >= MAX_ATTEMPTS:
-        error = f"gave up after {job.attempts} attempts (the worker died each time)"
-        fail_job(rt.sessions, job_id, error)
-        return {"error": error}
-    start_job(rt.sessions, job_id)
-    try:
-        result = _retrain(rt, job_id, job.result, config, overrides, reason, search)
-    except (FlowError, LockBusy, RegistryError) as exc:
-        fail_job(rt.sessions, job_id, str(exc), result=get_job(rt.sessions, job_id).result)
-        return {"error": str(exc)}
-    except Exception as exc:
-        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}", result=get_job(rt.sessions, job_id).result)
-        raise
-    finish_job(rt.sessions, job_id, result)
-    return result
+
+    def body(job: Job, _: None) -> dict[str, Any]:  # job.result: what earlier attempts finished
+        return _retrain(rt, job_id, job.result, config, overrides, reason, search)
+
+    return run_job_flow(rt.sessions, job_id, body)
 
 
 def _registered(rt: Runtime, version: str) -> bool:
