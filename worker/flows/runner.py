@@ -20,7 +20,7 @@ same thing, in this order:
    so that Celery (or the in-process dispatcher) logs the traceback.
 6. **Finish**: the job succeeds with the body's result.
 
-A failed job keeps the result its body saved on the way (jobstate.merge_result), so a
+A failed job keeps the result its body saved on the way (jobstate.save_state), so a
 retrain that failed after training still shows its metrics. Error messages are stored
 as :func:`~core.catalog.rows.safe_text`: they may quote arbitrary input, and a message
 the database refused would leave the job running for ever.
