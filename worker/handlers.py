@@ -18,7 +18,7 @@ from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import
-from worker.flows.models import NoActiveModel, reindex_model
+from worker.flows.model_choice import NoActiveModel, reindex_model
 from worker.flows.recovery import RESUMABLE_TASKS, heartbeat, record_task, recover_orphaned_jobs
 from worker.flows.reindex import catalog_changed_since_active, run_reindex
 from worker.flows.retire import retire_old_indexes

@@ -22,7 +22,8 @@ from tests.worker.support import (
     wait_for_job,
     wait_until,
 )
-from worker.flows.recovery import TASK_PARAM, recover_orphaned_jobs
+from worker.flows.jobstate import TaskRecord
+from worker.flows.recovery import recover_orphaned_jobs
 
 
 def _age(embedded: Embedded, job_id: int, seconds: float) -> None:
@@ -37,16 +38,15 @@ def test_a_silent_running_job_is_sent_again_and_others_are_left_alone(embedded: 
     lost = create_job(embedded.sessions, JobKind.REINDEX, {"force": True})
     with session_scope(embedded.sessions) as s:
         job = s.get(Job, lost)
-        job.params = {**job.params, TASK_PARAM: {"name": TaskName.REINDEX.value,
-                                                 "kwargs": {"job_id": lost, "force": True}}}
+        job.params = TaskRecord(TaskName.REINDEX, {"job_id": lost, "force": True}).into(job.params)
     start_job(embedded.sessions, lost)
     _age(embedded, lost, 600)
     # Silent but with nothing recorded to send, and running with a fresh heartbeat: untouched.
     unknown = create_job(embedded.sessions, JobKind.TRAIN, {})
     start_job(embedded.sessions, unknown)
     _age(embedded, unknown, 600)
-    alive = create_job(embedded.sessions, JobKind.IMPORT, {
-        TASK_PARAM: {"name": TaskName.IMPORT_CATALOG.value, "kwargs": {"job_id": 0, "path": "/nowhere"}}})
+    alive = create_job(embedded.sessions, JobKind.IMPORT,
+                       TaskRecord(TaskName.IMPORT_CATALOG, {"job_id": 0, "path": "/nowhere"}).into({}))
     start_job(embedded.sessions, alive)
 
     result = recover_orphaned_jobs(embedded.sessions, embedded.dispatcher, orphaned_after_seconds=120)
@@ -69,8 +69,7 @@ def test_a_running_task_records_itself_and_keeps_its_job_alive(embedded: Embedde
     request = submit_reindex(settings, embedded.sessions, embedded.dispatcher, force=True)
     job = get_job(embedded.sessions, request.job_id)
     assert job.status is JobStatus.SUCCEEDED
-    assert job.params[TASK_PARAM] == {"name": TaskName.REINDEX.value,
-                                      "kwargs": {"job_id": request.job_id, "force": True}}
+    assert TaskRecord.read(job.params) == TaskRecord(TaskName.REINDEX, {"job_id": request.job_id, "force": True})
 
 
 ORPHAN_SETTINGS = {"job_heartbeat_seconds": 0.5, "orphaned_job_seconds": 3.0}
@@ -112,5 +111,5 @@ def test_the_scheduled_retrain_gets_a_job_and_records_itself(embedded: Embedded)
         job = s.scalars(select(Job).where(Job.kind == JobKind.RETRAIN)).one()
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert job.params["reason"] == "scheduled"
-    assert job.params[TASK_PARAM] == {"name": TaskName.RETRAIN.value,
-                                      "kwargs": {"reason": "scheduled", "overrides": overrides, "job_id": job.id}}
+    assert TaskRecord.read(job.params) == TaskRecord(
+        TaskName.RETRAIN, {"reason": "scheduled", "overrides": overrides, "job_id": job.id})

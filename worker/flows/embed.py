@@ -26,8 +26,8 @@ from core.media import MediaError
 from core.registry import RegistryError
 from core.tasks import TaskName
 from worker.flows.freshness import after_embedding
-from worker.flows.jobstate import merge_result
-from worker.flows.models import NoActiveModel, target_models
+from worker.flows.jobstate import EmbedState, save_state
+from worker.flows.model_choice import NoActiveModel, target_models
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def embed_images(rt: Runtime, image_ids: Sequence[int], job_id: int | None = Non
     if job_id is None:
         job_id = create_job(rt.sessions, JobKind.EMBED, {"images": len(ids)})
     job = get_job(rt.sessions, job_id)
-    if job.status.finished or job.result.get("dispatched"):
+    if job.status.finished or EmbedState.from_json(job.result).dispatched:
         return job.result  # a redelivery: the chunks are already out
     start_job(rt.sessions, job_id)
     try:
@@ -96,9 +96,10 @@ def embed_images(rt: Runtime, image_ids: Sequence[int], job_id: int | None = Non
     chunks = chunked(ids)
     total = len(ids) * len(models)
     update_progress(rt.sessions, job_id, 0, total)
-    result = {"dispatched": True, "images": len(ids), "chunks": len(chunks) * len(models),
-              "models": [m.version for m in models]}
-    merge_result(rt.sessions, job_id, **result)
+    state = EmbedState(dispatched=True, images=len(ids), chunks=len(chunks) * len(models),
+                       models=[m.version for m in models])
+    save_state(rt.sessions, job_id, state)
+    result = state.to_json()
     if total == 0:
         finish_job(rt.sessions, job_id, result)
         return result
@@ -142,7 +143,9 @@ def _count_chunk(sessions: sessionmaker[Session], job_id: int, size: int, failed
         if job is None:
             return False
         if failed:
-            job.result = {**job.result, "failed": int(job.result.get("failed", 0)) + failed}
+            state = EmbedState.from_json(job.result)
+            state.failed += failed
+            job.result = state.to_json()
         before = job.progress_done - size
         if job.status is JobStatus.RUNNING and before < job.progress_total <= job.progress_done:
             job.status = JobStatus.SUCCEEDED

@@ -15,12 +15,13 @@ from typing import Any
 
 from core.catalog.imports import import_catalog
 from core.catalog.rows import CatalogFormatError, ImportReport, safe_text
-from core.db import session_scope
+from core.db import Job, session_scope
 from core.embeddings_store import missing_image_ids
-from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.jobs import update_progress
 from core.media import MediaStore
 from core.tasks import TaskName
-from worker.flows.models import NoActiveModel, target_models
+from worker.flows.model_choice import NoActiveModel, target_models
+from worker.flows.runner import run_job_flow
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,15 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
 
     Bad rows are reported in the result, never a reason to fail. A source that cannot
     be read at all fails the job with the reason; any other exception from the import
-    fails it too and is raised (a bug, to be logged as one). Messages are made safe text
-    before they are stored: they may quote arbitrary bytes, and a message the database
-    refused would leave the job running for ever.
+    fails it too and is raised (a bug, to be logged as one): worker/flows/runner.py.
     """
-    job = get_job(rt.sessions, job_id)
-    if job.status.finished:
-        return job.result
-    start_job(rt.sessions, job_id)
+    def body(_job: Job, _: None) -> dict[str, Any]:
+        return _import(rt, job_id, path, format, delete_missing)
+
+    return run_job_flow(rt.sessions, job_id, body, expected=(CatalogFormatError,))  # an unknown format is one too
+
+
+def _import(rt: Runtime, job_id: int, path: str, format: str | None, delete_missing: bool) -> dict[str, Any]:
     rows_done = 0
 
     def progress(rows: int) -> None:  # called with the rows just processed
@@ -60,19 +62,11 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
         rows_done += rows
         update_progress(rt.sessions, job_id, rows_done)
 
-    try:
-        # The importer syncs the media store once per chunk before committing its rows,
-        # so per-file fsyncs (the store's default) would only slow the import down.
-        store = MediaStore.from_settings(rt.settings, fsync=False)
-        report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=format or None,
-                                delete_missing=delete_missing, progress=progress)
-    except CatalogFormatError as exc:  # an unknown format name is one too
-        message = safe_text(exc)
-        fail_job(rt.sessions, job_id, message)
-        return {"error": message}
-    except Exception as exc:
-        fail_job(rt.sessions, job_id, safe_text(f"{type(exc).__name__}: {exc}"))
-        raise
+    # The importer syncs the media store once per chunk before committing its rows,
+    # so per-file fsyncs (the store's default) would only slow the import down.
+    store = MediaStore.from_settings(rt.settings, fsync=False)
+    report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=format or None,
+                            delete_missing=delete_missing, progress=progress)
     result = report_to_dict(report)
     to_embed = set(report.new_image_ids)
     try:
@@ -88,5 +82,4 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
         # (idempotent) import and sends it again, rather than never sending it.
         rt.dispatcher.send(TaskName.EMBED_IMAGES, image_ids=sorted(to_embed))
     result["queued_for_embedding"] = len(to_embed)
-    finish_job(rt.sessions, job_id, result)
     return result

@@ -33,13 +33,11 @@ from core.db import Job, JobStatus, session_scope
 from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.tasks import TaskName
-from worker.flows.jobstate import touch_job
+from worker.flows.jobstate import TaskRecord, touch_job
 
 log = logging.getLogger(__name__)
 
 RESUMABLE_TASKS = frozenset({TaskName.IMPORT_CATALOG, TaskName.REINDEX, TaskName.RETRAIN})
-TASK_PARAM = "task"
-"""Key in ``jobs.params`` holding ``{"name": ..., "kwargs": ...}`` of the task that runs the job."""
 
 
 def record_task(sessions: sessionmaker[Session], job_id: int, task: TaskName, kwargs: dict[str, Any]) -> None:
@@ -48,7 +46,7 @@ def record_task(sessions: sessionmaker[Session], job_id: int, task: TaskName, kw
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LookupError(f"job {job_id} does not exist")
-        job.params = {**job.params, TASK_PARAM: {"name": task.value, "kwargs": kwargs}}
+        job.params = TaskRecord(task, kwargs).into(job.params)
 
 
 @contextmanager
@@ -85,8 +83,8 @@ def recover_orphaned_jobs(sessions: sessionmaker[Session], dispatcher: TaskDispa
         ).all()
     resent: list[int] = []
     for job_id, seen, params in silent:
-        task = params.get(TASK_PARAM)
-        if not task:
+        task = TaskRecord.read(params)
+        if task is None:
             continue
         # Compare-and-set on updated_at: of two sweeps at once, one wins and sends.
         with session_scope(sessions) as s:
@@ -98,12 +96,12 @@ def recover_orphaned_jobs(sessions: sessionmaker[Session], dispatcher: TaskDispa
         if not claimed:
             continue
         try:
-            dispatcher.send(TaskName(task["name"]), **task["kwargs"])
+            dispatcher.send(task.name, **task.kwargs)
         except DispatchUnavailable:
             # Back to RUNNING with the old heartbeat: the next sweep tries again.
             with session_scope(sessions) as s:
                 s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING, updated_at=seen))
             raise
-        log.warning("job %d lost its worker (silent since %s): sent %s again", job_id, seen, task["name"])
+        log.warning("job %d lost its worker (silent since %s): sent %s again", job_id, seen, task.name.value)
         resent.append(job_id)
     return {"resent": resent}

@@ -11,31 +11,31 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import IndexVersion, Item, ItemImage, JobPhase, ModelVersion, session_scope
+from core.db import IndexVersion, Item, ItemImage, Job, JobPhase, ModelVersion, session_scope
 from core.embeddings_store import snapshot_vectors
 from core.index.manifest import IDS_FILE
-from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.jobs import update_progress
 from core.publish import publish_index
-from core.registry import RegistryError, active_index
+from core.registry import active_index
 from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
 from worker.flows.errors import FlowError
 from worker.flows.jobstate import touch_job
-from worker.flows.models import reindex_model
+from worker.flows.model_choice import reindex_model
 from worker.flows.retire import retire_old_indexes
-from worker.lock import LockBusy, holding, reindex_lock
+from worker.flows.runner import run_job_flow
+from worker.lock import HeldLock, holding, reindex_lock
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3
-"""A job whose worker died this many times is failed rather than retried again."""
 LOCK_WAIT_SECONDS = 120.0
 
 
@@ -44,28 +44,15 @@ class ReindexError(FlowError):
 
 
 def run_reindex(rt: Runtime, job_id: int, force: bool = False, model_version: str | None = None) -> dict[str, Any]:
-    """REINDEX: the whole flow for one job; safe to run again for the same job."""
-    job = get_job(rt.sessions, job_id)
-    if job.status.finished:
-        return job.result  # a redelivered message for a job already settled
-    if job.attempts >= MAX_ATTEMPTS:
-        error = f"gave up after {job.attempts} attempts (the worker died each time)"
-        fail_job(rt.sessions, job_id, error)
-        return {"error": error}
-    lock = reindex_lock(rt.settings, owner=f"job-{job_id}")
-    try:
-        with holding(lock, wait_seconds=LOCK_WAIT_SECONDS, on_beat=lambda: touch_job(rt.sessions, job_id)) as held:
-            start_job(rt.sessions, job_id)
-            result = reindex_locked(rt, job_id, force=force, model_version=model_version,
-                                    lock_lost=lambda: held.lost)
-    except (FlowError, LockBusy, RegistryError) as exc:
-        fail_job(rt.sessions, job_id, str(exc))
-        return {"error": str(exc)}
-    except Exception as exc:
-        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}")
-        raise
-    finish_job(rt.sessions, job_id, result)
-    return result
+    """REINDEX: the whole flow for one job; safe to run again for the same job (worker/flows/runner.py)."""
+    def guard() -> AbstractContextManager[HeldLock]:  # the job starts only once the lock is held
+        return holding(reindex_lock(rt.settings, owner=f"job-{job_id}"), wait_seconds=LOCK_WAIT_SECONDS,
+                       on_beat=lambda: touch_job(rt.sessions, job_id))
+
+    def body(_job: Job, held: HeldLock) -> dict[str, Any]:
+        return reindex_locked(rt, job_id, force=force, model_version=model_version, lock_lost=lambda: held.lost)
+
+    return run_job_flow(rt.sessions, job_id, body, guard=guard)
 
 
 def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_version: str | None,

@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core.db import Job
 from core.embedding import resolve_device
-from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
+from core.jobs import update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
 from trainer.baseline import NoBaselineError, pretrained_baseline, register_pretrained_baseline
 from trainer.config import ConfigError, DataSource, LabelKind, TrainConfig
@@ -35,10 +36,20 @@ from trainer.search import SearchSpace, load_search_space, planned_epochs, run_s
 from trainer.state import RunPaths
 from trainer.train import train
 from worker.flows.errors import FlowError
-from worker.flows.jobstate import merge_result, touch_job
+from worker.flows.jobstate import (
+    BaselineStep,
+    GateStep,
+    ReindexStep,
+    RetrainState,
+    SearchStep,
+    TrainedStep,
+    save_state,
+    touch_job,
+)
 from worker.flows.promotion import Contender, decide
-from worker.flows.reindex import MAX_ATTEMPTS, reindex_locked
-from worker.lock import LockBusy, holding, reindex_lock
+from worker.flows.reindex import reindex_locked
+from worker.flows.runner import run_job_flow
+from worker.lock import holding, reindex_lock
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -100,24 +111,11 @@ def run_retrain(rt: Runtime, job_id: int, config: dict[str, Any] | None = None,
                 search: str | None = None) -> dict[str, Any]:
     """RETRAIN for ``job_id`` (worker.handlers creates one when beat sends none)."""
     overrides = list(overrides or [])
-    job = get_job(rt.sessions, job_id)
-    if job.status.finished:
-        return job.result
-    if job.attempts >= MAX_ATTEMPTS:
-        error = f"gave up after {job.attempts} attempts (the worker died each time)"
-        fail_job(rt.sessions, job_id, error)
-        return {"error": error}
-    start_job(rt.sessions, job_id)
-    try:
-        result = _retrain(rt, job_id, job.result, config, overrides, reason, search)
-    except (FlowError, LockBusy, RegistryError) as exc:
-        fail_job(rt.sessions, job_id, str(exc), result=get_job(rt.sessions, job_id).result)
-        return {"error": str(exc)}
-    except Exception as exc:
-        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}", result=get_job(rt.sessions, job_id).result)
-        raise
-    finish_job(rt.sessions, job_id, result)
-    return result
+
+    def body(job: Job, _: None) -> dict[str, Any]:  # job.result: what earlier attempts finished
+        return _retrain(rt, job_id, RetrainState.from_json(job.result), config, overrides, reason, search)
+
+    return run_job_flow(rt.sessions, job_id, body)
 
 
 def _registered(rt: Runtime, version: str) -> bool:
@@ -128,7 +126,7 @@ def _registered(rt: Runtime, version: str) -> bool:
     return True
 
 
-def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, Any] | None,
+def _retrain(rt: Runtime, job_id: int, state: RetrainState, config: dict[str, Any] | None,
              overrides: list[str], reason: str, search: str | None) -> dict[str, Any]:
     settings, sessions = rt.settings, rt.sessions
     cfg = retrain_config(rt, config, overrides)
@@ -141,18 +139,19 @@ def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, A
     total = searched + cfg.epochs
 
     # ---- 1. which recipe: the search's winner, or the config as given
-    if space is not None and "recipe" not in done:
+    if space is not None and state.search is None:
         update_progress(sessions, job_id, 0, total)
         try:
             found = run_search(cfg, space, runs / f"retrain-{job_id}-search", ctx,
                                on_epoch=lambda n, _planned: update_progress(sessions, job_id, n, total))
         except ValueError as exc:  # the catalog does not fit the space (too few classes, a bad candidate)
             raise RetrainError(f"recipe search could not run: {exc}") from exc
-        done = merge_result(sessions, job_id, search=found.to_dict(), recipe=found.recipe.to_dict())
-    recipe = TrainConfig.from_dict(done["recipe"]) if "recipe" in done else cfg
+        state.search = SearchStep(found.to_dict(), found.recipe.to_dict())
+        save_state(sessions, job_id, state)
+    recipe = TrainConfig.from_dict(state.search.recipe) if state.search is not None else cfg
 
     # ---- 2. train it on every training class
-    if "candidate_metrics" not in done:
+    if state.trained is None:
         if not _registered(rt, candidate):  # a retry after registering skips the training
             run_dir = runs / f"retrain-{job_id}"
             update_progress(sessions, job_id, searched, total)
@@ -163,49 +162,52 @@ def _retrain(rt: Runtime, job_id: int, done: dict[str, Any], config: dict[str, A
             except ValueError as exc:  # the catalog does not fit the config (ConfigError is one too)
                 raise RetrainError(f"training could not start: {exc}") from exc
             register_trained(sessions, settings, trained, version=candidate, notes=f"retrain job {job_id} ({reason})")
-            merge_result(sessions, job_id, run_dir=str(run_dir))
-        done = merge_result(sessions, job_id, candidate=candidate,
-                            candidate_metrics=holdout_metrics(rt, candidate, cfg))
+            state.run_dir = str(run_dir)
+            save_state(sessions, job_id, state)
+        state.trained = TrainedStep(candidate, holdout_metrics(rt, candidate, cfg))
+        save_state(sessions, job_id, state)
 
     # ---- 3. the frozen pretrained baseline it has to beat
-    if "baseline" not in done:
-        done = merge_result(sessions, job_id, **_baseline(rt, recipe, ctx, baseline, cfg, job_id))
+    if state.baseline is None:
+        state.baseline = _baseline(rt, recipe, ctx, baseline, cfg, job_id)
+        save_state(sessions, job_id, state)
 
     # ---- 4. the gate
     active_metrics = None
     if incumbent is not None and incumbent.version not in (candidate, baseline):
         active_metrics = holdout_metrics(rt, incumbent.version, cfg)
     decision = decide(
-        Contender(candidate, "trained", done["candidate_metrics"]),
+        Contender(candidate, "trained", state.trained.metrics),
         Contender(incumbent.version, "active", active_metrics) if active_metrics is not None else None,
         settings.promotion_margin,
-        baseline=Contender(baseline, "pretrained", done["baseline_metrics"]) if done["baseline"] else None,
+        baseline=Contender(baseline, "pretrained", state.baseline.metrics) if state.baseline.version else None,
     )
-    for version in (candidate, done["baseline"]):
+    for version in (candidate, state.baseline.version):
         if version:
             set_model_metrics(sessions, version, {"promotion": decision.to_dict()})
-    done = merge_result(sessions, job_id, active=incumbent.version if incumbent else None,
-                        active_metrics=active_metrics, decision=decision.to_dict(), promoted=False,
-                        promoted_version=None)
+    state.gate = GateStep(incumbent.version if incumbent else None, active_metrics, decision.to_dict())
+    save_state(sessions, job_id, state)
     log.info("retrain job %d: %s -> %s", job_id, candidate, decision.reason)
     if not decision.promote:
-        return done
+        return state.to_json()
 
     lock = reindex_lock(settings, owner=f"retrain-job-{job_id}")
     with holding(lock, wait_seconds=PROMOTION_LOCK_WAIT_SECONDS, on_beat=lambda: touch_job(sessions, job_id)) as held:
         reindexed = reindex_locked(rt, None, force=True, model_version=decision.chosen, lock_lost=lambda: held.lost)
-    return merge_result(sessions, job_id, promoted=True, promoted_version=decision.chosen, reindex=reindexed,
-                        index_version=reindexed.get("index_version"))
+    state.gate.promoted, state.gate.promoted_version = True, decision.chosen
+    state.reindex = ReindexStep(reindexed, reindexed.get("index_version"))
+    save_state(sessions, job_id, state)
+    return state.to_json()
 
 
 def _baseline(rt: Runtime, recipe: TrainConfig, ctx: DataContext, version: str, holdout: TrainConfig,
-              job_id: int) -> dict[str, Any]:
+              job_id: int) -> BaselineStep:
     """Build, register and score the frozen pretrained baseline; says why when there is none."""
     if not _registered(rt, version):
         try:
             model = pretrained_baseline(recipe, ctx, device=resolve_device(rt.settings.device))
         except NoBaselineError as exc:
-            return {"baseline": None, "baseline_metrics": None, "baseline_note": str(exc)}
+            return BaselineStep(None, None, note=str(exc))
         register_pretrained_baseline(rt.sessions, rt.settings, model, recipe, version=version,
                                      notes=f"retrain job {job_id}: frozen pretrained baseline")
-    return {"baseline": version, "baseline_metrics": holdout_metrics(rt, version, holdout)}
+    return BaselineStep(version, holdout_metrics(rt, version, holdout))
