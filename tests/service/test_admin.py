@@ -8,7 +8,7 @@ import time
 from flask.testing import FlaskClient
 
 from core.db import JobStatus
-from core.jobs import get_job
+from core.jobs import finish_job, get_job
 from core.tasks import TaskName
 from service.app import create_app
 from service.dispatch import CeleryDispatcher
@@ -51,20 +51,33 @@ def test_import_needs_a_file_of_a_known_format(client: FlaskClient, auth: dict) 
     assert response.status_code == 400 and "file" in response.json["error"]["message"]
 
 
-def test_reindex_publishes_and_joins(client: FlaskClient, catalog: Catalog, auth: dict) -> None:
+def test_reindex_publishes(client: FlaskClient, catalog: Catalog, auth: dict) -> None:
     first = client.post("/api/v1/reindex", json={"force": True}, headers=auth)
     assert first.status_code == 202, first.json
-    assert first.json["job"]["kind"] == "reindex"
-    second = client.post("/api/v1/reindex", headers=auth)  # no body at all is fine
-    assert second.status_code == 202
-    if second.json["joined"]:
-        assert second.json["job"]["id"] == first.json["job"]["id"]
+    assert first.json["job"]["kind"] == "reindex" and first.json["joined"] is False
     done = wait_job(client, first.json["job"]["id"], timeout=120)
     assert done["status"] == "succeeded", done
     indexes = client.get("/api/v1/indexes").json["indexes"]
     assert indexes[0]["status"] == "active" and indexes[0]["version"] != catalog.index_version
     assert client.post("/api/v1/reindex", json={"force": "yes"}, headers=auth).status_code == 400
     assert client.post("/api/v1/reindex", json={"fast": True}, headers=auth).status_code == 400
+
+
+def test_a_reindex_request_joins_the_open_job(recording, catalog: Catalog, auth: dict) -> None:
+    """The recording dispatcher runs nothing, so the first job stays open: the second request
+    must join it; once it has finished, the next request queues a new one."""
+    client, dispatcher = recording
+    first = client.post("/api/v1/reindex", json={"force": True}, headers=auth)
+    assert first.status_code == 202 and first.json["joined"] is False
+    second = client.post("/api/v1/reindex", headers=auth)  # no body at all is fine
+    assert second.status_code == 202, second.json
+    assert second.json["joined"] is True and second.json["job"]["id"] == first.json["job"]["id"]
+    assert [task for task, _ in dispatcher.sent] == [TaskName.REINDEX]
+    finish_job(catalog.sessions, first.json["job"]["id"])
+    third = client.post("/api/v1/reindex", headers=auth)
+    assert third.status_code == 202 and third.json["joined"] is False
+    assert third.json["job"]["id"] != first.json["job"]["id"]
+    assert [task for task, _ in dispatcher.sent] == [TaskName.REINDEX, TaskName.REINDEX]
 
 
 def test_retrain_is_queued_as_a_job(recording, auth: dict) -> None:
