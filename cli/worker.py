@@ -26,6 +26,8 @@ from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.jobs import JobNotFound, create_job, get_job, job_to_dict, list_jobs, set_task_id
 from core.reindex_requests import submit_reindex
 from core.tasks import Queue, TaskName
+from trainer.config import ConfigError
+from trainer.retrain_config import retrain_config
 from worker.celery_app import CeleryTaskSender, make_celery
 from worker.local import InProcessDispatcher
 
@@ -106,7 +108,15 @@ def reindex(ctx: CliContext, force: bool, wait: bool) -> None:
 @click.option("--wait", is_flag=True, help="Follow the job until it ends (always, in the embedded setup).")
 @click.pass_obj
 def retrain(ctx: CliContext, overrides: tuple[str, ...], wait: bool) -> None:
-    """Train on the catalog, evaluate on the holdout, promote and publish only if better."""
+    """Train on the catalog, evaluate on the holdout, promote and publish only if better.
+
+    The config is the active model's with the --set overrides on top; a bad override is
+    refused before any job is queued (docs/CONFIG.md, "Training config overrides").
+    """
+    try:
+        retrain_config(ctx.sessions, ctx.settings.device, overrides=overrides)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
     dispatcher = dispatcher_for(ctx.settings)
     params: dict[str, Any] = {"overrides": list(overrides), "reason": "cli"}
     job_id = create_job(ctx.sessions, JobKind.RETRAIN, params)

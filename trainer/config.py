@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from core.config import DeviceChoice
-from core.embedding import Backbone, Distance, ModelSpec, Pretrained, ResizeMode
+from core.embedding.spec import Backbone, Distance, ModelSpec, Pretrained, ResizeMode
 from trainer.config_tree import ConfigError, apply_overrides, build, plain
 from trainer.files import replacing
-from trainer.miners import PairStrategy, SemiHardMode
+from trainer.miner_modes import PairStrategy, SemiHardMode
 
 __all__ = [
     "AugmentPolicy", "ConfigError", "DataConfig", "DataSource", "LabelKind", "LossConfig", "LossKind",

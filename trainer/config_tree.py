@@ -2,7 +2,10 @@
 
 The generic half of :mod:`trainer.config`: ``build(cls, data)`` checks every key
 against the dataclass fields (unknown keys and wrong types fail with the dotted key
-named), and ``apply_overrides`` sets ``a.b.c=value`` pairs parsed as YAML.
+named), and overrides are applied by one function, :func:`set_overrides`, whether they
+come as the CLI's ``a.b.c=value`` strings (:func:`parse_override`, values parsed as YAML)
+or as the API's JSON object (:func:`override_pairs`); see docs/CONFIG.md, "Training
+config overrides".
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import types
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -20,26 +24,71 @@ class ConfigError(ValueError):
     """A training config key or value is invalid; the message names the key."""
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    return set_overrides(data, [parse_override(item) for item in overrides])
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b.c=value"`` as ``("a.b.c", value)``, the value parsed as YAML (the CLI's form)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+
+
+MAX_KEY_DEPTH = 8
+"""No training config key is more than two levels deep; deeper nesting is refused, not recursed into."""
+
+
+def override_pairs(overrides: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A JSON object of overrides (the API's form) as ``(dotted key, value)`` pairs.
+
+    Keys may be dotted or nested: ``{"loss.margin": 0.3}`` and ``{"loss": {"margin": 0.3}}``
+    are the same override, and a nested object sets only the keys it names (the rest of
+    the section is kept). An empty object names no key and is kept as a value, so that
+    it fails where a section is not expected.
+    """
+    pairs: list[tuple[str, Any]] = []
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            if dotted.count(".") >= MAX_KEY_DEPTH:
+                raise ConfigError(f"unknown key {dotted[:200]!r}: no training config key is nested that deep")
+            pairs.extend(override_pairs(value, dotted + "."))
+        else:
+            pairs.append((dotted, value))
+    return pairs
+
+
+def set_overrides(data: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``(dotted key, value)`` set; the one place overrides are applied.
+
+    Intermediate sections are created where missing; a key below a value that is not a
+    section fails with both named. The result is checked by :func:`build`, not here.
+    """
     out = _deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
-        node = out
+    for key, value in pairs:
         parts = key.split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"override key {key[:200]!r} has an empty part")
+        node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = value
+        if isinstance(value, Mapping):  # a whole section: merged into what is there
+            current = node.get(parts[-1])
+            if not isinstance(current, dict):
+                node[parts[-1]] = current = {}
+            current.update(set_overrides(current, override_pairs(value)))
+        else:
+            node[parts[-1]] = value
     return out
 
 

@@ -35,6 +35,8 @@ from service.auth import Access, requires
 from service.context import ServiceContext, service_context
 from service.errors import ApiError, ErrorCode, bad_param, not_found
 from service.uploads import BodyKind, allow_body, body_kind, json_object, uploaded_file
+from trainer.config import ConfigError
+from trainer.retrain_config import retrain_config
 
 bp = Blueprint("admin", __name__)
 
@@ -169,6 +171,7 @@ def reindex() -> Response:
 @bp.post("/retrain")
 @requires(Access.WRITE)
 def retrain() -> Response:
+    """Queue a retrain whose config is the active model's with ``config``'s overrides on top."""
     ctx = service_context()
     check_params(())
     body = _optional_json()
@@ -176,6 +179,12 @@ def retrain() -> Response:
     config = body.get("config", {})
     if not isinstance(config, dict):
         raise bad_param("config", "must be an object of training overrides")
+    # Refused here, with the key named, rather than by the worker after a 202: the same
+    # resolution the worker repeats when the job runs (docs/CONFIG.md, "Training config overrides").
+    try:
+        retrain_config(ctx.sessions, ctx.settings.device, config)
+    except ConfigError as exc:
+        raise bad_param("config", str(exc)) from exc
     job_id = create_job(ctx.sessions, JobKind.RETRAIN, {"config": config, "reason": "api"})
     _send(ctx, job_id, TaskName.RETRAIN, config=config or None)
     return _accepted(job_id)

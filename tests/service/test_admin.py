@@ -5,14 +5,19 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
-from core.db import JobStatus
-from core.jobs import get_job
+from core.db import JobKind, JobStatus, ModelVersion, session_scope
+from core.jobs import finish_job, get_job, list_jobs
+from core.registry import get_model
 from core.tasks import TaskName
 from service.app import create_app
 from service.dispatch import CeleryDispatcher
 from tests.service.support import Catalog, png_bytes
+from trainer.config import TrainConfig
+from worker.local import InProcessDispatcher
 
 
 def wait_job(client: FlaskClient, job_id: int, timeout: float = 60) -> dict:
@@ -51,14 +56,10 @@ def test_import_needs_a_file_of_a_known_format(client: FlaskClient, auth: dict) 
     assert response.status_code == 400 and "file" in response.json["error"]["message"]
 
 
-def test_reindex_publishes_and_joins(client: FlaskClient, catalog: Catalog, auth: dict) -> None:
+def test_reindex_publishes(client: FlaskClient, catalog: Catalog, auth: dict) -> None:
     first = client.post("/api/v1/reindex", json={"force": True}, headers=auth)
     assert first.status_code == 202, first.json
-    assert first.json["job"]["kind"] == "reindex"
-    second = client.post("/api/v1/reindex", headers=auth)  # no body at all is fine
-    assert second.status_code == 202
-    if second.json["joined"]:
-        assert second.json["job"]["id"] == first.json["job"]["id"]
+    assert first.json["job"]["kind"] == "reindex" and first.json["joined"] is False
     done = wait_job(client, first.json["job"]["id"], timeout=120)
     assert done["status"] == "succeeded", done
     indexes = client.get("/api/v1/indexes").json["indexes"]
@@ -67,16 +68,95 @@ def test_reindex_publishes_and_joins(client: FlaskClient, catalog: Catalog, auth
     assert client.post("/api/v1/reindex", json={"fast": True}, headers=auth).status_code == 400
 
 
-def test_retrain_is_queued_as_a_job(recording, auth: dict) -> None:
+def test_a_reindex_request_joins_the_open_job(recording, catalog: Catalog, auth: dict) -> None:
+    """The recording dispatcher runs nothing, so the first job stays open: the second request
+    must join it; once it has finished, the next request queues a new one."""
     client, dispatcher = recording
-    response = client.post("/api/v1/retrain", json={"config": {"train.epochs": 1}}, headers=auth)
-    assert response.status_code == 202
+    first = client.post("/api/v1/reindex", json={"force": True}, headers=auth)
+    assert first.status_code == 202 and first.json["joined"] is False
+    second = client.post("/api/v1/reindex", headers=auth)  # no body at all is fine
+    assert second.status_code == 202, second.json
+    assert second.json["joined"] is True and second.json["job"]["id"] == first.json["job"]["id"]
+    assert [task for task, _ in dispatcher.sent] == [TaskName.REINDEX]
+    finish_job(catalog.sessions, first.json["job"]["id"])
+    third = client.post("/api/v1/reindex", headers=auth)
+    assert third.status_code == 202 and third.json["joined"] is False
+    assert third.json["job"]["id"] != first.json["job"]["id"]
+    assert [task for task, _ in dispatcher.sent] == [TaskName.REINDEX, TaskName.REINDEX]
+
+
+def _retrain_jobs(catalog: Catalog) -> list[int]:
+    return [job.id for job in list_jobs(catalog.sessions, kind=JobKind.RETRAIN)]
+
+
+def test_retrain_is_queued_as_a_job(recording, catalog: Catalog, auth: dict) -> None:
+    client, dispatcher = recording
+    overrides = {"loss.margin": 0.3, "optim": {"lr": 0.002}}
+    response = client.post("/api/v1/retrain", json={"config": overrides}, headers=auth)
+    assert response.status_code == 202, response.json
     job = response.json["job"]
-    assert job["kind"] == "retrain" and job["params"]["config"] == {"train.epochs": 1}
+    assert job["kind"] == "retrain" and job["params"]["config"] == overrides
     assert job["celery_task_id"] == "recorded-1"
-    assert dispatcher.sent == [(TaskName.RETRAIN, {"job_id": job["id"], "config": {"train.epochs": 1}})]
-    assert client.post("/api/v1/retrain", json={"config": []}, headers=auth).status_code == 400
-    assert len(dispatcher.sent) == 1
+    assert dispatcher.sent == [(TaskName.RETRAIN, {"job_id": job["id"], "config": overrides})]
+    assert _retrain_jobs(catalog) == [job["id"]]
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"train.epochs": 1}, "unknown key(s) ['train']"),
+        ({"loss.marign": 0.3}, "unknown key(s) ['loss.marign']"),
+        ({"loss": {"margin": "wide"}}, "loss.margin must be a number, got 'wide'"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"loss.miner": "hard_pairs"}, "loss.miner 'hard_pairs' does not go with loss.kind 'triplet'"),
+        ({"data.source": "folder"}, "data.source cannot be overridden"),
+        ([], "must be an object of training overrides"),
+    ],
+)
+def test_a_bad_retrain_override_is_a_400_naming_it_and_queues_nothing(
+        recording, catalog: Catalog, auth: dict, config: object, named: str) -> None:
+    client, dispatcher = recording
+    response = client.post("/api/v1/retrain", json={"config": config}, headers=auth)
+    assert response.status_code == 400, response.json
+    error = response.json["error"]
+    assert error["code"] == "invalid_parameter" and error["details"] == {"parameter": "config"}
+    assert error["message"].startswith("config: ") and named in error["message"]
+    assert dispatcher.sent == [] and _retrain_jobs(catalog) == []
+
+
+def test_a_retrain_trains_the_active_models_config_with_the_overrides_on_top(
+        catalog: Catalog, auth: dict) -> None:
+    active = {"loss": {"margin": 0.5, "miner": "batch_all"}, "optim": {"lr": 0.002, "weight_decay": 0.0},
+              "model": {"input_size": 32, "embedding_dim": 16}, "amp": False, "eval_batch_size": 64,
+              "data": {"source": "folder", "path": "/photos", "holdout_classes": ["boots"]}}
+    with session_scope(catalog.sessions) as s:
+        model = s.scalars(select(ModelVersion).where(ModelVersion.version == catalog.model_version)).one()
+        model.train_config = active
+    # no recipe search and no promotion: the run is the config as resolved, and nothing is reindexed
+    settings = catalog.settings.replace(retrain_search="off", promotion_margin=1.0)
+    dispatcher = InProcessDispatcher(settings, background=True)
+    app = create_app(settings, dispatcher=dispatcher)
+    try:
+        client = app.test_client()
+        overrides = {"loss.margin": 0.3, "epochs": 1, "steps_per_epoch": 2, "classes_per_batch": 2,
+                     "images_per_class": 2, "data": {"holdout_classes": ["hats"]}}
+        response = client.post("/api/v1/retrain", json={"config": overrides}, headers=auth)
+        assert response.status_code == 202, response.json
+        done = wait_job(client, response.json["job"]["id"], timeout=300)
+    finally:
+        app.extensions["lookalike"].close()
+        dispatcher.close()
+    assert done["status"] == "succeeded", done
+    resolved = done["result"]["config"]
+    assert resolved["loss"]["margin"] == 0.3 and resolved["epochs"] == 1  # the overrides
+    assert resolved["loss"]["miner"] == "batch_all"  # the active model's, kept
+    assert resolved["optim"] == {**TrainConfig().to_dict()["optim"], "lr": 0.002, "weight_decay": 0.0}
+    assert resolved["model"]["embedding_dim"] == 16
+    # the active config trained on files: the retrain switched it to the catalog's categories
+    assert resolved["data"]["source"] == "catalog" and resolved["data"]["path"] == ""
+    assert resolved["data"]["label"] == "category" and resolved["data"]["holdout_classes"] == ["hats"]
+    candidate = get_model(catalog.sessions, done["result"]["candidate"])
+    assert candidate.train_config == resolved and candidate.spec["embedding_dim"] == 16
 
 
 def test_jobs_list_and_get(recording, auth: dict) -> None:

@@ -30,6 +30,13 @@ def test_yaml_then_overrides(tmp_path: Path):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_a_section_override_merges_into_the_section(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  miner: batch_all\n  margin: 0.5\n")
+    cfg = TrainConfig.from_yaml(path, ["loss={margin: 0.3, squared: true}"])
+    assert cfg.loss.margin == 0.3 and cfg.loss.squared is True and cfg.loss.miner is MinerKind.BATCH_ALL
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

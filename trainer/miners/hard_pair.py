@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import Tensor
 
+from trainer.miner_modes import PairStrategy
 from trainer.miners.base import PairIndices, check_margin
 from trainer.miners.pair_base import PairMiner
-
-
-class PairStrategy(StrEnum):
-    """``ACTIVE``: every pair with a non-zero loss, each unordered pair once (i < j).
-    ``HARDEST``: per anchor, its farthest positive and its closest negative, each
-    kept only if active (so a pair may appear once per end); ties go to the
-    lowest index."""
-
-    ACTIVE = "active"
-    HARDEST = "hardest"
 
 
 class HardPairMiner(PairMiner):

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import Tensor
 
+from trainer.miner_modes import SemiHardMode
 from trainer.miners.base import MiningStats, TripletBlock, TripletIndices, TripletSelection
 from trainer.miners.triplet_base import TripletMiner, anchor_negative_rows, block_stats, index_stats
-
-
-class SemiHardMode(StrEnum):
-    """Which semi-hard triplets to return.
-
-    ``HARDEST``: for every anchor-positive pair, the closest semi-hard negative
-    (FaceNet, Schroff et al. 2015): at most one triplet per pair, so the output
-    stays O(B K).  ``ALL``: every semi-hard triplet, as pytorch-metric-learning's
-    ``TripletMarginMiner(type_of_triplets="semihard")``; its output can grow like
-    B^2 K (a loss consumes it in row form, without expanding it).
-    """
-
-    HARDEST = "hardest"
-    ALL = "all"
 
 
 class SemiHardMiner(TripletMiner):

@@ -136,6 +136,8 @@ class ReindexStep:
 class RetrainState:
     """A RETRAIN job's result: one field per finished step, None while it is still to do."""
 
+    config: JSON | None = None
+    """The config this attempt trains: the active model's config with the request's overrides."""
     search: SearchStep | None = None
     run_dir: str | None = None
     """The training's run directory, set once the candidate is registered."""
@@ -146,7 +148,7 @@ class RetrainState:
     extra: JSON = field(default_factory=dict)
 
     _KEYS: ClassVar[tuple[str, ...]] = (
-        "search", "recipe", "run_dir", "candidate", "candidate_metrics", "baseline", "baseline_metrics",
+        "config", "search", "recipe", "run_dir", "candidate", "candidate_metrics", "baseline", "baseline_metrics",
         "baseline_note", "active", "active_metrics", "decision", "promoted", "promoted_version", "reindex",
         "index_version")
 
@@ -154,6 +156,7 @@ class RetrainState:
     def from_json(cls, data: JSON) -> RetrainState:
         """Read a stored result; a step counts as done when its keys are there (None is a value)."""
         return cls(
+            config=data.get("config"),
             search=SearchStep(data.get("search") or {}, data["recipe"]) if "recipe" in data else None,
             run_dir=data.get("run_dir"),
             trained=(TrainedStep(data["candidate"], data["candidate_metrics"])
@@ -169,6 +172,8 @@ class RetrainState:
 
     def to_json(self) -> JSON:
         out: JSON = dict(self.extra)
+        if self.config is not None:
+            out["config"] = self.config
         if self.search is not None:
             out.update(search=self.search.search, recipe=self.search.recipe)
         if self.run_dir is not None:

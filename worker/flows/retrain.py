@@ -29,9 +29,10 @@ from core.embedding import resolve_device
 from core.jobs import update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
 from trainer.baseline import NoBaselineError, pretrained_baseline, register_pretrained_baseline
-from trainer.config import ConfigError, DataSource, LabelKind, TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext
 from trainer.registry import NoHoldoutError, evaluate_version, register_trained
+from trainer.retrain_config import retrain_config as resolve_retrain_config
 from trainer.search import SearchSpace, load_search_space, planned_epochs, run_search
 from trainer.state import RunPaths
 from trainer.train import train
@@ -62,24 +63,12 @@ class RetrainError(FlowError):
     pass
 
 
-CATALOG_SWITCH = ("data.path=''", "data.eval_path=''", "data.holdout_classes=[]",
-                  f"data.label={LabelKind.CATEGORY.value}")
-"""Applied when the base config trained on files (idx, folder): the retrain trains on the
-catalog instead, where every item has a category but often a single photo, and the
-file source's holdout classes mean nothing. Overrides given with the job come after."""
-
-
 def retrain_config(rt: Runtime, config: dict[str, Any] | None, overrides: list[str]) -> TrainConfig:
-    """The config to train with: ``config``, else the active model's, plus overrides; on the catalog."""
-    base: dict[str, Any] = dict(config or {})
-    current = active_model(rt.sessions)
-    if not base and current is not None and current.train_config:
-        base = dict(current.train_config)
+    """The config to train with: the active model's plus ``config`` and ``overrides``
+    (trainer/retrain_config.py, the function the API and the CLI validate with)."""
     try:
-        cfg = TrainConfig.from_dict(base).with_overrides([f"device={rt.settings.device.value}"])
-        switch = list(CATALOG_SWITCH) if cfg.data.source is not DataSource.CATALOG else []
-        return cfg.with_overrides([*switch, *overrides, f"data.source={DataSource.CATALOG.value}", "progress=false"])
-    except ValueError as exc:
+        return resolve_retrain_config(rt.sessions, rt.settings.device, config, overrides)
+    except ConfigError as exc:
         raise RetrainError(f"invalid training config: {exc}") from exc
 
 
@@ -131,6 +120,8 @@ def _retrain(rt: Runtime, job_id: int, state: RetrainState, config: dict[str, An
     settings, sessions = rt.settings, rt.sessions
     cfg = retrain_config(rt, config, overrides)
     space = search_space(rt, search)
+    state.config = cfg.to_dict()  # what this attempt trains, for the user
+    save_state(sessions, job_id, state)
     ctx = DataContext(settings, sessions)
     incumbent = active_model(sessions)
     candidate, baseline = f"m-retrain-{job_id}", f"m-retrain-{job_id}-pretrained"
