@@ -91,6 +91,9 @@ class Settings:
     index_poll_seconds: float = 2.0
 
     log_level: str = "INFO"
+    """Level of the project's own loggers (DEBUG, INFO, WARNING, ERROR, CRITICAL); core/logs.py."""
+    verbose: bool = False
+    """Also the libraries' lines at ``log_level`` (Alembic's migration steps...); else only their warnings."""
 
     # ----------------------------------------------------------------- derived paths
     @property
