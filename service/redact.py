@@ -20,6 +20,7 @@ docs/OPERATIONS.md ("Server paths in answers") describes the same rules for user
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from service.context import service_context
 HIDDEN = "<path>"
 """What an anonymous reader sees in place of a server path."""
 
-_PATH_CHARS = r"[^\s'\"<>()\[\]{},;|`]"
+_PATH_CHARS = r"[^\s'\"<>()\[\]{},;:|`]"
 _ABSOLUTE = re.compile(rf"(?<![\w.~:/\\-])/(?!api/|static/){_PATH_CHARS}+")
 """An absolute POSIX path inside text. Not ``a/b`` or ``1/k`` (a word character before the
 slash), not the inside of a URL (``://host/x``), not the service's own URLs
@@ -47,6 +48,12 @@ class PathView(enum.Enum):
     """Keyed callers: artifact paths relative to the artifacts directory, others as they are."""
 
 
+@functools.lru_cache(maxsize=8)
+def _under(root: str) -> re.Pattern[str]:
+    """``root`` or a path under it (group 1: the part below), not a longer name (``root2/x``)."""
+    return re.compile(rf"{re.escape(root.rstrip('/'))}(?:/({_PATH_CHARS}*))?(?!{_PATH_CHARS})")
+
+
 def _is_path_field(name: str) -> bool:
     return name == "path" or name.endswith(("_path", "_dir"))
 
@@ -59,18 +66,14 @@ class PathRedactor:
     """The resolved ``LOOKALIKE_ARTIFACTS_DIR``."""
     view: PathView
 
-    def _artifacts_pattern(self) -> re.Pattern[str]:
-        root = re.escape(str(self.artifacts_dir).rstrip("/"))
-        return re.compile(rf"{root}(?:/({_PATH_CHARS}*))?(?!{_PATH_CHARS})")
-
     def text(self, value: str) -> str:
         """``value`` with every server path in it rewritten (see the module docstring)."""
         # The artifacts directory first: its name may hold characters (spaces) that end
         # the generic pattern's match early and would leave a tail of it behind.
         if self.view is PathView.HIDDEN:
-            value = self._artifacts_pattern().sub(HIDDEN, value)
+            value = _under(str(self.artifacts_dir)).sub(HIDDEN, value)
             return _ABSOLUTE.sub(HIDDEN, value)
-        return self._artifacts_pattern().sub(lambda m: m.group(1) or ".", value)
+        return _under(str(self.artifacts_dir)).sub(lambda m: m.group(1) or ".", value)
 
     def json(self, value: Any, *, field: str = "") -> Any:
         """A copy of ``value`` (dicts, lists, strings, scalars) with the paths rewritten."""

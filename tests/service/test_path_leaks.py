@@ -31,7 +31,7 @@ from core.tasks import TaskName
 from service.apikeys import create_key
 from service.app import create_app
 from service.openapi import SPEC_FILE
-from service.redact import HIDDEN
+from service.redact import HIDDEN, PathRedactor, PathView
 from tests.worker.conftest import tuned
 from tests.worker.support import TINY_TRAINING, register_tiny_model, write_fmnist_folder
 from worker.local import InProcessDispatcher
@@ -166,3 +166,22 @@ def test_a_keyed_caller_sees_artifact_keys_relative_to_the_artifacts_dir(served:
     # an invalid key is no key: the answer is the anonymous one
     bad = client.get("/api/v1/models", headers={"X-API-Key": "not-a-key"}).json["models"][-1]
     assert bad["checkpoint_path"] == HIDDEN
+
+
+@pytest.mark.parametrize("view, expected", [
+    (PathView.HIDDEN, "read <path> and <path>: see /api/v1/jobs/3, http://shop.example/a/b, 1/k, S/M"),
+    (PathView.ARTIFACT_KEYS, "read models/m-1.pt and /home/u/x.csv: see /api/v1/jobs/3, http://shop.example/a/b, "
+                             "1/k, S/M"),
+])
+def test_paths_inside_text(view: PathView, expected: str) -> None:
+    """The artifacts directory may hold a space; URLs and fractions are no paths."""
+    redactor = PathRedactor(Path("/srv/my art/artifacts"), view)
+    text = ("read /srv/my art/artifacts/models/m-1.pt and /home/u/x.csv: see /api/v1/jobs/3, "
+            "http://shop.example/a/b, 1/k, S/M")
+    assert redactor.text(text) == expected
+
+
+def test_a_sibling_of_the_artifacts_dir_is_no_artifact() -> None:
+    redactor = PathRedactor(Path("/srv/artifacts"), PathView.ARTIFACT_KEYS)
+    assert redactor.text("/srv/artifacts2/x.pt /srv/artifacts") == "/srv/artifacts2/x.pt ."
+    assert PathRedactor(Path("/srv/artifacts"), PathView.HIDDEN).text("/srv/artifacts2/x.pt") == HIDDEN
