@@ -129,7 +129,7 @@ def demo(ctx: CliContext, limit: int, epochs: int, steps_per_epoch: int, example
     query_image = _write_query_image(settings.home, dataset_dir)
     _print_serving_help(bind, example_items[0][0], query_image)
     ctx.engine.dispose()
-    exec_gunicorn(bind=bind, workers=2)
+    exec_gunicorn(settings, bind=bind, workers=2)
 
 
 def _check_bind(bind: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from cli.catalog import catalog
@@ -16,14 +14,22 @@ from cli.serve import keys, serve
 from cli.stack import stack
 from cli.train import evaluate, models, train
 from cli.worker import beat, jobs, reindex, retrain, worker
+from core.logs import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also the libraries' log lines (Alembic's migration steps...); same as LOOKALIKE_VERBOSE=true.")
 @click.pass_context
-def lookalike(ctx: click.Context) -> None:
+def lookalike(ctx: click.Context, verbose: bool) -> None:
     """Lookalike: visual similar-product search for retail catalogs."""
     ctx.obj = CliContext.from_env()
-    logging.basicConfig(level=ctx.obj.settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:  # the processes this one starts (gunicorn, the stack's) get it through settings.to_env()
+        ctx.obj.settings = ctx.obj.settings.replace(verbose=True)
+    try:
+        configure_logging(ctx.obj.settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 lookalike.add_command(db)

@@ -58,15 +58,19 @@ def serve(ctx: CliContext, bind: str, workers: int, timeout: int | None) -> None
     ctx.engine.dispose()
     mode = "embedded (jobs run in the API process)" if ctx.settings.embedded else "broker (jobs go to Celery)"
     click.echo(f"serving on http://{bind} with {workers} workers, {mode}", err=True)
-    exec_gunicorn(bind=bind, workers=workers, timeout=timeout)
+    exec_gunicorn(ctx.settings, bind=bind, workers=workers, timeout=timeout)
 
 
-def exec_gunicorn(*, bind: str, workers: int, timeout: int | None = None) -> None:
-    """Replace this process with gunicorn serving the app (it never returns)."""
+def exec_gunicorn(settings: Settings, *, bind: str, workers: int, timeout: int | None = None) -> None:
+    """Replace this process with gunicorn serving the app (it never returns).
+
+    Its environment carries ``settings`` (``to_env``), so what the command line changed
+    (``lookalike --verbose``) holds in the master and the workers too.
+    """
     argv = gunicorn_argv(bind=bind, workers=workers, timeout=timeout)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, {**os.environ, **settings.to_env()})
 
 
 @click.group()

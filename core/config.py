@@ -109,6 +109,9 @@ class Settings:
     """nginx: seconds a client may stay silent between two writes of the response to it."""
 
     log_level: str = "INFO"
+    """Level of the project's own loggers (DEBUG, INFO, WARNING, ERROR, CRITICAL); core/logs.py."""
+    verbose: bool = False
+    """Also the libraries' lines at ``log_level`` (Alembic's migration steps...); else only their warnings."""
 
     # ----------------------------------------------------------------- derived paths
     @property

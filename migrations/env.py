@@ -7,8 +7,14 @@ from alembic import context
 from core.config import Settings
 from core.db import Base, make_engine
 from core.db.backend import Backend, backend_of
+from core.logs import configure_logging
 
 config = context.config
+if config.config_file_name is not None:
+    # Alembic's own command line (`alembic upgrade head`, the stack's and compose's migrate
+    # step): log like the lookalike command does (core/logs.py). Called from the project's
+    # code (``migrations.alembic_config``, no file), the caller has configured logging.
+    configure_logging(Settings.from_env())
 url = config.get_main_option("sqlalchemy.url") or Settings.from_env().resolved_database_url
 target_metadata = Base.metadata
 

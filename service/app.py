@@ -22,6 +22,7 @@ from service.api import api_blueprint
 from service.api.params import DB_INT_MAX
 from service.auth import KeyChecker, init_auth
 from service.context import NoDispatcher, ServiceContext, install_context
+from service.csp import UI_CONTENT_SECURITY_POLICY
 from service.dispatch import CeleryDispatcher
 from service.errors import register_error_handlers
 from service.metrics import Metrics, init_metrics
@@ -33,16 +34,6 @@ from service.uploads import JSON_BODY_LIMIT, ServiceRequest
 from service.urlfetch import UrlFetcher
 
 SQLITE_MMAP_BYTES = 4 << 30
-
-UI_CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",       # the UI's own app.js, style.css and JSON polling (connect-src)
-    "img-src 'self' blob:",     # /api/v1/media images; blob: is the search page's photo preview
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
-"""For every HTML page: the templates have no inline scripts, styles or event handlers."""
 
 
 class DatabaseIntConverter(IntegerConverter):

@@ -82,6 +82,16 @@ def presented_key() -> str | None:
     return key or None
 
 
+def request_has_valid_key() -> bool:
+    """Whether the current request presents a valid key, whatever the endpoint needs.
+
+    Public reads accept requests without one; what they show may still depend on it
+    (server paths, :mod:`service.redact`).
+    """
+    key = presented_key()
+    return key is not None and key_checker().is_valid(key)
+
+
 def requires(access: Access) -> Callable[[F], F]:
     """Decorate a view so that it checks ``access`` before running."""
 

@@ -19,6 +19,8 @@
   aggregates all workers. The master itself never imports prometheus_client,
   which picks its mode once, at import.
 * Log lines carry the request id (``[%(request_id)s]``); the access log shows it too.
+  Levels as everywhere (core/logs.py): the project's at ``LOOKALIKE_LOG_LEVEL``, libraries'
+  warnings only unless ``LOOKALIKE_VERBOSE``.
 
 Command-line options (``--bind``, ``--workers``, ``--timeout``) override these.
 """
@@ -35,6 +37,7 @@ from typing import Any
 import core.embedding  # noqa: F401 - shared library pages, see above
 import core.index  # noqa: F401
 from core.config import Settings
+from core.logs import project_levels, root_level
 from service.requestlog import LOG_FORMAT
 
 _settings = Settings.from_env()
@@ -66,8 +69,12 @@ logconfig_dict: dict[str, Any] = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"],
                     "stream": "ext://sys.stderr"},
     },
-    "root": {"level": _settings.log_level.upper(), "handlers": ["console"]},
+    # The project's loggers at LOOKALIKE_LOG_LEVEL, libraries' (Alembic's "setup plugin"
+    # lines in every worker) warnings only unless LOOKALIKE_VERBOSE (core/logs.py).
+    "root": {"level": root_level(_settings), "handlers": ["console"]},
     "loggers": {
+        **{name: {"level": level} for name, level in project_levels(_settings).items()},
+        # gunicorn's own start, worker and access lines, as a user of `lookalike serve` expects
         "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
         "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
     },

@@ -53,23 +53,3 @@ def build_spec(settings: Settings, *, vector_dim: int | None = None) -> dict[str
                 operation["responses"].pop("401", None)
     return spec
 
-
-def operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """A flat list for the docs page: method, path, summary, description, keyed."""
-    out = []
-    for path, path_item in spec["paths"].items():
-        for method in _METHODS:
-            operation = path_item.get(method)
-            if operation is None:
-                continue
-            security = operation.get("security", [])
-            out.append({
-                "method": method.upper(), "path": path, "summary": operation.get("summary", ""),
-                "description": operation.get("description", ""),
-                "tag": (operation.get("tags") or [""])[0],
-                "keyed": bool(security) and {} not in security,
-                "statuses": sorted(operation.get("responses", {})),
-                "parameters": [p.get("name") or p.get("$ref", "").rsplit("/", 1)[-1]
-                               for p in [*path_item.get("parameters", []), *operation.get("parameters", [])]],
-            })
-    return out

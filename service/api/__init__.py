@@ -10,5 +10,6 @@ for module in (items, search, admin, indexes, docs):
     _v1.register_blueprint(module.bp)
 api_blueprint.register_blueprint(_v1)
 api_blueprint.register_blueprint(ops.bp)
+api_blueprint.register_blueprint(docs.assets_bp)
 
 __all__ = ["api_blueprint"]

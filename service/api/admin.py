@@ -34,6 +34,7 @@ from service.api.params import check_params, page_params
 from service.auth import Access, requires
 from service.context import ServiceContext, service_context
 from service.errors import ApiError, ErrorCode, bad_param, not_found
+from service.redact import redactor
 from service.uploads import BodyKind, allow_body, body_kind, json_object, uploaded_file
 from trainer.config import ConfigError
 from trainer.retrain_config import retrain_config
@@ -45,7 +46,8 @@ _SUFFIX_FORMATS = {".csv": ImportFormat.CSV, ".jsonl": ImportFormat.JSONL, ".ndj
 
 def _accepted(job_id: int, extra: dict[str, Any] | None = None) -> Response:
     ctx = service_context()
-    response = timed_json({"job": job_to_dict(get_job(ctx.sessions, job_id)), **(extra or {})}, 202)
+    response = timed_json({"job": redactor().json(job_to_dict(get_job(ctx.sessions, job_id))), **(extra or {})},
+                          202)
     response.headers["Location"] = f"/api/v1/jobs/{job_id}"
     return response
 
@@ -199,7 +201,7 @@ def jobs() -> Response:
     kind = _enum_param("kind", JobKind)
     status = _enum_param("status", JobStatus)
     found = list_jobs(service_context().sessions, kind=kind, status=status, limit=limit, offset=offset)
-    return timed_json({"jobs": [job_to_dict(j) for j in found], "limit": limit, "offset": offset})
+    return timed_json({"jobs": redactor().json([job_to_dict(j) for j in found]), "limit": limit, "offset": offset})
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -210,7 +212,7 @@ def job(job_id: int) -> Response:
         found = get_job(service_context().sessions, job_id)
     except JobNotFound as exc:
         raise not_found(str(exc)) from exc
-    return timed_json(job_to_dict(found))
+    return timed_json(redactor().json(job_to_dict(found)))
 
 
 def _enum_param(name: str, enum_type: Any) -> Any:
@@ -228,7 +230,8 @@ def _enum_param(name: str, enum_type: Any) -> Any:
 @requires(Access.READ)
 def models() -> Response:
     check_params(())
-    return timed_json({"models": [model_to_dict(m) for m in list_models(service_context().sessions)]})
+    models = [model_to_dict(m) for m in list_models(service_context().sessions)]
+    return timed_json({"models": redactor().json(models)})
 
 
 @bp.post("/models/<version>/activate")
@@ -246,7 +249,8 @@ def activate(version: str) -> Response:
         activate_model(ctx.sessions, version)
     except RegistryError as exc:
         raise not_found(str(exc)) from exc
-    answer: dict[str, Any] = {"model": model_to_dict(get_model(ctx.sessions, version)), "reindex_job_id": None}
+    answer: dict[str, Any] = {"model": redactor().json(model_to_dict(get_model(ctx.sessions, version))),
+                              "reindex_job_id": None}
     if want_reindex:
         with dispatch_errors(saved=f"model {version} was activated"):
             answer["reindex_job_id"] = submit_reindex(ctx.settings, ctx.sessions, ctx.dispatcher,

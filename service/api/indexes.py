@@ -23,6 +23,7 @@ from service.api.params import check_params, int_param
 from service.auth import Access, requires
 from service.context import ServiceContext, service_context
 from service.errors import ApiError, ErrorCode, not_found
+from service.redact import redactor
 from service.uploads import BodyKind, body_kind, json_object
 
 bp = Blueprint("indexes", __name__)
@@ -34,7 +35,8 @@ def _served(ctx: ServiceContext) -> str | None:
 
 
 def _row(index: IndexVersion, serving: str | None) -> dict[str, Any]:
-    return {**index_to_dict(index), "served_here": index.version == serving}
+    """An index's JSON, its path redacted for the caller (docs/OPERATIONS.md, "Server paths in answers")."""
+    return redactor().json({**index_to_dict(index), "served_here": index.version == serving})
 
 
 @bp.get("/indexes")

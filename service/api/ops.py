@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.db import Item, ItemStatus
 from service.context import service_context
+from service.redact import redactor
 
 bp = Blueprint("ops", __name__)
 
@@ -52,7 +53,7 @@ def readyz() -> Response:
         "error": ctx.searcher.holder.last_error or None,
     }
     ready = ready and index_ok
-    response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
+    response = jsonify({"status": "ready" if ready else "unavailable", "checks": redactor().json(checks)})
     response.status_code = 200 if ready else 503
     return response
 

@@ -22,6 +22,7 @@ from service.api.serialize import item_json, match_json
 from service.context import service_context
 from service.errors import ApiError, ErrorCode
 from service.filters import Filters
+from service.redact import redactor
 from service.uploads import allow_body, decode_upload, read_file
 
 ui_blueprint = Blueprint("ui", __name__)
@@ -108,7 +109,7 @@ def search_page() -> tuple[str, int] | str:
 @ui_blueprint.get("/jobs")
 def jobs_page() -> str:
     ctx = service_context()
-    jobs = [job_to_dict(j) for j in list_jobs(ctx.sessions, limit=30)]
+    jobs = redactor().json([job_to_dict(j) for j in list_jobs(ctx.sessions, limit=30)])
     reindexes = [j for j in jobs if j["kind"] == JobKind.REINDEX.value]
     state = ctx.searcher.holder.state
     serving = {"index": state.index_version, "model": state.model_version, "fresh": len(state.fresh)} if state else None

@@ -26,7 +26,8 @@ from werkzeug.wrappers import Request
 
 from core.config import MULTIPART_OVERHEAD
 from core.db import Item, ItemImage, Job, session_scope
-from service.app import UI_CONTENT_SECURITY_POLICY, create_app
+from service.app import create_app
+from service.csp import API_DOCS_CONTENT_SECURITY_POLICY, UI_CONTENT_SECURITY_POLICY
 from service.errors import ApiError
 from service.uploads import JSON_BODY_LIMIT, MAX_JSON_DEPTH, parse_json
 from service.urlfetch import embedded_ipv4, is_public_address
@@ -306,7 +307,8 @@ def test_html_pages_are_nosniff_unframeable_and_under_the_csp(client: FlaskClien
     assert response.status_code == status and response.mimetype == "text/html"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
-    assert response.headers["Content-Security-Policy"] == UI_CONTENT_SECURITY_POLICY
+    policy = API_DOCS_CONTENT_SECURITY_POLICY if path == "/api/v1/docs" else UI_CONTENT_SECURITY_POLICY
+    assert response.headers["Content-Security-Policy"] == policy
     # the policy allows no inline code: the pages must not need any
     html = response.get_data(as_text=True)
     assert "<script>" not in html and " style=" not in html and " onclick=" not in html and "javascript:" not in html

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 
 from flask import Flask
 
@@ -57,6 +58,19 @@ def test_settings_flow_into_the_document(app: Flask) -> None:
             assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
-def test_docs_page_lists_the_operations(client) -> None:
-    page = client.get("/api/v1/docs").get_data(as_text=True)
-    assert "/api/v1/items/{external_id}/similar" in page and "required" in page and "1 - distance²/2" in page
+def test_docs_page_loads_swagger_ui_from_the_package_and_nothing_from_elsewhere(client) -> None:
+    page = client.get("/api/v1/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "http:" not in html and "https:" not in html and '="//' not in html  # no other host, no CDN
+    assert 'data-spec-url="/api/v1/openapi.json"' in html
+    assets = re.findall(r"(?:src|href)=\"(/static/[^\"]+)\"", html)
+    assert {"/static/swagger-ui/swagger-ui-bundle.js", "/static/swagger-ui/swagger-ui.css",
+            "/static/api-docs.js"} <= set(assets)
+    dist = files("flask_swagger_ui") / "dist"
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        if asset.startswith("/static/swagger-ui/"):  # byte for byte the package's file
+            assert response.get_data() == (dist / asset.removeprefix("/static/swagger-ui/")).read_bytes()
+    assert client.get("/static/swagger-ui/no-such-file.js").status_code == 404

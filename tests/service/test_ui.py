@@ -24,6 +24,8 @@ from tests.worker.support import import_fmnist
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+RECORD_VIOLATIONS = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+                     "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
 ALL_LOADED = "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
 
 
@@ -111,6 +113,31 @@ def test_ui_in_chromium(fmnist_catalog: Catalog, browser: Browser, tmp_path: Pat
         # job status page
         page.goto(server.url + "/jobs")
         assert fmnist_catalog.index_version in page.locator(".serving").inner_text()
+    finally:
+        server.stop()
+
+
+def test_api_docs_render_the_spec_in_chromium(catalog: Catalog, browser: Browser, tmp_path: Path) -> None:
+    """Swagger UI renders /api/v1/openapi.json: operations with their summaries, the description's
+    markdown as markup (not raw ``**``), no CSP violation, no request to another host."""
+    server = LiveServer(catalog.settings, tmp_path / "server.log", workers=1).start()
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.add_init_script(RECORD_VIOLATIONS)
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(server.url + "/api/v1/docs")
+        similar = page.locator(".opblock-summary-path", has_text="/api/v1/items/{external_id}/similar")
+        similar.first.wait_for(timeout=30_000)
+        assert page.locator(".opblock-summary-description", has_text="Registered model versions").count() == 1
+        intro = page.locator(".info .renderedMarkdown").first
+        assert intro.locator("strong", has_text="Errors.").count() == 1
+        assert "**Errors.**" not in intro.inner_text()
+        similar.first.click()  # an operation opens with its parameters
+        page.locator(".parameters-container .parameter__name", has_text="exclude_group").first.wait_for()
+        assert page.evaluate("window.__csp") == []
+        assert requested and all(url.startswith(server.url + "/") for url in requested), requested
+        page.screenshot(path=str(tmp_path / "api-docs.png"), full_page=False)
     finally:
         server.stop()
 
