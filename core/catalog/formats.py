@@ -40,9 +40,9 @@ from core.catalog.rows import (
     ImageRef,
     ImportFormat,
     RowError,
-    is_safe_text,
 )
 from core.catalog.validate import KNOWN_FIELDS, make_row, split_known_fields
+from core.text import encodes_as_utf8, is_safe_text
 
 IMAGE_SEPARATOR = "|"
 
@@ -159,8 +159,8 @@ def _csv_record(line: int, header: list[str], cells: list[str], base_dir: Path) 
     hint = record.get("external_id", "").strip() or None
     if len(cells) != len(header):
         return RowError(line, hint, f"{len(cells)} fields, but the header has {len(header)} columns")
-    if not all(_valid_text(cell) for cell in cells):
-        return RowError(line, hint if hint and _valid_text(hint) else None, "not valid UTF-8")
+    if not all(encodes_as_utf8(cell) for cell in cells):
+        return RowError(line, hint if hint and encodes_as_utf8(hint) else None, "not valid UTF-8")
     known, extras = split_known_fields(record)
     if known.get("attributes", "").strip():
         try:
@@ -180,14 +180,6 @@ def _json_problem(exc: ValueError | RecursionError) -> str:
     if isinstance(exc, RecursionError):
         return "nested too deeply"
     return str(exc)
-
-
-def _valid_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- JSONL

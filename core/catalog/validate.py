@@ -37,6 +37,7 @@ from core.catalog.rows import (
     ImageRef,
     RowError,
 )
+from core.text import encodes_as_utf8
 
 KNOWN_FIELDS = ("external_id", "title", "category", "group", "attributes", "images")
 
@@ -97,21 +98,12 @@ def _external_id_or_none(value: Any) -> str | None:
 def _check_text(name: str, value: str, limit: int) -> None:
     if len(value) > limit:
         raise RowInvalid(f"{name} is {len(value)} characters long, the limit is {limit}")
-    if not _is_valid_unicode(value):
+    if not encodes_as_utf8(value):
         raise RowInvalid(f"{name} is not valid UTF-8")
     if "\x00" in value:  # a title may hold other controls (newlines), never this one
         raise RowInvalid(f"{name} contains a NUL character")
     if any(unicodedata.category(ch) == "Cc" for ch in value) and name != "title":
         raise RowInvalid(f"{name} contains control characters")
-
-
-def _is_valid_unicode(value: str) -> bool:
-    """False for strings carrying undecodable bytes (surrogate escapes)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _optional_text(name: str, value: Any, limit: int) -> str | None:
@@ -143,7 +135,7 @@ def _attributes(value: Any, extras: Mapping[str, Any]) -> dict[str, Any]:
         raise RowInvalid(f"attributes must be plain JSON: {exc}") from None
     except RecursionError:
         raise RowInvalid("attributes are nested too deeply") from None
-    if not _is_valid_unicode(encoded):
+    if not encodes_as_utf8(encoded):
         raise RowInvalid("attributes are not valid UTF-8")
     if _JSON_NUL.search(encoded):  # JSONB refuses \u0000; SQLite would store it: refused on both
         raise RowInvalid("attributes contain a NUL character")
@@ -172,7 +164,7 @@ def resolve_image_ref(ref: Any, base_dir: Path) -> ImageRef:
     ref = ref.strip()
     if len(ref) > MAX_SOURCE_URI:
         raise RowInvalid(f"image reference is {len(ref)} characters long, the limit is {MAX_SOURCE_URI}")
-    if not _is_valid_unicode(ref):
+    if not encodes_as_utf8(ref):
         raise RowInvalid("image reference is not valid UTF-8")
     if "\x00" in ref:  # no file name holds one, and open() raises ValueError on it
         raise RowInvalid("image reference contains a NUL character")

@@ -26,12 +26,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CatalogFormatError, RowError, import_catalog
-from core.catalog.rows import MAX_MESSAGE, is_safe_text, safe_text
 from core.config import Settings
 from core.db import Item, Job, JobKind, JobStatus
 from core.jobs import create_job, get_job
 from core.media import MediaStore
 from core.tasks import TaskName
+from core.text import MAX_MESSAGE, is_safe_text, safe_text
 from tests.fixtures.catalog import write_image
 from worker.flows.importing import run_import
 from worker.local import InProcessDispatcher

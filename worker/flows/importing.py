@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from core.catalog.imports import import_catalog
-from core.catalog.rows import CatalogFormatError, ImportReport, safe_text
+from core.catalog.rows import CatalogFormatError, ImportReport
 from core.db import session_scope
 from core.embeddings_store import missing_image_ids
 from core.jobs import fail_job, finish_job, get_job, start_job, update_progress
 from core.media import MediaStore
 from core.tasks import TaskName
+from core.text import safe_text
 from worker.flows.models import NoActiveModel, target_models
 from worker.runtime import Runtime
 
