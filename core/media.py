@@ -46,7 +46,7 @@ from core.config import Settings
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """Formats accepted by :func:`decode_image` (the JPEG plugin also opens camera MPO files)."""
 
-_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
 _HEADER_LOCK = threading.Lock()
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -190,6 +190,11 @@ def media_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_media_key(value: object) -> bool:
+    """True for text that can be a store key (64 lower-case hex characters), stored or not."""
+    return isinstance(value, str) and _KEY_RE.fullmatch(value) is not None
+
+
 class MediaStore:
     """Original image bytes on local disk, addressed by their SHA-256."""
 
@@ -208,7 +213,7 @@ class MediaStore:
 
     def path(self, key: str) -> Path:
         """Where ``key`` lives (whether or not it exists); refuses anything but a SHA-256 hex key."""
-        if not isinstance(key, str) or not _KEY_RE.match(key):
+        if not is_media_key(key):
             raise ValueError(f"invalid media key {key!r}: expected 64 lower-case hex characters")
         return self.root / f"{key[:2]}/{key[2:4]}/{key}"
 

@@ -110,10 +110,14 @@ def test_open_returns_rgb_and_missing_keys_are_not_found(store: MediaStore) -> N
     assert err.value.reason is MediaErrorReason.NOT_FOUND
 
 
-@pytest.mark.parametrize("key", ["../../etc/passwd", "ABC", "g" * 64, "A" * 64])
+@pytest.mark.parametrize("key", ["../../etc/passwd", "ABC", "g" * 64, "A" * 64, "0" * 64 + "\n", "0" * 65])
 def test_keys_that_are_not_sha256_hex_are_refused(store: MediaStore, key: str) -> None:
+    # One pattern for the store and the API's /media/<key> (service/api/items.py): a trailing
+    # newline, which a ``$``-anchored pattern lets through, is no key either.
+    assert not media.is_media_key(key)
     with pytest.raises(ValueError, match="invalid media key"):
         store.path(key)
+    assert media.is_media_key(media.media_key(b"x"))
 
 
 def test_transparent_pixels_become_white() -> None:
