@@ -111,7 +111,7 @@ def read_csv(path: Path) -> CatalogSource:
             raise CatalogFormatError(f"{path}: unreadable CSV header: {exc}") from exc
         raise
     total = max(_count_lines(path) - 1, 0)
-    return CatalogSource(rows=_csv_rows(fh, reader, header, path.parent), total_hint=total)
+    return CatalogSource(rows=_csv_rows(fh, reader, header, path.parent), total_hint=total, folder=path.parent)
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -185,7 +185,7 @@ def _json_problem(exc: ValueError | RecursionError) -> str:
 # ----------------------------------------------------------------------------- JSONL
 def read_jsonl(path: Path) -> CatalogSource:
     """Read a JSON-lines catalog (one object per line)."""
-    return CatalogSource(rows=_jsonl_rows(path), total_hint=_count_lines(path))
+    return CatalogSource(rows=_jsonl_rows(path), total_hint=_count_lines(path), folder=path.parent)
 
 
 def _jsonl_rows(path: Path) -> Iterator[CatalogRow | RowError]:
@@ -216,7 +216,7 @@ def read_folder(root: Path) -> CatalogSource:
     if not root.is_dir():
         raise CatalogFormatError(f"{root} is not a directory")
     files = _image_files(root)
-    return CatalogSource(rows=_folder_rows(root, files), total_hint=len(files))
+    return CatalogSource(rows=_folder_rows(root, files), total_hint=len(files), folder=root)
 
 
 def _image_files(root: Path) -> list[Path]:

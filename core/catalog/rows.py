@@ -8,11 +8,12 @@ the line and the reason); :mod:`core.catalog.upsert` writes the rows.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.media import ImportRoots
 from core.text import is_safe_text, safe_text
 
 MAX_EXTERNAL_ID = 255
@@ -138,3 +139,11 @@ class CatalogSource:
     rows: Iterator[CatalogRow | RowError]
     total_hint: int | None = None
     """Roughly how many rows to expect (for progress bars); None if unknown."""
+    folder: Path | None = None
+    """The catalog's own folder (a file's directory, or the folder imported), where its rows'
+    images may be read from; None for sources that carry their image bytes."""
+
+    def import_roots(self, configured: Iterable[Path]) -> ImportRoots:
+        """Where this source's images may be read: its own folder and the ``configured`` roots
+        (``Settings.import_roots``; docs/CONFIG.md, "Where an import may read images")."""
+        return ImportRoots([*([self.folder] if self.folder is not None else []), *configured])

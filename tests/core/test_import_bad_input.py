@@ -15,7 +15,6 @@ import csv
 import io
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CatalogFormatError, RowError, import_catalog
 from core.config import Settings
-from core.db import Item, Job, JobKind, JobStatus
+from core.db import Item, JobKind, JobStatus
 from core.jobs import create_job, get_job
 from core.media import MediaStore
-from core.tasks import TaskName
 from core.text import MAX_MESSAGE, is_safe_text, safe_text
-from tests.fixtures.catalog import write_image
+from tests.fixtures.catalog import run_job, write_image
 from worker.flows.importing import run_import
 from worker.local import InProcessDispatcher
 
@@ -54,25 +52,6 @@ def shop(tmp_path: Path) -> Path:
     write_image(root / "a.png", 1)
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     return root
-
-
-@pytest.fixture
-def worker(any_db_settings: Settings, sessions: sessionmaker[Session]) -> Iterator[InProcessDispatcher]:
-    """The worker's handlers, in-process, on the migrated database ``sessions`` points at."""
-    dispatcher = InProcessDispatcher(any_db_settings)
-    yield dispatcher
-    dispatcher.close()
-
-
-def run_job(worker: InProcessDispatcher, sessions: sessionmaker[Session], path: Path,
-            fmt: str | None = None) -> Job:
-    """Send IMPORT_CATALOG as the API does and return the job row once the task returned."""
-    job_id = create_job(sessions, JobKind.IMPORT)
-    worker.send(TaskName.IMPORT_CATALOG, job_id=job_id, path=str(path), format=fmt)
-    job = get_job(sessions, job_id)
-    assert job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED), job.status
-    assert worker.failures == [], worker.failures  # nothing escaped as an unexpected exception
-    return job
 
 
 def stored_titles(sessions: sessionmaker[Session], prefix: str) -> dict[str, str]:

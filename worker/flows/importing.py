@@ -66,7 +66,8 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
         # so per-file fsyncs (the store's default) would only slow the import down.
         store = MediaStore.from_settings(rt.settings, fsync=False)
         report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=format or None,
-                                delete_missing=delete_missing, progress=progress)
+                                delete_missing=delete_missing, progress=progress,
+                                import_roots=rt.settings.import_roots)
     except CatalogFormatError as exc:  # an unknown format name is one too
         message = safe_text(exc)
         fail_job(rt.sessions, job_id, message)
