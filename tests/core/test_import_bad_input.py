@@ -249,6 +249,18 @@ def test_a_file_name_with_undecodable_bytes_fails_with_a_safe_message(
     assert "caf\\xe9.csv: the header is not UTF-8 text" in job.error and is_safe_text(job.error)
 
 
+def test_a_job_whose_path_cannot_be_stored_ends_failed(worker: InProcessDispatcher,
+                                                       sessions: sessionmaker[Session], shop: Path) -> None:
+    """On PostgreSQL recording the task (its arguments go into the job's JSONB params) used to
+    raise for such a path, leaving the job queued for ever; SQLite must give the same answer."""
+    path = shop / b"caf\xe9.csv".decode("utf-8", "surrogateescape")
+    path.write_bytes(HEADER.encode())
+    job = run_job(worker, sessions, path)
+    assert job.status is JobStatus.FAILED and job.result == {}
+    assert job.error == ("the lookalike.import_catalog task cannot be recorded: argument path "
+                         f"'{safe_text(str(path))}' is not UTF-8 text without NUL")
+
+
 def test_row_errors_quoting_bad_bytes_are_stored(worker: InProcessDispatcher, sessions: sessionmaker[Session],
                                                  shop: Path) -> None:
     """Ids that are lone surrogates (a CSV's undecodable bytes, JSON's \\udXXX) reach the job result."""

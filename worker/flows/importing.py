@@ -46,9 +46,8 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
 
     Bad rows are reported in the result, never a reason to fail. A source that cannot
     be read at all fails the job with the reason; any other exception from the import
-    fails it too and is raised (a bug, to be logged as one). Messages are made safe text
-    before they are stored: they may quote arbitrary bytes, and a message the database
-    refused would leave the job running for ever.
+    fails it too and is raised (a bug, to be logged as one). :func:`~core.jobs.fail_job`
+    stores the messages as safe text: they may quote arbitrary bytes.
     """
     job = get_job(rt.sessions, job_id)
     if job.status.finished:
@@ -69,11 +68,9 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
                                 delete_missing=delete_missing, progress=progress,
                                 import_roots=rt.settings.import_roots)
     except CatalogFormatError as exc:  # an unknown format name is one too
-        message = safe_text(exc)
-        fail_job(rt.sessions, job_id, message)
-        return {"error": message}
+        return {"error": fail_job(rt.sessions, job_id, str(exc))}
     except Exception as exc:
-        fail_job(rt.sessions, job_id, safe_text(f"{type(exc).__name__}: {exc}"))
+        fail_job(rt.sessions, job_id, f"{type(exc).__name__}: {exc}")
         raise
     result = report_to_dict(report)
     to_embed = set(report.new_image_ids)
