@@ -175,6 +175,41 @@ def test_every_bad_kind_is_one_reported_line(sessions: sessionmaker[Session], st
     assert stored_titles(sessions, prefix) == built.valid
 
 
+def _valid_lines(prefix: str, numbers: range) -> str:
+    return "".join(f"{prefix}{n},title {n},,a.png\n" for n in numbers)
+
+
+@pytest.mark.parametrize("after", [3, 4000], ids=["to-the-end-of-the-file", "past-the-field-size-limit"])
+def test_an_unclosed_quote_is_one_bad_line_and_the_rows_around_it_are_kept(
+        sessions: sessionmaker[Session], store: MediaStore, shop: Path, after: int) -> None:
+    """A stray quote used to swallow every following line into one field; it is reported on its
+    line, and the lines after it are read as rows again (docs/DECISIONS.md)."""
+    prefix = next(_prefixes)
+    path = shop / "catalog.csv"
+    path.write_text(HEADER + _valid_lines(prefix, range(2)) + f'{prefix}q,"Unclosed title,,a.png\n'
+                    + _valid_lines(prefix, range(2, 2 + after)), encoding="utf-8")
+    report = import_catalog(path, sessions=sessions, store=store, chunk_size=500)
+    assert [e.line for e in report.errors] == [4]
+    assert report.errors[0].reason.startswith("malformed CSV: a quoted field starts on this line and is not closed")
+    assert "the lines after this one are read as rows of their own" in report.errors[0].reason
+    assert report.created == 2 + after
+    assert set(stored_titles(sessions, prefix)) == {f"{prefix}{n}" for n in range(2 + after)}
+
+
+def test_a_quote_closed_lines_later_names_the_lines_it_joined(sessions: sessionmaker[Session], store: MediaStore,
+                                                               shop: Path) -> None:
+    prefix = next(_prefixes)
+    path = shop / "catalog.csv"
+    # Line 3 opens a quote that line 5 closes in a way the parser accepts: one record of the wrong shape.
+    path.write_text(HEADER + _valid_lines(prefix, range(1)) + f'{prefix}q,"Stray\n{prefix}x,y\nz",,a.png,extra\n'
+                    + _valid_lines(prefix, range(1, 3)), encoding="utf-8")
+    report = import_catalog(path, sessions=sessions, store=store)
+    assert [str(e) for e in report.errors] == [
+        f"line 3 ({prefix}q): 5 fields, but the header has 4 columns (the record runs on to line 5: "
+        "an unbalanced quote?)"]
+    assert set(stored_titles(sessions, prefix)) == {f"{prefix}{n}" for n in range(3)}
+
+
 # ----------------------------------------------------------------------------- through the worker's job
 def test_500_good_rows_then_one_bad_row_are_kept(worker: InProcessDispatcher, sessions: sessionmaker[Session],
                                                  shop: Path) -> None:
