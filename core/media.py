@@ -246,7 +246,7 @@ def read_import_file(path: Path, roots: ImportRoots, *, max_bytes: int) -> bytes
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a link put in place after the path was resolved
             raise MediaError(MediaErrorReason.NOT_A_FILE, "not a regular file (a symbolic link)") from None
-        raise MediaError(MediaErrorReason.UNREADABLE, f"cannot be read: {exc.strerror or exc}") from None
+        raise MediaError(MediaErrorReason.UNREADABLE, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -255,7 +255,7 @@ def read_import_file(path: Path, roots: ImportRoots, *, max_bytes: int) -> bytes
             raise _too_large(max_bytes)
         return read_at_most(fd, max_bytes)
     except OSError as exc:  # EIO, EISDIR on odd file systems
-        raise MediaError(MediaErrorReason.UNREADABLE, f"cannot be read: {exc.strerror or exc}") from None
+        raise MediaError(MediaErrorReason.UNREADABLE, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
     finally:
         os.close(fd)
 

@@ -356,4 +356,6 @@ def test_links_inside_the_roots_and_extra_roots_are_read(layout: tuple[Path, Pat
     both = ImportRoots([root, outside])
     assert media.read_import_file(root / "out.png", both, max_bytes=CAP) == data  # its target is in a root now
     assert _refused(root / "sub" / "missing.png", both).reason is MediaErrorReason.NOT_FOUND
+    error = _refused(root / "sub" / "a.png" / "x.png", both)  # ENOTDIR: said without the path
+    assert (error.reason, str(error)) == (MediaErrorReason.UNREADABLE, "cannot be read: Not a directory")
     assert _refused(root / "x.png", ImportRoots([])).reason is MediaErrorReason.OUTSIDE_IMPORT_ROOTS
