@@ -22,6 +22,9 @@ Rules (the docs repeat them):
   It is skipped (with a warning) when some rejected row had no readable external
   id, since that row might have been the missing item.
 
+Image files are read only from the source's import roots (the catalog's folder and
+``LOOKALIKE_IMPORT_ROOTS``; docs/CONFIG.md, "Where an import may read images").
+
 Image files written for a row that is then rejected stay in the media store: they
 are content-addressed and harmless.
 """

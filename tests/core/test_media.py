@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from core import media
@@ -281,6 +283,24 @@ def test_a_stream_is_read_to_at_most_the_cap_plus_one_byte() -> None:
     os.close(write_end)
     assert media.read_at_most(read_end, CAP) == b"y" * CAP  # exactly the cap is fine
     os.close(read_end)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(size=st.integers(0, 3000), cap=st.integers(0, 2500))
+def test_any_stream_is_returned_whole_or_refused_after_cap_plus_one_bytes(size: int, cap: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+        os.close(write_end)
+        if size <= cap:
+            assert media.read_at_most(read_end, cap) == data
+        else:
+            with pytest.raises(MediaError):
+                media.read_at_most(read_end, cap)
+            assert os.read(read_end, 10_000) == data[cap + 1:]
+    finally:
+        os.close(read_end)
 
 
 def test_a_file_whose_size_claims_less_than_it_holds_is_refused_at_the_cap() -> None:
