@@ -106,7 +106,9 @@ def run_backend(backend: Backend, scratch: Path, items: int, csv_path: Path) -> 
     results.append(Result(backend.name, "sample, 1 image thread", report, cpu))
 
     from_csv = backend.fresh("csv")
-    report, cpu = _timed(lambda: import_rows(open_source(csv_path).rows, sessions=from_csv, store=store("csv")))
+    source = open_source(csv_path)
+    report, cpu = _timed(lambda: import_rows(source.rows, sessions=from_csv, store=store("csv"),
+                                             roots=source.import_roots(())))
     results.append(Result(backend.name, "csv", report, cpu))
     for result in results:
         assert not result.report.errors, result.report.errors[:3]

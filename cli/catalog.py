@@ -129,7 +129,7 @@ def import_source(ctx: CliContext, source: CatalogSource, *, progress: bool | No
     with tqdm(total=source.total_hint, unit="row", desc="import", disable=None if progress is None else not progress,
               dynamic_ncols=True) as bar:
         return import_rows(source.rows, sessions=ctx.sessions, store=store, progress=bar.update,
-                           delete_missing=delete_missing)
+                           delete_missing=delete_missing, roots=source.import_roots(ctx.settings.import_roots))
 
 
 def _finish(report: ImportReport, *, strict: bool) -> None:

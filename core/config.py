@@ -67,6 +67,9 @@ class Settings:
     """Decompression-bomb guard: images with more pixels are rejected, not decoded."""
     max_image_bytes: int = 20 * 1024 * 1024
     """Largest encoded image accepted by the media store and by uploads."""
+    import_roots: tuple[Path, ...] = ()
+    """Folders whose image files any catalog import may read, besides the catalog's own folder
+    (core.media.ImportRoots; docs/CONFIG.md)."""
 
     annoy_trees: int = 50
     annoy_search_k: int = 10_000
@@ -185,7 +188,7 @@ class Settings:
             if isinstance(value, enum.Enum):
                 text = str(value.value)
             elif isinstance(value, tuple):
-                text = ",".join(value)
+                text = ",".join(str(part) for part in value)
             elif isinstance(value, bool):
                 text = "true" if value else "false"
             else:
@@ -232,7 +235,8 @@ def _parse(key: str, raw: str, annotation: Any) -> Any:
         if isinstance(target, type) and issubclass(target, enum.Enum):
             return target(raw.strip().lower())
         if get_origin(target) is tuple:
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
+            parts = tuple(part.strip() for part in raw.split(",") if part.strip())
+            return tuple(Path(part) for part in parts) if get_args(target)[0] is Path else parts
         return raw
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from exc

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import Job, JobKind, JobPhase, JobStatus, session_scope
 from core.db.types import utcnow
+from core.text import safe_text
 
 
 class JobNotFound(LookupError):
@@ -77,14 +78,23 @@ def finish_job(sessions: sessionmaker[Session], job_id: int, result: dict[str, A
             job.progress_done = job.progress_total
 
 
-def fail_job(sessions: sessionmaker[Session], job_id: int, error: str, *, result: dict[str, Any] | None = None) -> None:
+def fail_job(sessions: sessionmaker[Session], job_id: int, error: str, *,
+             result: dict[str, Any] | None = None) -> str:
+    """Mark the job failed with ``error``, stored as safe text; returns the text stored.
+
+    Messages quote their input (file names, headers), which may be any bytes; one the
+    database refused would leave the job running for ever, so it is made safe here, for
+    every caller (core/text.py).
+    """
+    message = safe_text(error)
     with session_scope(sessions) as s:
         job = _load(s, job_id)
         job.status = JobStatus.FAILED
-        job.error = error
+        job.error = message
         if result is not None:
             job.result = result
         job.finished_at = utcnow()
+    return message
 
 
 def get_job(sessions: sessionmaker[Session], job_id: int) -> Job:

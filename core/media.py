@@ -17,6 +17,11 @@ before it can cost memory or CPU:
 * EXIF orientation is applied and the result is converted to RGB (transparent
   pixels are composited on white, which is what product cut-outs expect).
 
+Image files named by a catalog import are read by :func:`read_import_file`: only from
+inside the import roots (:class:`ImportRoots`), only regular files (a FIFO or a device is
+refused without being read), and never more than ``max_bytes`` + 1 bytes, whatever size a
+file claims (docs/CONFIG.md, "Where an import may read images").
+
 The store keeps the *original* bytes under ``root/ab/cd/<sha256>`` (mode 0644 less
 the umask). Writes go to a temporary file in the destination directory and are
 renamed into place, so a reader never sees a partial file under a key and a crash
@@ -29,13 +34,16 @@ rewritten).
 from __future__ import annotations
 
 import enum
+import errno
 import hashlib
 import io
 import os
 import re
 import secrets
+import stat
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +54,19 @@ from core.config import Settings
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """Formats accepted by :func:`decode_image` (the JPEG plugin also opens camera MPO files)."""
 
-_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
 _HEADER_LOCK = threading.Lock()
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 """EXIF orientations that swap width and height (the 90- and 270-degree ones)."""
 _TMP_PREFIX = ".tmp-"
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_SOURCE_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+"""Opening an import's image file: O_NONBLOCK so that a FIFO without a writer cannot block
+the open (it is refused by its type right after), O_NOFOLLOW so that a link put in place
+after the path was resolved is refused instead of followed, O_NOCTTY for terminals."""
+_READ_CHUNK = 1 << 20
 
 
 class MediaErrorReason(str, enum.Enum):
@@ -62,6 +76,9 @@ class MediaErrorReason(str, enum.Enum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_FORMAT = "unsupported_format"
     NOT_FOUND = "not_found"
+    OUTSIDE_IMPORT_ROOTS = "outside_import_roots"
+    NOT_A_FILE = "not_a_file"
+    UNREADABLE = "unreadable"
 
 
 class MediaError(ValueError):
@@ -185,9 +202,95 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+class ImportRoots:
+    """The folders a catalog import may read image files from (docs/CONFIG.md, "Where an import
+    may read images"): the catalog's own folder and ``LOOKALIKE_IMPORT_ROOTS``.
+
+    The folders are resolved (symbolic links, ``..``) once, here; a path is inside when its
+    resolved form is one of them or below one. No roots: no local file may be read.
+    """
+
+    def __init__(self, folders: Iterable[Path | str]) -> None:
+        self.folders: tuple[Path, ...] = tuple(dict.fromkeys(Path(os.path.realpath(f)) for f in folders))
+
+    def resolve(self, path: Path) -> str:
+        """``path`` with every link resolved, if that is inside a root; else :class:`MediaError`.
+
+        The refusal is the same whether or not the file exists, and names no path: job
+        results are shown to API clients, and must not tell what lies outside the roots.
+        """
+        try:
+            resolved = os.path.realpath(path)
+        except (OSError, ValueError):  # a NUL, a path too long to resolve
+            resolved = None
+        if resolved is None or not any(Path(resolved).is_relative_to(root) for root in self.folders):
+            raise MediaError(MediaErrorReason.OUTSIDE_IMPORT_ROOTS,
+                             "not inside the import folders (the catalog's folder or LOOKALIKE_IMPORT_ROOTS)")
+        return resolved
+
+
+def read_import_file(path: Path, roots: ImportRoots, *, max_bytes: int) -> bytes:
+    """The bytes of the regular file at ``path``, read to at most ``max_bytes`` + 1 bytes.
+
+    Refused with :class:`MediaError`: a path outside ``roots`` (a link pointing out of
+    them included), anything that is not a regular file (a FIFO, a device, a socket, a
+    directory: none of them is read at all), and a file larger than ``max_bytes`` (its
+    size is not trusted: ``/proc`` files claim 0 bytes and a growing file grows). The
+    messages name no path: the caller quotes the reference as its row wrote it.
+    """
+    resolved = roots.resolve(path)
+    try:
+        fd = os.open(resolved, _SOURCE_FLAGS)
+    except FileNotFoundError:
+        raise MediaError(MediaErrorReason.NOT_FOUND, "file not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link put in place after the path was resolved
+            raise MediaError(MediaErrorReason.NOT_A_FILE, "not a regular file (a symbolic link)") from None
+        raise MediaError(MediaErrorReason.UNREADABLE, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise MediaError(MediaErrorReason.NOT_A_FILE, f"not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > max_bytes:
+            raise _too_large(max_bytes)
+        return read_at_most(fd, max_bytes)
+    except OSError as exc:  # EIO, EISDIR on odd file systems
+        raise MediaError(MediaErrorReason.UNREADABLE, f"cannot be read: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+
+
+def read_at_most(fd: int, max_bytes: int) -> bytes:
+    """Everything ``fd`` holds, or :class:`MediaError` after reading ``max_bytes`` + 1 bytes of it."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        chunk = os.read(fd, min(_READ_CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise _too_large(max_bytes)
+
+
+def _too_large(max_bytes: int) -> MediaError:
+    return MediaError(MediaErrorReason.TOO_LARGE, f"file is more than the limit of {max_bytes:,} bytes")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
 def media_key(data: bytes) -> str:
     """The store key of ``data``: its SHA-256 in lower-case hex."""
     return hashlib.sha256(data).hexdigest()
+
+
+def is_media_key(value: object) -> bool:
+    """True for text that can be a store key (64 lower-case hex characters), stored or not."""
+    return isinstance(value, str) and _KEY_RE.fullmatch(value) is not None
 
 
 class MediaStore:
@@ -208,7 +311,7 @@ class MediaStore:
 
     def path(self, key: str) -> Path:
         """Where ``key`` lives (whether or not it exists); refuses anything but a SHA-256 hex key."""
-        if not isinstance(key, str) or not _KEY_RE.match(key):
+        if not is_media_key(key):
             raise ValueError(f"invalid media key {key!r}: expected 64 lower-case hex characters")
         return self.root / f"{key[:2]}/{key[2:4]}/{key}"
 
@@ -238,24 +341,9 @@ class MediaStore:
         self._write_atomically(target, data)
         return stored
 
-    def put_file(self, path: Path) -> StoredImage:
-        """Store the image file at ``path`` (size checked before reading it)."""
-        return self.put_bytes(self.read_source(path))
-
-    def read_source(self, path: Path) -> bytes:
-        """Read an image file to be stored, refusing oversized or missing files up front."""
-        try:
-            size = Path(path).stat().st_size
-            if size > self.max_bytes:
-                raise MediaError(
-                    MediaErrorReason.TOO_LARGE,
-                    f"{path} is {size:,} bytes, more than the limit of {self.max_bytes:,} bytes",
-                )
-            return Path(path).read_bytes()
-        except FileNotFoundError:
-            raise MediaError(MediaErrorReason.NOT_FOUND, f"file not found: {path}") from None
-        except IsADirectoryError:
-            raise MediaError(MediaErrorReason.NOT_AN_IMAGE, f"{path} is a directory, not an image") from None
+    def read_source(self, path: Path, roots: ImportRoots) -> bytes:
+        """Read an image file to be stored: see :func:`read_import_file` (the cap is ``max_bytes``)."""
+        return read_import_file(path, roots, max_bytes=self.max_bytes)
 
     def read_bytes(self, key: str) -> bytes:
         """The original bytes stored under ``key``."""

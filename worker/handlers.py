@@ -12,14 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 from core.db import JobKind
-from core.jobs import create_job
+from core.jobs import create_job, fail_job
 from core.registry import active_index
 from core.reindex_requests import submit_reindex
 from core.tasks import TaskName
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import
 from worker.flows.model_choice import NoActiveModel, reindex_model
-from worker.flows.recovery import RESUMABLE_TASKS, heartbeat, record_task, recover_orphaned_jobs
+from worker.flows.recovery import (
+    RESUMABLE_TASKS,
+    UnstorableArguments,
+    heartbeat,
+    record_task,
+    recover_orphaned_jobs,
+)
 from worker.flows.reindex import catalog_changed_since_active, run_reindex
 from worker.flows.retire import retire_old_indexes
 from worker.flows.retrain import run_retrain
@@ -78,6 +84,12 @@ def run_task(rt: Runtime, task: TaskName, kwargs: dict[str, Any]) -> Any:
     if task not in RESUMABLE_TASKS or job_id is None:
         return handler(rt, **kwargs)
     # A job its worker may die under: say how to run it again, and keep it visibly alive.
-    record_task(rt.sessions, job_id, task, kwargs)
+    try:
+        record_task(rt.sessions, job_id, task, kwargs)
+    except UnstorableArguments as exc:
+        # Nothing could run such a job again, and leaving it queued would be for ever: it ends
+        # here, failed with the reason (docs/DECISIONS.md, "Media store and catalog import").
+        message = fail_job(rt.sessions, job_id, str(exc))
+        return {"error": message}
     with heartbeat(rt.sessions, job_id, rt.settings.job_heartbeat_seconds):
         return handler(rt, **kwargs)

@@ -5,7 +5,9 @@ that names ``external_id``; the other known columns are ``title``, ``category``,
 ``group``, ``attributes`` (a JSON object) and ``images`` (``|``-separated
 references). Any other column becomes a string attribute (empty cells are left
 out). A row's line is the physical line on which its record starts, so quoted
-multi-line cells do not shift the numbers. Blank lines are skipped.
+multi-line cells do not shift the numbers. Blank lines are skipped. A record that never
+ends (an unclosed quote) is one bad row, and the lines after its first are read again
+(:class:`_RecordLines`).
 
 **JSONL**: one JSON object per line with the same keys (``images`` is a list, any
 other key becomes an attribute with its JSON value). Blank lines are skipped.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -40,9 +43,9 @@ from core.catalog.rows import (
     ImageRef,
     ImportFormat,
     RowError,
-    is_safe_text,
 )
 from core.catalog.validate import KNOWN_FIELDS, make_row, split_known_fields
+from core.text import encodes_as_utf8, is_safe_text
 
 IMAGE_SEPARATOR = "|"
 
@@ -102,16 +105,19 @@ def read_csv(path: Path) -> CatalogSource:
     """Read a CSV catalog; the header is checked now, the rows lazily."""
     fh = path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
     try:
-        reader = csv.reader(fh, strict=True)
+        lines = _RecordLines(fh)
+        reader = csv.reader(lines, strict=True)
         header = [name.strip() for name in next(reader, [])]
         _check_header(path, header)
+        lines.done()
     except (CatalogFormatError, csv.Error) as exc:
         fh.close()
         if isinstance(exc, csv.Error):
             raise CatalogFormatError(f"{path}: unreadable CSV header: {exc}") from exc
         raise
     total = max(_count_lines(path) - 1, 0)
-    return CatalogSource(rows=_csv_rows(fh, reader, header, path.parent), total_hint=total)
+    return CatalogSource(rows=_csv_rows(fh, lines, reader, header, path.parent), total_hint=total,
+                         folder=path.parent)
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -135,32 +141,80 @@ def _check_header(path: Path, header: list[str]) -> None:
         seen.add(name)
 
 
-def _csv_rows(fh: IO[str], reader: "csv._reader", header: list[str], base_dir: Path) -> Iterator[CatalogRow | RowError]:
+class _RecordLines:
+    """The CSV's physical lines, fed to ``csv.reader``, remembering those of the record being read.
+
+    A record the parser cannot finish is one bad row on the line where it starts. When it
+    ran over several lines (a quote opened and never closed runs on to the end of the file,
+    or to the field-size limit), the lines after its first are handed to the parser again:
+    the rows after a stray quote are read as rows, not swallowed into one field
+    (docs/DECISIONS.md, "Media store and catalog import").
+    """
+
+    def __init__(self, fh: IO[str]) -> None:
+        self._fh = fh
+        self._again: deque[str] = deque()
+        self._record: list[str] = []
+        self.start = 1
+        """The physical line number of the record being read."""
+
+    def __iter__(self) -> _RecordLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._again.popleft() if self._again else next(self._fh)
+        self._record.append(line)
+        return line
+
+    def done(self) -> int:
+        """The record read is complete (or is refused as a whole): returns its last line's number."""
+        last = self.start + max(len(self._record), 1) - 1
+        self.start += len(self._record)
+        self._record.clear()
+        return last
+
+    def reread(self) -> int:
+        """The record read is broken: its first line is dropped and the others read again;
+        returns the number of the last line the broken record reached."""
+        last = self.start + max(len(self._record), 1) - 1
+        self._again.extendleft(reversed(self._record[1:]))
+        self.start += 1
+        self._record.clear()
+        return last
+
+
+def _csv_rows(fh: IO[str], lines: _RecordLines, reader: "csv._reader", header: list[str],
+              base_dir: Path) -> Iterator[CatalogRow | RowError]:
     with fh:
-        end_of_previous = reader.line_num
         while True:
-            line = end_of_previous + 1
+            first = lines.start
             try:
                 cells = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                end_of_previous = reader.line_num
-                yield RowError(line, None, f"malformed CSV: {exc}")
+                last = lines.reread()
+                if last == first:
+                    yield RowError(first, None, f"malformed CSV: {exc}")
+                else:
+                    yield RowError(first, None, f"malformed CSV: a quoted field starts on this line and is not "
+                                   f"closed properly (at line {last}: {exc}); the lines after this one are read "
+                                   "as rows of their own")
                 continue
-            end_of_previous = reader.line_num
+            last = lines.done()
             if not any(cell.strip() for cell in cells):
                 continue
-            yield _csv_record(line, header, cells, base_dir)
+            yield _csv_record(first, last, header, cells, base_dir)
 
 
-def _csv_record(line: int, header: list[str], cells: list[str], base_dir: Path) -> CatalogRow | RowError:
+def _csv_record(line: int, last: int, header: list[str], cells: list[str], base_dir: Path) -> CatalogRow | RowError:
     record = dict(zip(header, cells))
     hint = record.get("external_id", "").strip() or None
     if len(cells) != len(header):
-        return RowError(line, hint, f"{len(cells)} fields, but the header has {len(header)} columns")
-    if not all(_valid_text(cell) for cell in cells):
-        return RowError(line, hint if hint and _valid_text(hint) else None, "not valid UTF-8")
+        spans = f" (the record runs on to line {last}: an unbalanced quote?)" if last > line else ""
+        return RowError(line, hint, f"{len(cells)} fields, but the header has {len(header)} columns{spans}")
+    if not all(encodes_as_utf8(cell) for cell in cells):
+        return RowError(line, hint if hint and encodes_as_utf8(hint) else None, "not valid UTF-8")
     known, extras = split_known_fields(record)
     if known.get("attributes", "").strip():
         try:
@@ -182,18 +236,10 @@ def _json_problem(exc: ValueError | RecursionError) -> str:
     return str(exc)
 
 
-def _valid_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 # ----------------------------------------------------------------------------- JSONL
 def read_jsonl(path: Path) -> CatalogSource:
     """Read a JSON-lines catalog (one object per line)."""
-    return CatalogSource(rows=_jsonl_rows(path), total_hint=_count_lines(path))
+    return CatalogSource(rows=_jsonl_rows(path), total_hint=_count_lines(path), folder=path.parent)
 
 
 def _jsonl_rows(path: Path) -> Iterator[CatalogRow | RowError]:
@@ -224,7 +270,7 @@ def read_folder(root: Path) -> CatalogSource:
     if not root.is_dir():
         raise CatalogFormatError(f"{root} is not a directory")
     files = _image_files(root)
-    return CatalogSource(rows=_folder_rows(root, files), total_hint=len(files))
+    return CatalogSource(rows=_folder_rows(root, files), total_hint=len(files), folder=root)
 
 
 def _image_files(root: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,8 +23,12 @@ def import_catalog(
     delete_missing: bool = False,
     progress: Progress | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    import_roots: Iterable[Path] = (),
 ) -> ImportReport:
     """Read ``path`` (format detected when ``fmt`` is None) and upsert it into the catalog.
+
+    Image files are read from the catalog's own folder and ``import_roots``
+    (``Settings.import_roots``) only; a row naming any other file is rejected.
 
     Raises :class:`~core.catalog.rows.CatalogFormatError` when the source cannot be
     read at all (an unknown ``fmt`` name included); bad rows, whatever their bytes, are
@@ -31,7 +36,8 @@ def import_catalog(
     """
     source = open_source(path, fmt)
     return import_rows(source.rows, sessions=sessions, store=store, progress=progress,
-                       delete_missing=delete_missing, chunk_size=chunk_size)
+                       delete_missing=delete_missing, chunk_size=chunk_size,
+                       roots=source.import_roots(import_roots))
 
 
 def import_fashion_mnist(

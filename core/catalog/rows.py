@@ -8,11 +8,13 @@ the line and the reason); :mod:`core.catalog.upsert` writes the rows.
 from __future__ import annotations
 
 import enum
-import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from core.media import ImportRoots
+from core.text import is_safe_text, safe_text
 
 MAX_EXTERNAL_ID = 255
 MAX_TITLE = 1000
@@ -21,40 +23,6 @@ MAX_GROUP = 255
 MAX_SOURCE_URI = 2000
 MAX_IMAGES_PER_ITEM = 50
 """More photos than this for one product is a broken row, not a product."""
-MAX_MESSAGE = 2000
-"""Characters of an error message kept: a message may quote a whole (binary) header."""
-
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
-"""Lone surrogates, which no UTF-8 encoder writes, and the C0 controls but tab and newline
-(PostgreSQL text refuses NUL; terminals act on the others)."""
-
-
-def safe_text(value: object, *, limit: int = MAX_MESSAGE) -> str:
-    r"""``value`` as text that every database, JSON encoder and terminal accepts.
-
-    Text read with ``surrogateescape`` (or JSON's ``\udXXX`` escapes) can hold lone
-    surrogates; a binary file can hold NUL. Messages that quote the input are stored
-    on the job, so such characters become visible escapes: an undecodable byte
-    ``\xNN`` (the byte itself), any other lone surrogate ``\udNNN``, a control
-    character ``\xNN``. The result is cut to ``limit`` characters.
-    """
-    text = value if isinstance(value, str) else str(value)
-    text = _UNSAFE.sub(_escape, text)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def is_safe_text(value: str) -> bool:
-    """True when :func:`safe_text` keeps ``value`` as it is (length aside)."""
-    return safe_text(value, limit=len(value) + 1) == value
-
-
 class ImportFormat(str, enum.Enum):
     CSV = "csv"
     JSONL = "jsonl"
@@ -171,3 +139,11 @@ class CatalogSource:
     rows: Iterator[CatalogRow | RowError]
     total_hint: int | None = None
     """Roughly how many rows to expect (for progress bars); None if unknown."""
+    folder: Path | None = None
+    """The catalog's own folder (a file's directory, or the folder imported), where its rows'
+    images may be read from; None for sources that carry their image bytes."""
+
+    def import_roots(self, configured: Iterable[Path]) -> ImportRoots:
+        """Where this source's images may be read: its own folder and the ``configured`` roots
+        (``Settings.import_roots``; docs/CONFIG.md, "Where an import may read images")."""
+        return ImportRoots([*([self.folder] if self.folder is not None else []), *configured])

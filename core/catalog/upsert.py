@@ -22,6 +22,9 @@ Rules (the docs repeat them):
   It is skipped (with a warning) when some rejected row had no readable external
   id, since that row might have been the missing item.
 
+Image files are read only from the source's import roots (the catalog's folder and
+``LOOKALIKE_IMPORT_ROOTS``; docs/CONFIG.md, "Where an import may read images").
+
 Image files written for a row that is then rejected stay in the media store: they
 are content-addressed and harmless.
 """
@@ -44,7 +47,7 @@ from core.catalog.queries import soft_delete_missing
 from core.catalog.rows import CatalogRow, ImportReport, RowError
 from core.db import ImageStatus, Item, ItemImage
 from core.db.types import utcnow
-from core.media import MediaError, MediaStore, media_key
+from core.media import ImportRoots, MediaError, MediaStore, media_key
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +85,13 @@ def import_rows(
     progress: Progress | None = None,
     delete_missing: bool = False,
     image_workers: int = DEFAULT_IMAGE_WORKERS,
+    roots: ImportRoots | None = None,
 ) -> ImportReport:
     """Upsert ``rows`` (as produced by a source reader) and report what happened.
+
+    Image files are read only from inside ``roots`` (:meth:`CatalogSource.import_roots
+    <core.catalog.rows.CatalogSource.import_roots>`); with None a row naming a local file is
+    rejected: only rows that carry their bytes (API uploads, the sample) can be stored.
 
     Chunks are pipelined: while chunk *k* is written to SQL, the image threads
     already store chunk *k + 1* (their rows are disjoint: an external id is only
@@ -94,6 +102,7 @@ def import_rows(
     started = time.perf_counter()
     report = ImportReport()
     claimed: dict[str, int] = {}
+    roots = roots if roots is not None else ImportRoots(())
     with sessions() as session, ThreadPoolExecutor(image_workers, thread_name_prefix="catalog-images") as pool:
         pending: _Chunk | None = None
         for batch, consumed in _batches(rows, chunk_size, claimed, report):
@@ -102,7 +111,7 @@ def import_rows(
             # all (the rejected rows after the last full chunk, a file of bad rows): it still
             # goes through _write_chunk, which writes the chunk before it and counts progress.
             step = max(1, -(-len(batch) // image_workers))
-            futures = [pool.submit(_store_block, batch[i:i + step], known, store)
+            futures = [pool.submit(_store_block, batch[i:i + step], known, store, roots)
                        for i in range(0, len(batch), step)]
             if pending is not None:
                 _write_chunk(session, store, pending, report, progress)
@@ -189,17 +198,22 @@ def _load_known(session: Session, external_ids: list[str]) -> dict[str, KnownIte
     return items
 
 
-def _store_block(rows: list[CatalogRow], known: dict[str, KnownItem], store: MediaStore) -> list[_Stored]:
-    return [_store_images(row, known.get(row.external_id), store) for row in rows]
+def _store_block(rows: list[CatalogRow], known: dict[str, KnownItem], store: MediaStore,
+                 roots: ImportRoots) -> list[_Stored]:
+    return [_store_images(row, known.get(row.external_id), store, roots) for row in rows]
 
 
-def _store_images(row: CatalogRow, item: KnownItem | None, store: MediaStore) -> _Stored:
-    """Read, validate and store a row's images; a string is the reason the row is rejected."""
+def _store_images(row: CatalogRow, item: KnownItem | None, store: MediaStore, roots: ImportRoots) -> _Stored:
+    """Read, validate and store a row's images; a string is the reason the row is rejected.
+
+    Reasons quote the reference as the row wrote it, never the resolved path or the store's
+    files (docs/CONFIG.md, "Where an import may read images").
+    """
     images: list[PlacedImage] = []
     seen: set[str] = set()
     for ref in row.images:
         try:
-            data = ref.data if ref.data is not None else store.read_source(ref.path)  # type: ignore[arg-type]
+            data = ref.data if ref.data is not None else store.read_source(ref.path, roots)  # type: ignore[arg-type]
             key = media_key(data)
             if key in seen:
                 continue  # the same photo listed twice
@@ -212,8 +226,8 @@ def _store_images(row: CatalogRow, item: KnownItem | None, store: MediaStore) ->
                 width, height = stored.width, stored.height
         except MediaError as exc:
             return f"image {ref.uri!r}: {exc}"
-        except OSError as exc:
-            return f"image {ref.uri!r}: cannot read {ref.path}: {exc.strerror or exc}"
+        except OSError as exc:  # writing to the media store (a full disk)
+            return f"image {ref.uri!r}: cannot be stored: {exc.strerror or type(exc).__name__}"
         images.append(PlacedImage(key, width, height, ref.uri, len(images)))
     return images
 

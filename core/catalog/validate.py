@@ -13,7 +13,9 @@ the fields make an item:
   as they are). A key given both ways is an error rather than a silent choice;
 * ``images`` lists 1 to :data:`MAX_IMAGES_PER_ITEM` references: a path relative to
   the source file's directory, an absolute path, or a ``file://`` URI. ``http(s)``
-  URLs are refused: an import never touches the network.
+  URLs are refused: an import never touches the network. Whether the file may be read
+  (inside the import roots, a regular file) is decided when it is read
+  (:func:`core.media.read_import_file`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from core.catalog.rows import (
     ImageRef,
     RowError,
 )
+from core.text import encodes_as_utf8
 
 KNOWN_FIELDS = ("external_id", "title", "category", "group", "attributes", "images")
 
@@ -77,7 +80,8 @@ def make_row(
             category=_optional_text("category", fields.get("category"), MAX_CATEGORY),
             group=_optional_text("group", fields.get("group"), MAX_GROUP),
             attributes=_attributes(fields.get("attributes"), extras or {}),
-            images=image_refs if image_refs is not None else resolve_images(fields.get("images"), base_dir),
+            images=(_given_images(image_refs) if image_refs is not None
+                    else resolve_images(fields.get("images"), base_dir)),
         )
     except RowInvalid as exc:
         return RowError(line, external_id, str(exc))
@@ -97,21 +101,12 @@ def _external_id_or_none(value: Any) -> str | None:
 def _check_text(name: str, value: str, limit: int) -> None:
     if len(value) > limit:
         raise RowInvalid(f"{name} is {len(value)} characters long, the limit is {limit}")
-    if not _is_valid_unicode(value):
+    if not encodes_as_utf8(value):
         raise RowInvalid(f"{name} is not valid UTF-8")
     if "\x00" in value:  # a title may hold other controls (newlines), never this one
         raise RowInvalid(f"{name} contains a NUL character")
     if any(unicodedata.category(ch) == "Cc" for ch in value) and name != "title":
         raise RowInvalid(f"{name} contains control characters")
-
-
-def _is_valid_unicode(value: str) -> bool:
-    """False for strings carrying undecodable bytes (surrogate escapes)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _optional_text(name: str, value: Any, limit: int) -> str | None:
@@ -143,7 +138,7 @@ def _attributes(value: Any, extras: Mapping[str, Any]) -> dict[str, Any]:
         raise RowInvalid(f"attributes must be plain JSON: {exc}") from None
     except RecursionError:
         raise RowInvalid("attributes are nested too deeply") from None
-    if not _is_valid_unicode(encoded):
+    if not encodes_as_utf8(encoded):
         raise RowInvalid("attributes are not valid UTF-8")
     if _JSON_NUL.search(encoded):  # JSONB refuses \u0000; SQLite would store it: refused on both
         raise RowInvalid("attributes contain a NUL character")
@@ -165,17 +160,30 @@ def resolve_images(value: Any, base_dir: Path) -> list[ImageRef]:
     return [resolve_image_ref(ref, base_dir) for ref in refs]
 
 
+def _given_images(refs: list[ImageRef]) -> list[ImageRef]:
+    """Images a source already knows (a folder's file, uploaded bytes): their references are
+    stored as ``source_uri``, so they follow the rules of written ones (a file name with
+    undecodable bytes would otherwise reach the database, which refuses it)."""
+    for ref in refs:
+        _check_reference(ref.uri)
+    return refs
+
+
+def _check_reference(ref: str) -> None:
+    if len(ref) > MAX_SOURCE_URI:
+        raise RowInvalid(f"image reference is {len(ref)} characters long, the limit is {MAX_SOURCE_URI}")
+    if not encodes_as_utf8(ref):
+        raise RowInvalid("image reference is not valid UTF-8")
+    if "\x00" in ref:  # no file name holds one, and open() raises ValueError on it
+        raise RowInvalid("image reference contains a NUL character")
+
+
 def resolve_image_ref(ref: Any, base_dir: Path) -> ImageRef:
     """One reference: relative path, absolute path or ``file://`` URI; never a network URL."""
     if not isinstance(ref, str) or not ref.strip():
         raise RowInvalid(f"image reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
-    if len(ref) > MAX_SOURCE_URI:
-        raise RowInvalid(f"image reference is {len(ref)} characters long, the limit is {MAX_SOURCE_URI}")
-    if not _is_valid_unicode(ref):
-        raise RowInvalid("image reference is not valid UTF-8")
-    if "\x00" in ref:  # no file name holds one, and open() raises ValueError on it
-        raise RowInvalid("image reference contains a NUL character")
+    _check_reference(ref)
     try:
         parts = urlsplit(ref)
     except ValueError as exc:  # "http://[" : an unbalanced IPv6 bracket

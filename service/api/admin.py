@@ -87,7 +87,8 @@ def _optional_json() -> dict[str, Any]:
 @requires(Access.WRITE)
 def create_import() -> Response:
     """Upload a CSV or JSONL catalog file; it is imported by a job. Image paths in it are
-    paths on the server (as for ``lookalike catalog import``)."""
+    paths on the server inside ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an import
+    may read images")."""
     ctx = service_context()
     check_params(())
     body_kind(BodyKind.MULTIPART)

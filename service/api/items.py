@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from core.catalog.validate import make_row
 from core.config import MAX_UPLOAD_IMAGES, MULTIPART_OVERHEAD
 from core.db import Item, ItemStatus, session_scope
 from core.db.backend import backend_of
-from core.media import MediaError
+from core.media import MediaError, is_media_key
 from service.api.common import (
     elapsed_ms,
     record_search_timings,
@@ -50,7 +49,6 @@ from service.uploads import (
 bp = Blueprint("items", __name__)
 
 METADATA_KEYS = ("title", "category", "group", "attributes")
-_MEDIA_KEY = re.compile(r"^[0-9a-f]{64}$")
 _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
           (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
 
@@ -158,7 +156,7 @@ def delete_one(external_id: str) -> Response:
 def media(key: str) -> Response:
     """Stored image bytes by content key: immutable, so cached for a year."""
     check_params(())
-    if not _MEDIA_KEY.match(key):
+    if not is_media_key(key):
         raise not_found(f"no image with key {key!r} (keys are 64 lower-case hex characters)")
     ctx = service_context()
     path = ctx.media.path(key)

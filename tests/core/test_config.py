@@ -24,6 +24,7 @@ def test_environment_is_parsed_by_field_type() -> None:
         "LOOKALIKE_READS_PUBLIC": "false",
         "LOOKALIKE_DEVICE": "CPU",
         "LOOKALIKE_URL_FETCH_ALLOWED_HOSTS": "images.example.com, cdn.example.com",
+        "LOOKALIKE_IMPORT_ROOTS": "/srv/photos, /mnt/shop images,",
         "OTHER_VARIABLE": "ignored",
     })
     assert s.home == Path("/srv/l") and not s.embedded
@@ -31,6 +32,7 @@ def test_environment_is_parsed_by_field_type() -> None:
     assert (s.annoy_trees, s.promotion_margin, s.reads_public) == (80, 0.02, False)
     assert s.device is DeviceChoice.CPU
     assert s.url_fetch_allowed_hosts == ("images.example.com", "cdn.example.com")
+    assert s.import_roots == (Path("/srv/photos"), Path("/mnt/shop images"))
 
 
 @pytest.mark.parametrize("key,value", [
@@ -59,7 +61,7 @@ def test_every_setting_is_documented() -> None:
 def test_to_env_round_trips_every_field() -> None:
     s = Settings(home=Path("/srv/x"), broker_url="redis://h:1/0", device=DeviceChoice.CPU, reads_public=False,
                  url_fetch_allowed_hosts=("a.example", "b.example"), annoy_search_k=-1, promotion_margin=0.5,
-                 artifacts_dir=Path("/data/a"))
+                 artifacts_dir=Path("/data/a"), import_roots=(Path("/srv/photos"), Path("/mnt/b")))
     env = s.to_env()
     assert all(key.startswith("LOOKALIKE_") for key in env)
     assert Settings.from_env(env) == s

@@ -15,7 +15,6 @@ import csv
 import io
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CatalogFormatError, RowError, import_catalog
-from core.catalog.rows import MAX_MESSAGE, is_safe_text, safe_text
 from core.config import Settings
-from core.db import Item, Job, JobKind, JobStatus
+from core.db import Item, JobKind, JobStatus
 from core.jobs import create_job, get_job
 from core.media import MediaStore
-from core.tasks import TaskName
-from tests.fixtures.catalog import write_image
+from core.text import MAX_MESSAGE, is_safe_text, safe_text
+from tests.fixtures.catalog import run_job, write_image
 from worker.flows.importing import run_import
 from worker.local import InProcessDispatcher
 
@@ -54,25 +52,6 @@ def shop(tmp_path: Path) -> Path:
     write_image(root / "a.png", 1)
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     return root
-
-
-@pytest.fixture
-def worker(any_db_settings: Settings, sessions: sessionmaker[Session]) -> Iterator[InProcessDispatcher]:
-    """The worker's handlers, in-process, on the migrated database ``sessions`` points at."""
-    dispatcher = InProcessDispatcher(any_db_settings)
-    yield dispatcher
-    dispatcher.close()
-
-
-def run_job(worker: InProcessDispatcher, sessions: sessionmaker[Session], path: Path,
-            fmt: str | None = None) -> Job:
-    """Send IMPORT_CATALOG as the API does and return the job row once the task returned."""
-    job_id = create_job(sessions, JobKind.IMPORT)
-    worker.send(TaskName.IMPORT_CATALOG, job_id=job_id, path=str(path), format=fmt)
-    job = get_job(sessions, job_id)
-    assert job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED), job.status
-    assert worker.failures == [], worker.failures  # nothing escaped as an unexpected exception
-    return job
 
 
 def stored_titles(sessions: sessionmaker[Session], prefix: str) -> dict[str, str]:
@@ -196,6 +175,41 @@ def test_every_bad_kind_is_one_reported_line(sessions: sessionmaker[Session], st
     assert stored_titles(sessions, prefix) == built.valid
 
 
+def _valid_lines(prefix: str, numbers: range) -> str:
+    return "".join(f"{prefix}{n},title {n},,a.png\n" for n in numbers)
+
+
+@pytest.mark.parametrize("after", [3, 4000], ids=["to-the-end-of-the-file", "past-the-field-size-limit"])
+def test_an_unclosed_quote_is_one_bad_line_and_the_rows_around_it_are_kept(
+        sessions: sessionmaker[Session], store: MediaStore, shop: Path, after: int) -> None:
+    """A stray quote used to swallow every following line into one field; it is reported on its
+    line, and the lines after it are read as rows again (docs/DECISIONS.md)."""
+    prefix = next(_prefixes)
+    path = shop / "catalog.csv"
+    path.write_text(HEADER + _valid_lines(prefix, range(2)) + f'{prefix}q,"Unclosed title,,a.png\n'
+                    + _valid_lines(prefix, range(2, 2 + after)), encoding="utf-8")
+    report = import_catalog(path, sessions=sessions, store=store, chunk_size=500)
+    assert [e.line for e in report.errors] == [4]
+    assert report.errors[0].reason.startswith("malformed CSV: a quoted field starts on this line and is not closed")
+    assert "the lines after this one are read as rows of their own" in report.errors[0].reason
+    assert report.created == 2 + after
+    assert set(stored_titles(sessions, prefix)) == {f"{prefix}{n}" for n in range(2 + after)}
+
+
+def test_a_quote_closed_lines_later_names_the_lines_it_joined(sessions: sessionmaker[Session], store: MediaStore,
+                                                               shop: Path) -> None:
+    prefix = next(_prefixes)
+    path = shop / "catalog.csv"
+    # Line 3 opens a quote that line 5 closes in a way the parser accepts: one record of the wrong shape.
+    path.write_text(HEADER + _valid_lines(prefix, range(1)) + f'{prefix}q,"Stray\n{prefix}x,y\nz",,a.png,extra\n'
+                    + _valid_lines(prefix, range(1, 3)), encoding="utf-8")
+    report = import_catalog(path, sessions=sessions, store=store)
+    assert [str(e) for e in report.errors] == [
+        f"line 3 ({prefix}q): 5 fields, but the header has 4 columns (the record runs on to line 5: "
+        "an unbalanced quote?)"]
+    assert set(stored_titles(sessions, prefix)) == {f"{prefix}{n}" for n in range(3)}
+
+
 # ----------------------------------------------------------------------------- through the worker's job
 def test_500_good_rows_then_one_bad_row_are_kept(worker: InProcessDispatcher, sessions: sessionmaker[Session],
                                                  shop: Path) -> None:
@@ -268,6 +282,18 @@ def test_a_file_name_with_undecodable_bytes_fails_with_a_safe_message(
     job = get_job(sessions, job_id)
     assert job.status is JobStatus.FAILED and job.error == result["error"]
     assert "caf\\xe9.csv: the header is not UTF-8 text" in job.error and is_safe_text(job.error)
+
+
+def test_a_job_whose_path_cannot_be_stored_ends_failed(worker: InProcessDispatcher,
+                                                       sessions: sessionmaker[Session], shop: Path) -> None:
+    """On PostgreSQL recording the task (its arguments go into the job's JSONB params) used to
+    raise for such a path, leaving the job queued for ever; SQLite must give the same answer."""
+    path = shop / b"caf\xe9.csv".decode("utf-8", "surrogateescape")
+    path.write_bytes(HEADER.encode())
+    job = run_job(worker, sessions, path)
+    assert job.status is JobStatus.FAILED and job.result == {}
+    assert job.error == ("the lookalike.import_catalog task cannot be recorded: argument path "
+                         f"'{safe_text(str(path))}' is not UTF-8 text without NUL")
 
 
 def test_row_errors_quoting_bad_bytes_are_stored(worker: InProcessDispatcher, sessions: sessionmaker[Session],

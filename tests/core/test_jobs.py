@@ -40,3 +40,13 @@ def test_failed_job_and_listing(sessions: sessionmaker[Session]) -> None:
     assert get_job(sessions, b).error == "boom"
     with pytest.raises(JobNotFound):
         get_job(sessions, 999)
+
+
+def test_a_failure_message_of_any_text_is_stored_and_ends_the_job(sessions: sessionmaker[Session]) -> None:
+    """PostgreSQL refuses NUL and lone surrogates in text; a refused message would leave the job running."""
+    job_id = create_job(sessions, JobKind.IMPORT)
+    start_job(sessions, job_id)
+    stored = fail_job(sessions, job_id, "cannot read caf\udce9.csv\x00: bad \ud800")
+    assert stored == "cannot read caf\\xe9.csv\\x00: bad \\ud800"
+    job = get_job(sessions, job_id)
+    assert (job.status, job.error) == (JobStatus.FAILED, stored)

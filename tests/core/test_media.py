@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from core import media
 from core.config import Settings
-from core.media import MediaError, MediaErrorReason, MediaStore, decode_image
+from core.media import ImportRoots, MediaError, MediaErrorReason, MediaStore, decode_image
 from tests.fixtures.images import bomb_png, encode, gradient_image
 
 
@@ -82,18 +85,19 @@ def test_a_short_file_left_by_a_crash_is_repaired(store: MediaStore) -> None:
     assert store.path(key).read_bytes() == data
 
 
-def test_put_file_and_size_limit_checked_before_reading(tmp_path: Path, store: MediaStore) -> None:
+def test_read_source_and_size_limit_checked_before_reading(tmp_path: Path, store: MediaStore) -> None:
     small = tmp_path / "small.png"
     small.write_bytes(encode(gradient_image(5, 5), "PNG"))
-    assert store.put_file(small).key == hashlib.sha256(small.read_bytes()).hexdigest()
+    roots = ImportRoots([tmp_path])
+    assert store.put_bytes(store.read_source(small, roots)).key == hashlib.sha256(small.read_bytes()).hexdigest()
 
     tiny_store = MediaStore(tmp_path / "m2", max_pixels=10**6, max_bytes=50)
     with pytest.raises(MediaError) as err:
-        tiny_store.put_file(small)
+        tiny_store.read_source(small, roots)
     assert err.value.reason is MediaErrorReason.TOO_LARGE
     assert "limit of 50 bytes" in str(err.value)
     with pytest.raises(MediaError) as err:
-        store.put_file(tmp_path / "nope.png")
+        store.read_source(tmp_path / "nope.png", roots)
     assert err.value.reason is MediaErrorReason.NOT_FOUND
 
 
@@ -110,10 +114,14 @@ def test_open_returns_rgb_and_missing_keys_are_not_found(store: MediaStore) -> N
     assert err.value.reason is MediaErrorReason.NOT_FOUND
 
 
-@pytest.mark.parametrize("key", ["../../etc/passwd", "ABC", "g" * 64, "A" * 64])
+@pytest.mark.parametrize("key", ["../../etc/passwd", "ABC", "g" * 64, "A" * 64, "0" * 64 + "\n", "0" * 65])
 def test_keys_that_are_not_sha256_hex_are_refused(store: MediaStore, key: str) -> None:
+    # One pattern for the store and the API's /media/<key> (service/api/items.py): a trailing
+    # newline, which a ``$``-anchored pattern lets through, is no key either.
+    assert not media.is_media_key(key)
     with pytest.raises(ValueError, match="invalid media key"):
         store.path(key)
+    assert media.is_media_key(media.media_key(b"x"))
 
 
 def test_transparent_pixels_become_white() -> None:
@@ -247,3 +255,127 @@ def test_stored_size_is_the_size_after_exif_rotation(store: MediaStore, orientat
     stored = store.put_bytes(encode(gradient_image(40, 20), "JPEG", exif=exif.tobytes()))
     assert (stored.width, stored.height) == size
     assert store.open(stored.key).size == size
+
+
+# ----------------------------------------------------------------------------- import files (issue 12)
+CAP = 1000
+
+
+def _refused(path: Path, roots: ImportRoots, max_bytes: int = CAP) -> MediaError:
+    with pytest.raises(MediaError) as err:
+        media.read_import_file(path, roots, max_bytes=max_bytes)
+    return err.value
+
+
+def test_a_stream_is_read_to_at_most_the_cap_plus_one_byte() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"x" * (CAP + 100))
+        os.close(write_end)
+        with pytest.raises(MediaError) as err:
+            media.read_at_most(read_end, CAP)
+        assert err.value.reason is MediaErrorReason.TOO_LARGE
+        assert len(os.read(read_end, 10_000)) == 99  # what the refusal left unread
+    finally:
+        os.close(read_end)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"y" * CAP)
+    os.close(write_end)
+    assert media.read_at_most(read_end, CAP) == b"y" * CAP  # exactly the cap is fine
+    os.close(read_end)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(size=st.integers(0, 3000), cap=st.integers(0, 2500))
+def test_any_stream_is_returned_whole_or_refused_after_cap_plus_one_bytes(size: int, cap: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+        os.close(write_end)
+        if size <= cap:
+            assert media.read_at_most(read_end, cap) == data
+        else:
+            with pytest.raises(MediaError):
+                media.read_at_most(read_end, cap)
+            assert os.read(read_end, 10_000) == data[cap + 1:]
+    finally:
+        os.close(read_end)
+
+
+def test_a_file_whose_size_claims_less_than_it_holds_is_refused_at_the_cap() -> None:
+    # /proc files say st_size 0 and hold more: the size is not what caps the read.
+    maps = Path("/proc/self/maps")
+    assert maps.stat().st_size == 0 and len(maps.read_bytes()) > 100
+    assert _refused(maps, ImportRoots(["/proc/self"]), max_bytes=100).reason is MediaErrorReason.TOO_LARGE
+
+
+def test_a_regular_file_over_the_cap_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * CAP)
+    error = _refused(big, ImportRoots([tmp_path]))
+    assert error.reason is MediaErrorReason.TOO_LARGE and str(error) == "file is more than the limit of 1,000 bytes"
+    assert media.read_import_file(big, ImportRoots([tmp_path]), max_bytes=CAP + 4) == big.read_bytes()
+
+
+def test_a_character_device_is_refused_without_reading() -> None:
+    error = _refused(Path("/dev/zero"), ImportRoots(["/dev"]), max_bytes=10**12)
+    assert error.reason is MediaErrorReason.NOT_A_FILE and str(error) == "not a regular file (a character device)"
+
+
+def test_a_fifo_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(media.read_import_file, fifo, ImportRoots([tmp_path]), max_bytes=CAP)
+        try:
+            with pytest.raises(MediaError) as err:
+                future.result(timeout=10)
+        finally:
+            if not future.done():  # a regression would block in open(): give it a writer
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert err.value.reason is MediaErrorReason.NOT_A_FILE and "FIFO" in str(err.value)
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.png").mkdir()
+    assert _refused(tmp_path / "d.png", ImportRoots([tmp_path])).reason is MediaErrorReason.NOT_A_FILE
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[Path, Path]:
+    """``root/`` (an import root) with an image and links, and ``outside/`` holding a secret image."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    png = encode(gradient_image(4, 4), "PNG")
+    (root / "sub" / "a.png").write_bytes(png)
+    (outside / "secret.png").write_bytes(png)
+    (root / "out.png").symlink_to(outside / "secret.png")
+    (root / "outdir").symlink_to(outside)
+    (root / "in.png").symlink_to(root / "sub" / "a.png")
+    return root, outside
+
+
+@pytest.mark.parametrize("name", ["out.png", "outdir/secret.png", "outdir/missing.png", "../outside/secret.png",
+                                  "../outside/missing.png", "sub/../../outside/secret.png", "/etc/passwd",
+                                  "/nonexistent/x.png", "a\x00b.png"])
+def test_paths_outside_the_roots_are_refused_alike(layout: tuple[Path, Path], name: str) -> None:
+    root, _ = layout
+    error = _refused(root / name, ImportRoots([root]))
+    # One message for files that exist and files that do not, naming no path.
+    assert error.reason is MediaErrorReason.OUTSIDE_IMPORT_ROOTS
+    assert str(error) == "not inside the import folders (the catalog's folder or LOOKALIKE_IMPORT_ROOTS)"
+
+
+def test_links_inside_the_roots_and_extra_roots_are_read(layout: tuple[Path, Path]) -> None:
+    root, outside = layout
+    data = (root / "sub" / "a.png").read_bytes()
+    assert media.read_import_file(root / "in.png", ImportRoots([root]), max_bytes=CAP) == data
+    assert media.read_import_file(root / "sub" / "a.png", ImportRoots([root / "sub"]), max_bytes=CAP) == data
+    both = ImportRoots([root, outside])
+    assert media.read_import_file(root / "out.png", both, max_bytes=CAP) == data  # its target is in a root now
+    assert _refused(root / "sub" / "missing.png", both).reason is MediaErrorReason.NOT_FOUND
+    error = _refused(root / "sub" / "a.png" / "x.png", both)  # ENOTDIR: said without the path
+    assert (error.reason, str(error)) == (MediaErrorReason.UNREADABLE, "cannot be read: Not a directory")
+    assert _refused(root / "x.png", ImportRoots([])).reason is MediaErrorReason.OUTSIDE_IMPORT_ROOTS

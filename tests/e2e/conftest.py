@@ -115,6 +115,7 @@ def e2e() -> Iterator[E2E]:
     config = StackConfig(home=root / "home", api_port=free_port(), gunicorn_port=free_port(),
                          postgres_port=free_port(), redis_port=free_port(), api_workers=2, worker_concurrency=2)
     base = Settings(
+        import_roots=(root / "incoming",),  # where the tests write catalog images (E2E.home is root)
         admin_api_key=ADMIN_KEY, annoy_trees=20, verify_sample_size=200, torch_threads=1,
         index_poll_seconds=1.0, log_level="INFO",
         # Nothing rebuilds on its own (the tests decide when), and a lost job is

@@ -43,7 +43,7 @@ def service_settings(tmp_path: Path) -> Settings:
     # search_k far above the index size makes Annoy exhaustive, so results can be
     # compared with a brute-force reference exactly (recall is not what these tests test)
     return Settings(home=tmp_path / "home", index_poll_seconds=0.2, torch_threads=1, annoy_trees=10,
-                    annoy_search_k=100_000, max_k=50)
+                    annoy_search_k=100_000, max_k=50, import_roots=(tmp_path / "import-images",))
 
 
 @pytest.fixture

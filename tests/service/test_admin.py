@@ -31,9 +31,12 @@ def wait_job(client: FlaskClient, job_id: int, timeout: float = 60) -> dict:
 
 
 def test_import_upload_runs_a_job(client: FlaskClient, catalog: Catalog, auth: dict, tmp_path) -> None:
-    photo = tmp_path / "p.png"
+    (photo, elsewhere) = (tmp_path / "import-images" / "p.png", tmp_path / "elsewhere.png")  # import root: conftest
+    photo.parent.mkdir()
     photo.write_bytes(png_bytes(31337))
-    csv = f"external_id,title,category,images\nimp-1,Imported,hats,{photo}\nimp-2,,hats,/nonexistent.png\n"
+    elsewhere.write_bytes(png_bytes(31338))
+    csv = (f"external_id,title,category,images\nimp-1,Imported,hats,{photo}\nimp-2,,hats,/nonexistent.png\n"
+           f"imp-3,,hats,{elsewhere}\n")
     response = client.post("/api/v1/imports", data={"file": (io.BytesIO(csv.encode()), "catalog.csv")},
                            content_type="multipart/form-data", headers=auth)
     assert response.status_code == 202, response.json
@@ -41,7 +44,11 @@ def test_import_upload_runs_a_job(client: FlaskClient, catalog: Catalog, auth: d
     assert job["kind"] == "import" and response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded", done
-    assert done["result"]["created"] == 1 and done["result"]["rejected"] == 1
+    assert done["result"]["created"] == 1 and done["result"]["rejected"] == 2
+    # Outside the import roots a file that exists and one that does not are refused alike.
+    outside = "not inside the import folders (the catalog's folder or LOOKALIKE_IMPORT_ROOTS)"
+    assert done["result"]["errors"] == [f"line 3 (imp-2): image '/nonexistent.png': {outside}",
+                                        f"line 4 (imp-3): image '{elsewhere}': {outside}"]
     assert client.get("/api/v1/items/imp-1").json["title"] == "Imported"
 
 

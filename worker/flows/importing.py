@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from core.catalog.imports import import_catalog
-from core.catalog.rows import CatalogFormatError, ImportReport, safe_text
+from core.catalog.rows import CatalogFormatError, ImportReport
 from core.db import Job, session_scope
 from core.embeddings_store import missing_image_ids
 from core.jobs import update_progress
 from core.media import MediaStore
 from core.tasks import TaskName
+from core.text import safe_text
 from worker.flows.model_choice import NoActiveModel, target_models
 from worker.flows.runner import run_job_flow
 from worker.runtime import Runtime
@@ -47,6 +48,7 @@ def run_import(rt: Runtime, job_id: int, path: str, format: str | None = None,
     Bad rows are reported in the result, never a reason to fail. A source that cannot
     be read at all fails the job with the reason; any other exception from the import
     fails it too and is raised (a bug, to be logged as one): worker/flows/runner.py.
+    :func:`~core.jobs.fail_job` stores the messages as safe text: they may quote arbitrary bytes.
     """
     def body(_job: Job, _: None) -> dict[str, Any]:
         return _import(rt, job_id, path, format, delete_missing)
@@ -66,7 +68,8 @@ def _import(rt: Runtime, job_id: int, path: str, format: str | None, delete_miss
     # so per-file fsyncs (the store's default) would only slow the import down.
     store = MediaStore.from_settings(rt.settings, fsync=False)
     report = import_catalog(Path(path), sessions=rt.sessions, store=store, fmt=format or None,
-                            delete_missing=delete_missing, progress=progress)
+                            delete_missing=delete_missing, progress=progress,
+                            import_roots=rt.settings.import_roots)
     result = report_to_dict(report)
     to_embed = set(report.new_image_ids)
     try:

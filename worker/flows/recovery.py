@@ -33,6 +33,7 @@ from core.db import Job, JobStatus, session_scope
 from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.tasks import TaskName
+from core.text import encodes_as_utf8, safe_text
 from worker.flows.jobstate import TaskRecord, touch_job
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,47 @@ log = logging.getLogger(__name__)
 RESUMABLE_TASKS = frozenset({TaskName.IMPORT_CATALOG, TaskName.REINDEX, TaskName.RETRAIN})
 
 
+class UnstorableArguments(ValueError):
+    """A task's arguments hold text that a job row cannot store, so the job cannot be recorded."""
+
+
 def record_task(sessions: sessionmaker[Session], job_id: int, task: TaskName, kwargs: dict[str, Any]) -> None:
-    """Store how to run ``job_id`` again (the task's name and JSON arguments)."""
+    """Store how to run ``job_id`` again (the task's name and JSON arguments).
+
+    Raises :class:`UnstorableArguments`, writing nothing, when an argument holds a lone
+    surrogate (a file name with undecodable bytes, read with ``surrogateescape``) or NUL:
+    PostgreSQL's JSONB refuses both, SQLite would store them, so the check is made here
+    for every backend alike.
+    """
+    problem = _unstorable(kwargs, "")
+    if problem is not None:
+        raise UnstorableArguments(f"the {task.value} task cannot be recorded: {problem}")
     with session_scope(sessions) as s:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise LookupError(f"job {job_id} does not exist")
         job.params = TaskRecord(task, kwargs).into(job.params)
+
+
+def _unstorable(value: Any, name: str) -> str | None:
+    """What in ``value`` (a JSON-like argument) a database cannot store, or None."""
+    if isinstance(value, str):
+        if encodes_as_utf8(value) and "\x00" not in value:
+            return None
+        return f"argument {name or 'value'} '{safe_text(value, limit=200)}' is not UTF-8 text without NUL"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        label = f"{name}.{key}" if name else str(key)
+        problem = _unstorable(key, label) if isinstance(key, str) else None
+        problem = problem or _unstorable(item, label)
+        if problem is not None:
+            return problem
+    return None
 
 
 @contextmanager

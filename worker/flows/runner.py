@@ -22,7 +22,7 @@ same thing, in this order:
 
 A failed job keeps the result its body saved on the way (jobstate.save_state), so a
 retrain that failed after training still shows its metrics. Error messages are stored
-as :func:`~core.catalog.rows.safe_text`: they may quote arbitrary input, and a message
+as :func:`~core.text.safe_text`: they may quote arbitrary input, and a message
 the database refused would leave the job running for ever.
 """
 
@@ -34,10 +34,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.catalog.rows import safe_text
 from core.db import Job
 from core.jobs import fail_job, finish_job, get_job, start_job
 from core.registry import RegistryError
+from core.text import safe_text
 from worker.flows.errors import FlowError
 from worker.lock import LockBusy
 
