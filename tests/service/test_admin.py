@@ -20,10 +20,10 @@ from trainer.config import TrainConfig
 from worker.local import InProcessDispatcher
 
 
-def wait_job(client: FlaskClient, job_id: int, timeout: float = 60) -> dict:
+def wait_job(client: FlaskClient, job_id: int, timeout: float = 60, headers: dict | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json
+        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.05)
@@ -42,13 +42,15 @@ def test_import_upload_runs_a_job(client: FlaskClient, catalog: Catalog, auth: d
     assert response.status_code == 202, response.json
     job = response.json["job"]
     assert job["kind"] == "import" and response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
-    done = wait_job(client, job["id"])
+    done = wait_job(client, job["id"], headers=auth)  # the operator's view: the rows' own references
     assert done["status"] == "succeeded", done
     assert done["result"]["created"] == 1 and done["result"]["rejected"] == 2
     # Outside the import roots a file that exists and one that does not are refused alike.
     outside = "not inside the import folders (the catalog's folder or LOOKALIKE_IMPORT_ROOTS)"
     assert done["result"]["errors"] == [f"line 3 (imp-2): image '/nonexistent.png': {outside}",
                                         f"line 4 (imp-3): image '{elsewhere}': {outside}"]
+    anonymous = client.get(f"/api/v1/jobs/{job['id']}").json["result"]["errors"]  # no server paths for them
+    assert anonymous == [f"line 3 (imp-2): image '<path>': {outside}", f"line 4 (imp-3): image '<path>': {outside}"]
     assert client.get("/api/v1/items/imp-1").json["title"] == "Imported"
 
 

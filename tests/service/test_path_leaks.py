@@ -55,7 +55,8 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path, settings: Settings, sqlite_engine: Engine) -> Iterator[Served]:
-    settings = tuned(settings.replace(database_url=settings.resolved_database_url))
+    settings = tuned(settings.replace(database_url=settings.resolved_database_url,
+                                      import_roots=(tmp_path / "photos",)))  # where the uploaded CSV's photos are
     sessions = make_session_factory(sqlite_engine)
     register_tiny_model(settings, sessions)
     dispatcher = InProcessDispatcher(settings)  # runs each task as it is sent
