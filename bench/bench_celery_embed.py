@@ -43,7 +43,7 @@ from core.jobs import create_job
 from core.media import MediaStore
 from core.registry import get_model
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
 from tests.worker.support import WorkerProcess, analyze, import_fmnist, register_tiny_model, wait_for_job

@@ -28,7 +28,7 @@ from core.registry import (
     model_to_dict,
 )
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.api.common import dispatch_errors, timed_json
 from service.api.params import check_params, page_params
 from service.auth import Access, requires

@@ -24,7 +24,7 @@ from core.registry import get_model, new_version, register_model
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data
 from trainer.evaluate import evaluate_holdout
-from trainer.metrics import DEFAULT_KS, RetrievalMetrics
+from trainer.retrieval_metrics import DEFAULT_KS, RetrievalMetrics
 from trainer.train import TrainResult
 
 
