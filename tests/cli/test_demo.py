@@ -106,7 +106,8 @@ def test_demo_ends_serving_the_api_and_the_web_ui(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while True:  # gunicorn is starting
             try:
-                response = requests.get(similar.group(1), timeout=5)
+                # connect within 5 s; the first answer waits for a worker to boot (torch, the index)
+                response = requests.get(similar.group(1), timeout=(5, 120))
                 break
             except requests.ConnectionError:
                 assert time.monotonic() < deadline, text
