@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.db import FeedbackJudgement, FeedbackSource, session_scope
 from core.feedback import FeedbackPage, FeedbackRecord, Judgement, SelfPair, UnknownItem, list_feedback, record_feedback
 from service.api.common import timed_json
-from service.api.params import DB_INT_MAX, check_params, int_param
+from service.api.params import check_params, int_param
 from service.auth import Access, requires
 from service.context import service_context
 from service.errors import ApiError, ErrorCode, bad_param
@@ -37,6 +37,8 @@ MAX_BATCH = 1000
 """Judgements per request: a batch is one transaction, so this bounds its size (and the body's)."""
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_CURSOR = 10**18 - 1
+"""Cursors are row ids; the query string takes integers of up to 18 digits (service/api/params.py)."""
 EXPORT_CHUNK = 1000
 FIELDS = ("query", "result", "judgement", "source", "weight")
 REQUIRED = ("query", "result", "judgement", "source")
@@ -62,9 +64,7 @@ def post_feedback() -> Response:
         if not isinstance(raw, list) or not raw:
             raise bad_param("judgements", "must be a non-empty list of judgement objects")
         if len(raw) > MAX_BATCH:
-            raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE,
-                           f"judgements: at most {MAX_BATCH} per request, got {len(raw)}; send several batches",
-                           details={"parameter": "judgements", "limit": MAX_BATCH})
+            raise bad_param("judgements", f"at most {MAX_BATCH} per request, got {len(raw)}; send several batches")
         judgements = [_judgement(item, f"judgements[{i}]") for i, item in enumerate(raw)]
     else:
         judgements = [_judgement(body, "")]
@@ -156,7 +156,7 @@ def get_feedback() -> Response:
     check_params(("query", "source", "judgement", "limit", "cursor"))
     filters = _filters()
     limit = int_param("limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
-    cursor = int_param("cursor", 0, minimum=0, maximum=DB_INT_MAX)
+    cursor = int_param("cursor", 0, minimum=0, maximum=MAX_CURSOR)
     if _matches_nothing(filters):
         page = FeedbackPage(records=[], next_cursor=None)
     else:

@@ -74,7 +74,8 @@ def test_writing_needs_a_key(client: FlaskClient, catalog: Catalog) -> None:
     ({"query": "sku-001", "result": "sku-002", "judgement": "similar"}, 400, "source: is required"),
     ({"judgements": []}, 400, "judgements: must be a non-empty list"),
     ({"judgements": [mark("sku-001", "sku-002")], "extra": 1}, 400, "unknown field 'extra'"),
-    ({"judgements": [mark("sku-001", "sku-002")] * (MAX_BATCH + 1)}, 413, f"at most {MAX_BATCH} per request"),
+    ({"judgements": [mark("sku-001", "sku-002")] * (MAX_BATCH + 1)}, 400,
+     f"judgements: at most {MAX_BATCH} per request"),
 ])
 def test_a_bad_request_says_what_is_wrong_and_stores_nothing(client: FlaskClient, auth: dict, catalog: Catalog,
                                                              body: dict, status: int, says: str) -> None:
