@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from core.db import Feedback, session_scope
 from service.api.feedback import MAX_BATCH
+from tests.service.item_reference import brute_force_item
 from tests.service.support import Catalog
 
 
@@ -128,3 +129,43 @@ def test_export_is_a_pairs_csv(client: FlaskClient, auth: dict) -> None:
         ("sku-001", "sku-002", "1", "merchandiser", "1.0"), ("sku-001", "sku-003", "0", "merchandiser", "2.0")]
     everything = client.get("/api/v1/feedback/export").get_data(as_text=True).splitlines()
     assert len(everything) == 4 and everything[0] == "a,b,y,judgement,source,weight,id,created_at,updated_at"
+
+
+def similar_ids(client: FlaskClient, external_id: str, k: int = 8, **params: object) -> list[str]:
+    response = client.get(f"/api/v1/items/{external_id}/similar", query_string={"k": k, **params})
+    assert response.status_code == 200, response.json
+    return [r["external_id"] for r in response.json["results"]]
+
+
+def test_a_merchandiser_dissimilar_mark_filters_the_next_query(client: FlaskClient, auth: dict,
+                                                               catalog: Catalog) -> None:
+    before = similar_ids(client, "sku-011")
+    assert before == [e for e, _, _ in brute_force_item(catalog, "sku-011", k=8)]
+    marked = [before[0], before[3]]
+    batch = [mark("sku-011", ext) for ext in marked] + [mark("sku-012", before[1])]  # another query's mark
+    assert client.post("/api/v1/feedback", json={"judgements": batch}, headers=auth).status_code == 200
+    after = similar_ids(client, "sku-011")
+    assert after == [e for e, _, _ in brute_force_item(catalog, "sku-011", k=8, exclude=marked)]
+    assert len(after) == 8 and not set(marked) & set(after)
+    # with a filter too, and the other direction (result -> query) is not marked
+    shoes = similar_ids(client, "sku-011", category="shoes")
+    assert not set(marked) & set(shoes) and len(shoes) == 8
+    assert "sku-011" in similar_ids(client, marked[0], k=50)
+
+
+@pytest.mark.parametrize("judgement, source", [("dissimilar", "click"), ("dissimilar", "skip"),
+                                               ("similar", "merchandiser")])
+def test_other_marks_do_not_filter(client: FlaskClient, auth: dict, judgement: str, source: str) -> None:
+    before = similar_ids(client, "sku-011")
+    batch = [mark("sku-011", ext, judgement, source) for ext in before[:3]]
+    assert client.post("/api/v1/feedback", json={"judgements": batch}, headers=auth).status_code == 200
+    assert similar_ids(client, "sku-011") == before
+
+
+def test_marking_similar_again_lifts_the_filter(client: FlaskClient, auth: dict) -> None:
+    before = similar_ids(client, "sku-011")
+    assert client.post("/api/v1/feedback", json=mark("sku-011", before[0]), headers=auth).status_code == 200
+    assert before[0] not in similar_ids(client, "sku-011")
+    assert client.post("/api/v1/feedback", json=mark("sku-011", before[0], "similar"),
+                       headers=auth).status_code == 200
+    assert similar_ids(client, "sku-011") == before
