@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, request, stream_with_context
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.catalog.rows import MAX_EXTERNAL_ID
 from core.db import FeedbackJudgement, FeedbackSource, session_scope
 from core.feedback import FeedbackPage, FeedbackRecord, Judgement, SelfPair, UnknownItem, list_feedback, record_feedback
 from service.api.common import timed_json
@@ -42,7 +43,6 @@ MAX_CURSOR = 10**18 - 1
 EXPORT_CHUNK = 1000
 FIELDS = ("query", "result", "judgement", "source", "weight")
 REQUIRED = ("query", "result", "judgement", "source")
-MAX_EXTERNAL_ID = 255
 E = TypeVar("E", FeedbackJudgement, FeedbackSource)
 CSV_COLUMNS = ("a", "b", "y", "judgement", "source", "weight", "id", "created_at", "updated_at")
 
