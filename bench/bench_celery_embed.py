@@ -36,14 +36,14 @@ import torch
 from alembic import command
 from sqlalchemy import delete, select
 
-from core.config import Settings
+from core.config import LogLevel, Settings
 from core.db import Embedding, ItemImage, JobKind, JobStatus, make_engine, make_session_factory, session_scope
 from core.embedding import Embedder, ModelSpec
 from core.jobs import create_job
 from core.media import MediaStore
 from core.registry import get_model
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
 from tests.worker.support import WorkerProcess, analyze, import_fmnist, register_tiny_model, wait_for_job
@@ -113,7 +113,7 @@ def main() -> None:
         url = pg.create_database("bench")
         command.upgrade(alembic_config(url), "head")
         settings = Settings(home=root / "home", database_url=url, broker_url=rd.url, torch_threads=1,
-                            fresh_rebuild_threshold=10**9, log_level="INFO")
+                            fresh_rebuild_threshold=10**9, log_level=LogLevel.INFO)
         engine = make_engine(settings)
         sessions = make_session_factory(engine)
         version = register_tiny_model(settings, sessions, spec=ModelSpec(), version="m-bench")

@@ -37,7 +37,7 @@ from core.config import Settings
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_training_data
 from trainer.data.idx import read_idx
-from trainer.metrics import RetrievalMetrics, retrieval_metrics
+from trainer.retrieval_metrics import RetrievalMetrics, retrieval_metrics
 from trainer.train import train
 
 FM = Path("/usr/share/datasets/fashion-mnist")

@@ -38,7 +38,7 @@ from core.embedding import Backbone, ModelSpec, Pretrained, build_model
 from trainer.augment import normalize_batch
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data, build_training_data
-from trainer.metrics import RetrievalMetrics, retrieval_metrics
+from trainer.retrieval_metrics import RetrievalMetrics, retrieval_metrics
 from trainer.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ from trainer.components import build_network, build_optimizer
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data, build_training_data
 from trainer.data.images import ImageList
-from trainer.metrics import RetrievalMetrics, retrieval_metrics
+from trainer.retrieval_metrics import RetrievalMetrics, retrieval_metrics
 
 CPU = torch.device("cpu")
 MINERS = {

@@ -33,7 +33,7 @@ from alembic import command
 from sqlalchemy import delete
 
 from core.catalog.sample import Split
-from core.config import Settings
+from core.config import LogLevel, Settings
 from core.db import Embedding, JobStatus, make_engine, make_session_factory, session_scope
 from core.embedding import ModelSpec
 from core.index import Metric, build_index
@@ -58,7 +58,7 @@ def reindex_once(pg: PostgresServer, rd: RedisServer, root: Path, n: int) -> lis
     url = pg.create_database(f"bench{n}")
     command.upgrade(alembic_config(url), "head")
     settings = Settings(home=root / f"home{n}", database_url=url, broker_url=rd.url, torch_threads=1,
-                        fresh_rebuild_threshold=10**9, log_level="INFO")
+                        fresh_rebuild_threshold=10**9, log_level=LogLevel.INFO)
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
     register_tiny_model(settings, sessions, spec=ModelSpec(), version=f"m-bench-{n}")

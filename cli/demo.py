@@ -30,14 +30,14 @@ from core.db import Item, ItemStatus, JobKind, JobStatus, session_scope
 from core.embedding import Backbone, ModelSpec, Pretrained, build_model, resolve_device
 from core.jobs import create_job, get_job
 from core.registry import active_index
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.filters import Filters
 from service.metrics import Metrics
 from service.searcher import Searcher
 from trainer.augment import normalize_batch
 from trainer.config import TrainConfig
 from trainer.data import DataContext, ImageDataset, build_eval_data
-from trainer.metrics import RetrievalMetrics, retrieval_metrics
+from trainer.retrieval_metrics import RetrievalMetrics, retrieval_metrics
 from worker.local import InProcessDispatcher
 
 SURVEY_ITEMS = 200

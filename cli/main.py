@@ -14,6 +14,7 @@ from cli.serve import keys, serve
 from cli.stack import stack
 from cli.train import evaluate, models, train
 from cli.worker import beat, jobs, reindex, retrain, worker
+from core.config import ConfigError
 from core.logs import configure_logging
 
 
@@ -23,13 +24,13 @@ from core.logs import configure_logging
 @click.pass_context
 def lookalike(ctx: click.Context, verbose: bool) -> None:
     """Lookalike: visual similar-product search for retail catalogs."""
-    ctx.obj = CliContext.from_env()
+    try:  # a malformed LOOKALIKE_* variable is a usage error that names it, not a traceback
+        ctx.obj = CliContext.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     if verbose:  # the processes this one starts (gunicorn, the stack's) get it through settings.to_env()
         ctx.obj.settings = ctx.obj.settings.replace(verbose=True)
-    try:
-        configure_logging(ctx.obj.settings)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    configure_logging(ctx.obj.settings)
 
 
 lookalike.add_command(db)

@@ -33,8 +33,7 @@ from trainer.config import ConfigError, DataSource, TrainConfig
 from trainer.data import DataContext, ImageDataset
 from trainer.data.folder import scan_folder
 from trainer.evaluate import evaluate_query_reference
-from trainer.metrics import RetrievalMetrics
-from trainer.registry import (
+from trainer.register import (
     NoHoldoutError,
     compare_versions,
     evaluate_version,
@@ -42,8 +41,9 @@ from trainer.registry import (
     register_untrained,
     untrained_spec,
 )
+from trainer.retrieval_metrics import RetrievalMetrics
+from trainer.run_dir import RunPaths
 from trainer.search import load_search_space, planned_epochs, run_search
-from trainer.state import RunPaths
 from trainer.train import train as run_training
 
 

@@ -25,7 +25,7 @@ from core.db import Job, JobKind, JobStatus
 from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.jobs import JobNotFound, create_job, get_job, job_to_dict, list_jobs, set_task_id
 from core.reindex_requests import submit_reindex
-from core.tasks import Queue, TaskName
+from core.task_names import Queue, TaskName
 from trainer.config import ConfigError
 from trainer.retrain_config import retrain_config
 from worker.celery_app import CeleryTaskSender, make_celery

@@ -37,6 +37,16 @@ class DeviceChoice(str, enum.Enum):
     CUDA = "cuda"
 
 
+class LogLevel(enum.StrEnum):
+    """``LOOKALIKE_LOG_LEVEL``: a standard Python logging level (any case in the environment)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with embedded-setup defaults.
@@ -111,7 +121,7 @@ class Settings:
     proxy_send_timeout: int = 30
     """nginx: seconds a client may stay silent between two writes of the response to it."""
 
-    log_level: str = "INFO"
+    log_level: LogLevel = LogLevel.INFO
     """Level of the project's own loggers (DEBUG, INFO, WARNING, ERROR, CRITICAL); core/logs.py."""
     verbose: bool = False
     """Also the libraries' lines at ``log_level`` (Alembic's migration steps...); else only their warnings."""
@@ -233,7 +243,10 @@ def _parse(key: str, raw: str, annotation: Any) -> Any:
         if target is Path:
             return Path(raw) if raw else None
         if isinstance(target, type) and issubclass(target, enum.Enum):
-            return target(raw.strip().lower())
+            choices = {member.value: member for member in target}
+            if raw.strip().lower() not in choices:
+                raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
+            return choices[raw.strip().lower()]
         if get_origin(target) is tuple:
             parts = tuple(part.strip() for part in raw.split(",") if part.strip())
             return tuple(Path(part) for part in parts) if get_args(target)[0] is Path else parts

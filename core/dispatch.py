@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from core.tasks import TaskName
+from core.task_names import TaskName
 
 
 class DispatchUnavailable(RuntimeError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from core.config import ConfigError, Settings
+from core.config import LogLevel, Settings
 
 PROJECT_PACKAGES = ("cli", "core", "migrations", "service", "stack", "trainer", "worker")
 """The top-level packages whose loggers (``getLogger(__name__)``) are the project's own."""
@@ -22,12 +22,9 @@ PROJECT_PACKAGES = ("cli", "core", "migrations", "service", "stack", "trainer", 
 CLI_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def level_number(name: str) -> int:
-    """``LOOKALIKE_LOG_LEVEL`` as a number: a standard level name, in any case."""
-    number = logging.getLevelNamesMapping().get(name.strip().upper())
-    if number is None:
-        raise ConfigError(f"LOOKALIKE_LOG_LEVEL: {name!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    return number
+def level_number(level: LogLevel) -> int:
+    """``LOOKALIKE_LOG_LEVEL`` as the number the logging module uses."""
+    return logging.getLevelNamesMapping()[level.value.upper()]
 
 
 def root_level(settings: Settings) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from core.config import Settings
-from core.tasks import INDEX_CHANGED_CHANNEL
+from core.task_names import INDEX_CHANGED_CHANNEL
 
 log = logging.getLogger(__name__)
 

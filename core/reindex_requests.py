@@ -25,7 +25,7 @@ from core.db.backend import Backend, backend_of
 from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.jobs import fail_job, set_task_id
-from core.tasks import TaskName
+from core.task_names import TaskName
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from core.media import MediaStore
 from service.api import api_blueprint
 from service.api.params import DB_INT_MAX
 from service.auth import KeyChecker, init_auth
+from service.celery_client import CeleryDispatcher
 from service.context import NoDispatcher, ServiceContext, install_context
 from service.csp import UI_CONTENT_SECURITY_POLICY
-from service.dispatch import CeleryDispatcher
 from service.errors import register_error_handlers
 from service.metrics import Metrics, init_metrics
 from service.proxy import TrustedProxies

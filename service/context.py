@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.dispatch import DispatchUnavailable, TaskDispatcher
 from core.media import MediaStore
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.metrics import Metrics
 from service.searcher import Searcher
 from service.urlfetch import UrlFetcher

@@ -6,7 +6,7 @@ nothing trained beats it, it is what gets served.
 
 Why a PCA head rather than the raw trunk vector: the raw vector is 1280-d for Lite0 (ten
 times the index and the query cost of the 128-d embeddings), and a random projection to
-128-d loses about 0.07 MAP@R on clothing-small (trainer/registry.py). The principal
+128-d loses about 0.07 MAP@R on clothing-small (trainer/register.py). The principal
 directions of the catalog's own training photos keep the neighbourhoods of the full
 vector at the embedding's size (docs/BENCHMARKS.md, "Recipe ablation"). The PCA is fitted
 on training-class photos only, so the holdout stays unseen.
@@ -25,7 +25,7 @@ from core.registry import register_model
 from trainer.augment import eval_pipeline, normalize_batch
 from trainer.config import TrainConfig
 from trainer.data import DataContext, ImageDataset, build_training_data
-from trainer.registry import model_checkpoint_path
+from trainer.register import model_checkpoint_path
 
 MAX_FIT_IMAGES = 4096
 """Enough photos for a stable 128-d PCA of a 1280-d feature; more only costs embedding time."""

@@ -3,7 +3,7 @@
 Class-labelled data is drawn P x K (``trainer.samplers.PKBatchSampler``) so every
 batch has positives to mine; pairs and triplets are shuffled tuples, and the loss
 is computed on exactly those tuples. Both streams depend only on the run's seed and
-the epoch number (see :mod:`trainer.state`).
+the epoch number (see :mod:`trainer.run_dir`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from trainer.config import DataSource, TrainConfig
 from trainer.data import TrainingData
 from trainer.data.images import ImageDataset
 from trainer.losses import ContrastiveLoss, LossOutput, TripletLoss
+from trainer.run_dir import epoch_seed
 from trainer.samplers import PKBatchSampler
-from trainer.state import epoch_seed
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
+from core.atomic_files import replacing
 from core.config import DeviceChoice
 from core.embedding.spec import Backbone, Distance, ModelSpec, Pretrained, ResizeMode
 from trainer.config_tree import ConfigError, apply_overrides, build, plain
-from trainer.files import replacing
 from trainer.miner_modes import PairStrategy, SemiHardMode
 
 __all__ = [

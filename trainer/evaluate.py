@@ -1,6 +1,6 @@
 """Embed an evaluation set with a network and score retrieval on it.
 
-Two protocols (metrics defined in :mod:`trainer.metrics`):
+Two protocols (metrics defined in :mod:`trainer.retrieval_metrics`):
 
 - **leave-one-out** on the holdout: every image queries all other holdout images;
 - **query vs. reference**: e.g. shop-floor photos (queries) against catalog photos
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from core.embedding.checkpoint import unwrap_model
 from trainer.augment import normalize_batch
 from trainer.data.images import ImageDataset
-from trainer.metrics import DEFAULT_KS, RetrievalMetrics, retrieval_metrics
+from trainer.retrieval_metrics import DEFAULT_KS, RetrievalMetrics, retrieval_metrics
 
 
 def embed_dataset(

@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from trainer.files import replacing
+from core.atomic_files import replacing
 
 RETRIEVAL_SERIES = ("recall@1", "recall@5", "recall@10", "map_at_r", "r_precision")
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.files import replacing
+from core.atomic_files import replacing
 
 METRIC_KEYS = ("precision_at_1", "r_precision", "map_at_r")
 

@@ -36,8 +36,8 @@ from trainer.data import DataContext, TrainingData, build_training_data
 from trainer.evaluate import evaluate_holdout
 from trainer.losses.memory import MemoryLoss
 from trainer.plots import write_plots
+from trainer.run_dir import RunPaths, load_state, save_state, seed_everything
 from trainer.runlog import render_report, write_atomic, write_jsonl
-from trainer.state import RunPaths, load_state, save_state, seed_everything
 
 log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption without changing what is computed.

@@ -19,7 +19,7 @@ from typing import Any
 from celery.schedules import crontab
 
 from core.config import Settings
-from core.tasks import TASK_QUEUES, TaskName
+from core.task_names import TASK_QUEUES, TaskName
 
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 

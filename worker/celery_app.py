@@ -35,7 +35,7 @@ from kombu.exceptions import OperationalError
 
 from core.config import Settings
 from core.dispatch import DispatchUnavailable
-from core.tasks import TASK_QUEUES, Queue, TaskName
+from core.task_names import TASK_QUEUES, Queue, TaskName
 from worker.beat import beat_schedule
 from worker.runtime import Runtime
 from worker.tasks import TASK_LIMITS, register_tasks

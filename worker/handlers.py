@@ -1,7 +1,7 @@
 """Task name -> the function that does the work, shared by Celery and the in-process mode.
 
 Each handler takes the process's :class:`Runtime` and the task's JSON keyword
-arguments (the contract in core/tasks.py and docs). Celery tasks (worker/tasks.py)
+arguments (the contract in core/task_names.py and docs). Celery tasks (worker/tasks.py)
 and the embedded dispatcher (worker/local.py) both call :func:`run_task`, so the
 two setups run exactly the same code.
 """
@@ -15,7 +15,7 @@ from core.db import JobKind
 from core.jobs import create_job, fail_job
 from core.registry import active_index
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import
 from worker.flows.model_choice import NoActiveModel, reindex_model

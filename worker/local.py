@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any
 
 from core.config import Settings
-from core.tasks import TaskName
+from core.task_names import TaskName
 from worker.handlers import run_task
 from worker.runtime import Runtime
 

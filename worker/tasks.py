@@ -1,7 +1,7 @@
 """Thin Celery wrappers: one task per :class:`TaskName`, each calling its handler.
 
 The work lives in worker/flows (shared with the in-process mode); a task only adds
-the queue and its time limits. Task names are the constants in core/tasks.py,
+the queue and its time limits. Task names are the constants in core/task_names.py,
 which is all the service knows about the worker.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from core.tasks import TASK_QUEUES, TaskName
+from core.task_names import TASK_QUEUES, TaskName
 from worker.handlers import run_task
 from worker.runtime import Runtime
 

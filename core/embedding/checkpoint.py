@@ -8,8 +8,6 @@ pickled code. It is written to a temporary file and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from core.atomic_files import replacing
 from core.embedding.network import EmbeddingNet, build_model
 from core.embedding.spec import ModelSpec
 
@@ -70,20 +69,8 @@ def save_checkpoint(
         "metrics": _json_safe("metrics", metrics),
         "extra": _json_safe("extra", extra),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600; API and worker processes may run as other users.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with replacing(Path(path), fsync=True) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def read_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from core.index.files import fsync_path, rename_no_replace, sha256_file
+from core.atomic_files import fsync_path, rename_no_replace, sha256_file
 from core.index.manifest import (
     ANNOY_FILE,
     FORMAT_VERSION,

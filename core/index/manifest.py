@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from core.atomic_files import replacing
 
 FORMAT_VERSION = 1
 """Layout of an index directory; bump it when files or manifest fields change meaning."""
@@ -111,13 +112,9 @@ class IndexManifest:
     def write(self, directory: Path) -> Path:
         """Write ``manifest.json`` into ``directory`` via a temp name, fsynced, then renamed."""
         path = Path(directory) / MANIFEST_FILE
-        tmp = path.with_name(f".{MANIFEST_FILE}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with replacing(path, fsync=True) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return path
 
     def check(

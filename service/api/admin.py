@@ -8,13 +8,13 @@ retry, nothing half-done is left behind.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
 
+from core.atomic_files import replacing
 from core.catalog import ImportFormat
 from core.config import IMPORT_MAX_BYTES, MULTIPART_OVERHEAD
 from core.db import JobKind, JobStatus
@@ -28,7 +28,7 @@ from core.registry import (
     model_to_dict,
 )
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.api.common import dispatch_errors, timed_json
 from service.api.params import check_params, page_params
 from service.auth import Access, requires
@@ -135,25 +135,18 @@ def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
     """Copy the upload under ``<artifacts>/imports`` (temp name, then renamed into place)."""
     directory = ctx.settings.resolved_artifacts_dir / "imports"
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{secrets.token_hex(8)}.{fmt.value}"
-    tmp = directory / f".tmp-{name}"
+    final = directory / f"{secrets.token_hex(8)}.{fmt.value}"
     written = 0
-    with open(tmp, "wb") as fh:
-        while chunk := stream.read(1 << 20):
-            written += len(chunk)
-            if written > IMPORT_MAX_BYTES:
-                fh.close()
-                tmp.unlink(missing_ok=True)
-                raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE,
-                               f"import file is larger than {IMPORT_MAX_BYTES:,} bytes")
-            fh.write(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if written == 0:
-        tmp.unlink(missing_ok=True)
-        raise ApiError(400, ErrorCode.BAD_REQUEST, "the uploaded file is empty")
-    final = directory / name
-    os.replace(tmp, final)
+    with replacing(final, fsync=True) as tmp:  # a refused upload leaves nothing behind
+        with open(tmp, "wb") as fh:
+            while chunk := stream.read(1 << 20):
+                written += len(chunk)
+                if written > IMPORT_MAX_BYTES:
+                    raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE,
+                                   f"import file is larger than {IMPORT_MAX_BYTES:,} bytes")
+                fh.write(chunk)
+        if written == 0:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "the uploaded file is empty")
     return final
 
 

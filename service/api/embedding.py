@@ -19,7 +19,7 @@ from core.dispatch import DispatchUnavailable
 from core.embeddings_store import missing_image_ids
 from core.jobs import create_job, fail_job, get_job
 from core.registry import active_index
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.api.common import dispatch_errors
 from service.context import ServiceContext
 

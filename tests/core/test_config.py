@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, DeviceChoice, Settings
+from core.config import ConfigError, DeviceChoice, LogLevel, Settings
 
 
 def test_defaults_give_the_embedded_setup() -> None:
@@ -23,6 +23,7 @@ def test_environment_is_parsed_by_field_type() -> None:
         "LOOKALIKE_PROMOTION_MARGIN": "0.02",
         "LOOKALIKE_READS_PUBLIC": "false",
         "LOOKALIKE_DEVICE": "CPU",
+        "LOOKALIKE_LOG_LEVEL": "Warning",
         "LOOKALIKE_URL_FETCH_ALLOWED_HOSTS": "images.example.com, cdn.example.com",
         "LOOKALIKE_IMPORT_ROOTS": "/srv/photos, /mnt/shop images,",
         "OTHER_VARIABLE": "ignored",
@@ -30,7 +31,7 @@ def test_environment_is_parsed_by_field_type() -> None:
     assert s.home == Path("/srv/l") and not s.embedded
     assert s.resolved_redis_url == "redis://127.0.0.1:6379/0"
     assert (s.annoy_trees, s.promotion_margin, s.reads_public) == (80, 0.02, False)
-    assert s.device is DeviceChoice.CPU
+    assert s.device is DeviceChoice.CPU and s.log_level is LogLevel.WARNING
     assert s.url_fetch_allowed_hosts == ("images.example.com", "cdn.example.com")
     assert s.import_roots == (Path("/srv/photos"), Path("/mnt/shop images"))
 
@@ -39,6 +40,7 @@ def test_environment_is_parsed_by_field_type() -> None:
     ("LOOKALIKE_ANNOY_TREES", "many"),
     ("LOOKALIKE_READS_PUBLIC", "perhaps"),
     ("LOOKALIKE_DEVICE", "tpu"),
+    ("LOOKALIKE_LOG_LEVEL", "chatty"),
 ])
 def test_bad_values_name_the_variable(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -90,3 +92,8 @@ def test_the_largest_request_is_an_import_or_a_full_item_upload() -> None:
     # 512 MiB import vs ten 20 MiB images: the import; ten 100 MiB images: the upload.
     assert Settings().max_request_bytes == 512 * 1024 * 1024 + 64 * 1024
     assert Settings(max_image_bytes=100 * 1024 * 1024).max_request_bytes == 1000 * 1024 * 1024 + 64 * 1024
+
+
+def test_a_bad_choice_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match="LOOKALIKE_DEVICE: 'tpu' is not one of auto, cpu, cuda"):
+        Settings.from_env({"LOOKALIKE_DEVICE": "tpu"})

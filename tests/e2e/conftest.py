@@ -24,7 +24,7 @@ import requests
 from PIL import Image
 
 from core.catalog.sample import CLASSES, Split, load_split
-from core.config import Settings
+from core.config import LogLevel, Settings
 from stack import Stack, StackConfig
 from tests.conftest import FASHION_MNIST_DIR
 from tests.support.servers import free_port
@@ -117,7 +117,7 @@ def e2e() -> Iterator[E2E]:
     base = Settings(
         import_roots=(root / "incoming",),  # where the tests write catalog images (E2E.home is root)
         admin_api_key=ADMIN_KEY, annoy_trees=20, verify_sample_size=200, torch_threads=1,
-        index_poll_seconds=1.0, log_level="INFO",
+        index_poll_seconds=1.0, log_level=LogLevel.INFO,
         # Nothing rebuilds on its own (the tests decide when), and a lost job is
         # looked for every 3 s instead of every minute.
         fresh_rebuild_threshold=1_000_000, reindex_cron="", retrain_cron="",

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import make_session_factory
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.apikeys import create_key
 from service.app import create_app
 from tests.service.support import Catalog, add_items, embed, new_catalog, publish, unit_rows

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from core.db import JobKind, JobStatus, ModelVersion, session_scope
 from core.jobs import finish_job, get_job, list_jobs
 from core.registry import get_model
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.app import create_app
-from service.dispatch import CeleryDispatcher
+from service.celery_client import CeleryDispatcher
 from tests.service.support import Catalog, png_bytes
 from trainer.config import TrainConfig
 from worker.local import InProcessDispatcher

@@ -50,7 +50,7 @@ def test_broker_mode_workers_do_not_load_the_worker_package(tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=120)
     # of the trainer, only the torch-free config modules that validate retrain overrides
     # (docs/DECISIONS.md, "Worker may import trainer")
-    config_modules = ",".join(["trainer", "trainer.config", "trainer.config_tree", "trainer.files",
+    config_modules = ",".join(["trainer", "trainer.config", "trainer.config_tree",
                                "trainer.miner_modes", "trainer.retrain_config"])
     assert broker.stdout.split() == ["CeleryDispatcher", "False", config_modules], broker.stderr[-2000:]
     embedded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

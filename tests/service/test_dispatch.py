@@ -10,8 +10,8 @@ import redis
 
 from core.config import Settings
 from core.dispatch import DispatchUnavailable
-from core.tasks import TASK_QUEUES, TaskName
-from service.dispatch import CeleryDispatcher
+from core.task_names import TASK_QUEUES, TaskName
+from service.celery_client import CeleryDispatcher
 from tests.support.servers import RedisServer
 
 

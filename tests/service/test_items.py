@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from core.db import Embedding, Item, ItemImage, ItemStatus, session_scope
 from service.app import create_app
-from service.dispatch import CeleryDispatcher
+from service.celery_client import CeleryDispatcher
 from tests.service.support import Catalog, png_bytes
 
 

@@ -27,7 +27,7 @@ from core.config import Settings
 from core.db import JobKind, JobStatus, make_session_factory
 from core.jobs import create_job, get_job
 from core.registry import active_index
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.apikeys import create_key
 from service.app import create_app
 from service.openapi import SPEC_FILE

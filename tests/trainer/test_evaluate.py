@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.metrics import retrieval_metrics
+from trainer.retrieval_metrics import retrieval_metrics
 
 
 def brute_force(queries, q_labels, refs=None, r_labels=None, ks=(1, 5, 10)):

@@ -20,7 +20,7 @@ from core.registry import get_model, list_models
 from tests.trainer.test_data import make_folder
 from tests.trainer.test_train import fmnist_config, one_torch_thread  # noqa: F401 - autouse fixture
 from trainer.data import DataContext
-from trainer.registry import (
+from trainer.register import (
     NoHoldoutError,
     compare_versions,
     evaluate_version,

@@ -17,9 +17,9 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext
 from trainer.data.idx import load_idx_images
 from trainer.data.split import select
-from trainer.metrics import retrieval_metrics
+from trainer.retrieval_metrics import retrieval_metrics
+from trainer.run_dir import load_state
 from trainer.runlog import read_jsonl
-from trainer.state import load_state
 from trainer.train import train
 
 HOLDOUT = ["6", "7", "8", "9"]

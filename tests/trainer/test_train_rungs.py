@@ -10,7 +10,7 @@ from core.config import Settings
 from core.embedding import load_model
 from tests.trainer.test_train import fmnist_config
 from trainer.data import DataContext
-from trainer.state import load_state
+from trainer.run_dir import load_state
 from trainer.train import train
 
 

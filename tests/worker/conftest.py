@@ -14,7 +14,7 @@ from alembic import command
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import Settings
+from core.config import LogLevel, Settings
 from core.db import make_engine, make_session_factory
 from migrations import alembic_config
 from tests.support.servers import PostgresServer, RedisServer
@@ -67,7 +67,7 @@ def celery_stack(request: pytest.FixtureRequest, tmp_path: Path, postgres_server
     """
     url = postgres_server.create_database(f"w{uuid.uuid4().hex[:12]}")
     broker = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs)}"
-    settings = tuned(Settings(home=tmp_path / "home", database_url=url, broker_url=broker, log_level="INFO"))
+    settings = tuned(Settings(home=tmp_path / "home", database_url=url, broker_url=broker, log_level=LogLevel.INFO))
     settings = settings.replace(**getattr(request, "param", {}))
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     client = redis.Redis.from_url(broker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.config import Settings
-from core.tasks import TaskName
+from core.task_names import TaskName
 from worker.beat import beat_schedule, parse_cron
 
 

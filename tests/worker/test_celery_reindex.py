@@ -21,7 +21,7 @@ from core.media import MediaStore
 from core.notify import IndexChangeListener
 from core.registry import active_index, active_model, get_model
 from core.reindex_requests import ReindexRequest, submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from tests.worker.conftest import CeleryStack
 from tests.worker.support import (
     TINY_SPEC,

@@ -7,7 +7,7 @@ import pytest
 from core.db import JobKind, JobStatus, ModelStatus
 from core.jobs import create_job
 from core.registry import active_index, active_model, get_model
-from core.tasks import TaskName
+from core.task_names import TaskName
 from tests.worker.conftest import CeleryStack
 from tests.worker.support import import_fmnist, register_tiny_model, wait_for_job, wait_until
 

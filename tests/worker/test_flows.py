@@ -26,7 +26,7 @@ from core.jobs import create_job, get_job, job_to_dict, list_jobs
 from core.publish import publish_index
 from core.registry import active_index, active_model, list_indexes
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from service.filters import Filters
 from service.metrics import Metrics
 from service.searcher import Searcher

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import Job, JobKind, JobStatus, session_scope
 from core.jobs import create_job, get_job
-from core.tasks import TaskName
+from core.task_names import TaskName
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 from worker.flows.jobstate import (

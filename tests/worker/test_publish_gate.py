@@ -10,7 +10,7 @@ import pytest
 
 from core.embeddings_store import VectorSnapshot
 from core.index import Metric, VectorIndex, build_index
-from worker.flows.build import VERIFY_K, verify_recall
+from worker.flows.index_build import VERIFY_K, verify_recall
 
 
 def test_the_gate_scores_neighbours_other_than_the_item_itself(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from core.db.types import utcnow
 from core.jobs import create_job, get_job, start_job
 from core.registry import active_index
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from tests.worker.conftest import CeleryStack, Embedded
 from tests.worker.support import (
     TINY_TRAINING,

@@ -16,7 +16,7 @@ from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable
 from core.jobs import finish_job, get_job, start_job
 from core.reindex_requests import submit_reindex
-from core.tasks import TaskName
+from core.task_names import TaskName
 from worker.local import InProcessDispatcher
 
 

@@ -10,7 +10,7 @@ import yaml
 from core.db import JobKind, JobStatus, ModelStatus
 from core.jobs import create_job, get_job
 from core.registry import active_index, active_model, get_model
-from core.tasks import TaskName
+from core.task_names import TaskName
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 

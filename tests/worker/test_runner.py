@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import Job, JobKind, JobStatus, session_scope
 from core.jobs import create_job, get_job
-from worker.flows.errors import FlowError
+from worker.flows.failures import FlowError
 from worker.flows.runner import MAX_ATTEMPTS, run_job_flow
 from worker.lock import LockBusy
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.data import DataContext
+from trainer.run_dir import RunPaths
 from trainer.runlog import read_jsonl
 from trainer.search.report import write_search_report
 from trainer.search.space import Candidate, SearchSpace
-from trainer.state import RunPaths
 from trainer.train import train
 
 log = logging.getLogger(__name__)

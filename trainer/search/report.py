@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from trainer.files import replacing
+from core.atomic_files import replacing
 from trainer.runlog import write_jsonl
 
 if TYPE_CHECKING:  # typing only: halving imports this module

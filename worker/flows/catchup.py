@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from core.db import ModelVersion, session_scope
 from core.db.types import utcnow
 from core.embeddings_store import count_written_since, missing_image_ids
-from core.tasks import TaskName
+from core.task_names import TaskName
 from worker.flows.embed import chunked, embed_and_store
 from worker.runtime import Runtime
 

@@ -24,7 +24,7 @@ from core.embeddings_store import missing_media_keys, put_vectors
 from core.jobs import create_job, fail_job, finish_job, get_job, start_job, update_progress
 from core.media import MediaError
 from core.registry import RegistryError
-from core.tasks import TaskName
+from core.task_names import TaskName
 from worker.flows.freshness import after_embedding
 from worker.flows.jobstate import EmbedState, save_state
 from worker.flows.model_choice import NoActiveModel, target_models

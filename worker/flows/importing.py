@@ -19,7 +19,7 @@ from core.db import Job, session_scope
 from core.embeddings_store import missing_image_ids
 from core.jobs import update_progress
 from core.media import MediaStore
-from core.tasks import TaskName
+from core.task_names import TaskName
 from core.text import safe_text
 from worker.flows.model_choice import NoActiveModel, target_models
 from worker.flows.runner import run_job_flow

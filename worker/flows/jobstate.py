@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import Job, session_scope
 from core.db.types import utcnow
-from core.tasks import TaskName
+from core.task_names import TaskName
 
 JSON = dict[str, Any]
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import ModelStatus, ModelVersion, session_scope
 from core.registry import active_index, active_model, get_model
-from worker.flows.errors import FlowError
+from worker.flows.failures import FlowError
 
 
 class NoActiveModel(FlowError):

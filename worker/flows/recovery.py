@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.db import Job, JobStatus, session_scope
 from core.db.types import utcnow
 from core.dispatch import DispatchUnavailable, TaskDispatcher
-from core.tasks import TaskName
+from core.task_names import TaskName
 from core.text import encodes_as_utf8, safe_text
 from worker.flows.jobstate import TaskRecord, touch_job
 

@@ -24,9 +24,9 @@ from core.index.manifest import IDS_FILE
 from core.jobs import update_progress
 from core.publish import publish_index
 from core.registry import active_index
-from worker.flows.build import build_version, fail_interrupted_builds
 from worker.flows.catchup import embed_missing
-from worker.flows.errors import FlowError
+from worker.flows.failures import FlowError
+from worker.flows.index_build import build_version, fail_interrupted_builds
 from worker.flows.jobstate import touch_job
 from worker.flows.model_choice import reindex_model
 from worker.flows.retire import retire_old_indexes

@@ -31,12 +31,12 @@ from core.registry import RegistryError, active_model, get_model, set_model_metr
 from trainer.baseline import NoBaselineError, pretrained_baseline, register_pretrained_baseline
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext
-from trainer.registry import NoHoldoutError, evaluate_version, register_trained
+from trainer.register import NoHoldoutError, evaluate_version, register_trained
 from trainer.retrain_config import retrain_config as resolve_retrain_config
+from trainer.run_dir import RunPaths
 from trainer.search import SearchSpace, load_search_space, planned_epochs, run_search
-from trainer.state import RunPaths
 from trainer.train import train
-from worker.flows.errors import FlowError
+from worker.flows.failures import FlowError
 from worker.flows.jobstate import (
     BaselineStep,
     GateStep,

@@ -13,7 +13,7 @@ same thing, in this order:
    lock), then mark the job running, which counts the attempt. A job waiting for its
    guard stays queued; a guard that cannot be had (``LockBusy``) fails the job.
 4. **Body**: the flow's own steps; it returns the job's result.
-5. **Error ladder**: an *expected* error (:class:`~worker.flows.errors.FlowError`, a busy
+5. **Error ladder**: an *expected* error (:class:`~worker.flows.failures.FlowError`, a busy
    lock, a registry miss, or one the flow names) is an answer for the user: the job
    fails with its message and the run returns ``{"error": message}``. Any other
    exception is a bug: the job fails with its type and message, and it is raised again
@@ -38,14 +38,14 @@ from core.db import Job
 from core.jobs import fail_job, finish_job, get_job, start_job
 from core.registry import RegistryError
 from core.text import safe_text
-from worker.flows.errors import FlowError
+from worker.flows.failures import FlowError
 from worker.lock import LockBusy
 
 MAX_ATTEMPTS = 3
 """A job whose worker died this many times is failed rather than retried again."""
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (FlowError, LockBusy, RegistryError)
-"""Failures every flow records as its job's error without a traceback (worker/flows/errors.py)."""
+"""Failures every flow records as its job's error without a traceback (worker/flows/failures.py)."""
 
 Guarded = TypeVar("Guarded")
 

@@ -17,7 +17,7 @@ from kombu.exceptions import KombuError, OperationalError
 
 from core.config import Settings
 from core.dispatch import DispatchUnavailable
-from core.tasks import TASK_QUEUES, TaskName
+from core.task_names import TASK_QUEUES, TaskName
 
 log = logging.getLogger(__name__)
 

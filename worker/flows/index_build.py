@@ -27,7 +27,7 @@ from core.embeddings_store import VectorSnapshot
 from core.index import Metric, VectorIndex, build_index
 from core.index.verify import self_recall
 from core.registry import new_version
-from worker.flows.errors import FlowError
+from worker.flows.failures import FlowError
 from worker.flows.retire import remove_index_dir
 
 log = logging.getLogger(__name__)

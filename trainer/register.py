@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.atomic_files import replacing
 from core.config import Settings
 from core.embedding import Backbone, ModelSpec, Pretrained, build_model, load_model, save_checkpoint
 from core.registry import get_model, new_version, register_model
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data
 from trainer.evaluate import evaluate_holdout
-from trainer.files import replacing
-from trainer.metrics import DEFAULT_KS, RetrievalMetrics
+from trainer.retrieval_metrics import DEFAULT_KS, RetrievalMetrics
 from trainer.train import TrainResult
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.files import replacing
+from core.atomic_files import replacing
 
 STATE_FORMAT = "lookalike.train_state"
 STATE_VERSION = 1

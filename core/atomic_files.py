@@ -1,4 +1,10 @@
-"""Small filesystem helpers for publishing a directory atomically and durably."""
+"""Writing files and publishing directories atomically and durably: the one place for it.
+
+A reader (another process, a crash-restarted one) sees a file or a directory either
+whole or not at all: everything is written under a temporary name beside its target
+and renamed into place. Checkpoints, run outputs, manifests, uploads and index
+versions all go through here.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,38 @@ import functools
 import hashlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+READABLE = 0o644
+"""mkstemp creates 0600; checkpoints, run outputs and uploads are read by other processes (worker, API)."""
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+
+
+@contextmanager
+def replacing(path: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; write it, and on success it replaces ``path``.
+
+    A failure (or a crash) leaves ``path`` as it was and removes the temporary file.
+    With ``fsync`` the file's bytes are on disk before the rename makes them visible.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            fsync_path(tmp)
+        os.chmod(tmp, READABLE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sha256_file(path: Path, *, block_size: int = 1 << 20) -> str:
