@@ -4,6 +4,9 @@ from core.db.models import (
     ApiKey,
     Base,
     Embedding,
+    Feedback,
+    FeedbackJudgement,
+    FeedbackSource,
     ImageStatus,
     IndexStatus,
     IndexVersion,
@@ -20,7 +23,8 @@ from core.db.models import (
 from core.db.session import make_engine, make_session_factory, session_scope
 
 __all__ = [
-    "ApiKey", "Base", "Embedding", "ImageStatus", "IndexStatus", "IndexVersion", "Item",
+    "ApiKey", "Base", "Embedding", "Feedback", "FeedbackJudgement", "FeedbackSource",
+    "ImageStatus", "IndexStatus", "IndexVersion", "Item",
     "ItemImage", "ItemStatus", "Job", "JobKind", "JobPhase", "JobStatus", "ModelStatus", "ModelVersion",
     "make_engine", "make_session_factory", "session_scope",
 ]

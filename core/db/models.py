@@ -91,6 +91,26 @@ class JobPhase(str, enum.Enum):
     PUBLISHING = "publishing"
 
 
+class FeedbackJudgement(str, enum.Enum):
+    """A judgement on a (query item, result item) pair, with the pairs-CSV label ``y``."""
+
+    SIMILAR = "similar"  # y = 0
+    DISSIMILAR = "dissimilar"  # y = 1
+
+    @property
+    def y(self) -> int:
+        """The Siamese label of the source notes (trainer/data/tuples.py): 0 similar, 1 dissimilar."""
+        return 0 if self is FeedbackJudgement.SIMILAR else 1
+
+
+class FeedbackSource(str, enum.Enum):
+    """Who made a judgement: a merchandiser's explicit mark, or a shopper's click or skip."""
+
+    MERCHANDISER = "merchandiser"
+    CLICK = "click"
+    SKIP = "skip"
+
+
 class Item(Base):
     """A catalog product, addressed by the shop's external id (SKU)."""
 
@@ -232,3 +252,24 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class Feedback(Base):
+    """A judgement on a (query item, result item) pair; one row per (query, result, source).
+
+    Recording the same pair from the same source again updates the judgement and weight
+    (docs/ARCHITECTURE.md, "Feedback"). The unique index serves the query-time lookup of
+    a query item's marks (its leading column is ``query_item_id``).
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("query_item_id", "result_item_id", "source"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    query_item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    result_item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    judgement: Mapped[FeedbackJudgement] = mapped_column(enum_column(FeedbackJudgement))
+    source: Mapped[FeedbackSource] = mapped_column(enum_column(FeedbackSource))
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -83,11 +83,17 @@ def score_of(metric: Metric, distance: float) -> float:
 
 
 def first_fetch(k: int, filters: Filters, exclusions: Exclusions) -> int:
-    """How many images to ask for first: enough for ``k`` items in the common case."""
+    """How many images to ask for first: enough for ``k`` items in the common case.
+
+    Excluded result items (feedback marks) are near the query by construction, so their
+    images are likely among the first candidates: asked for on top (two per item, the
+    catalog's typical photo count; widening covers the rest).
+    """
+    marked = 2 * len(exclusions.item_ids)
     if not filters.empty:
-        return 8 * k + 32
+        return 8 * k + 32 + marked
     extra = 16 if exclusions.group_key is not None else 8
-    return 2 * k + extra
+    return 2 * k + extra + marked
 
 
 def _order(distances: np.ndarray, metric: Metric) -> np.ndarray:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    all_,
     any_,
     bindparam,
     cast,
@@ -83,10 +84,15 @@ class QueryItem:
 
 @dataclass(frozen=True)
 class Exclusions:
-    """Items never returned: the query item itself, optionally its whole group."""
+    """Items never returned: the query item itself, optionally its whole group, and ``item_ids``.
+
+    ``item_ids`` are the results a merchandiser marked dissimilar for the query item
+    (:func:`core.feedback.dissimilar_results`; docs/ARCHITECTURE.md, "Feedback").
+    """
 
     item_id: int | None = None
     group_key: str | None = None
+    item_ids: tuple[int, ...] = ()
 
 
 _COLUMNS = (Item.id, Item.external_id, Item.title, Item.category, Item.group_key, cast(Item.attributes, Text),
@@ -101,18 +107,27 @@ def _ids_clause(backend: Backend) -> ColumnElement[bool]:
     return ItemImage.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
-def _ids_value(backend: Backend, ids: list[int]) -> Any:
-    return json.dumps(ids) if backend is Backend.SQLITE else ids
+def _ids_value(backend: Backend, ids: Sequence[int]) -> Any:
+    return json.dumps(list(ids)) if backend is Backend.SQLITE else list(ids)
+
+
+def _not_excluded_clause(backend: Backend) -> ColumnElement[bool]:
+    """``Item.id`` not among the bound value ``exclude_item_ids`` (one value, as for ``ids``)."""
+    if backend is Backend.SQLITE:
+        ids = func.json_each(bindparam("exclude_item_ids", type_=String)).table_valued("value")
+        return Item.id.not_in(select(ids.c.value))
+    return Item.id != all_(bindparam("exclude_item_ids", type_=ARRAY(BigInteger)))
 
 
 @functools.lru_cache(maxsize=512)
 def _statement(backend: Backend, filters: Filters, exclude_item: bool, exclude_group: bool,
-               by_ids: bool) -> Select[Any]:
+               by_ids: bool, exclude_items: bool = False) -> Select[Any]:
     """The metadata query for one shape of request, built once and reused.
 
     Building a ``select`` costs more than running it on an indexed table, so each
     shape (filters, which exclusions, by ids or not) is built once per process; the
-    varying values are bound parameters: ``ids``, ``exclude_item_id``, ``exclude_group``.
+    varying values are bound parameters: ``ids``, ``exclude_item_id``, ``exclude_group``,
+    ``exclude_item_ids``.
     """
     query = (select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id)
              .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE,
@@ -121,17 +136,26 @@ def _statement(backend: Backend, filters: Filters, exclude_item: bool, exclude_g
         query = query.where(Item.id != bindparam("exclude_item_id"))
     if exclude_group:
         query = query.where(or_(Item.group_key.is_(None), Item.group_key != bindparam("exclude_group")))
+    if exclude_items:
+        query = query.where(_not_excluded_clause(backend))
     if by_ids:
         query = query.where(_ids_clause(backend))
     return query
 
 
-def _params(exclusions: Exclusions) -> dict[str, Any]:
+def _statement_for(backend: Backend, filters: Filters, exclusions: Exclusions, by_ids: bool) -> Select[Any]:
+    return _statement(backend, filters, exclusions.item_id is not None, exclusions.group_key is not None,
+                      by_ids, bool(exclusions.item_ids))
+
+
+def _params(backend: Backend, exclusions: Exclusions) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if exclusions.item_id is not None:
         params["exclude_item_id"] = exclusions.item_id
     if exclusions.group_key is not None:
         params["exclude_group"] = exclusions.group_key
+    if exclusions.item_ids:
+        params["exclude_item_ids"] = _ids_value(backend, exclusions.item_ids)
     return params
 
 
@@ -143,9 +167,8 @@ def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filte
                    exclusions: Exclusions) -> dict[int, ImageMeta]:
     """Metadata of the servable, matching images among ``image_ids`` (one query per 10k ids)."""
     backend = backend_of(conn)
-    statement = _statement(backend, filters, exclusions.item_id is not None,
-                           exclusions.group_key is not None, True)
-    params = _params(exclusions)
+    statement = _statement_for(backend, filters, exclusions, True)
+    params = _params(backend, exclusions)
     out: dict[int, ImageMeta] = {}
     ids = [int(i) for i in image_ids]
     for start in range(0, len(ids), IN_CHUNK):
@@ -156,10 +179,10 @@ def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filte
 def matching_images(conn: Connection, *, filters: Filters, exclusions: Exclusions,
                     limit: int) -> list[ImageMeta] | None:
     """Every servable image matching the filters, or None if there are more than ``limit``."""
-    statement = _statement(backend_of(conn), filters, exclusions.item_id is not None,
-                           exclusions.group_key is not None, False)
+    backend = backend_of(conn)
+    statement = _statement_for(backend, filters, exclusions, False)
     rows = [_meta(r) for r in conn.execute(statement.order_by(ItemImage.id).limit(limit + 1),
-                                           _params(exclusions))]
+                                           _params(backend, exclusions))]
     return None if len(rows) > limit else rows
 
 

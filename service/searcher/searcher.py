@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.embeddings_store import load_vectors
+from core.feedback import dissimilar_results
 from core.notify import IndexChangeListener
 from service.filters import Filters
 from service.metrics import Metrics
@@ -132,7 +133,9 @@ class Searcher:
 
         Every embedded photo of the item (its first :data:`MAX_QUERY_PHOTOS` in display
         order) is a query; a result item's distance is its best distance over all
-        (query photo, result photo) pairs, the item itself is excluded, and the first
+        (query photo, result photo) pairs, the item itself is excluded, and so is every
+        item a merchandiser marked dissimilar to it (read per query, so a mark applies
+        at once; docs/ARCHITECTURE.md, "Feedback"), and the first
         ``k`` items by that distance are returned (see :func:`search_photos`). An item
         with one embedded photo is exactly a one-vector :func:`search`.
         """
@@ -147,8 +150,10 @@ class Searcher:
                 raise NotEmbedded(f"item {external_id!r} has no vector for model {state.model_version} yet "
                                   "(it is queued for embedding, or has no image)")
             lookup = time.perf_counter() - t0
+            marked = dissimilar_results(conn, [item.item_id]).get(item.item_id, set())
             exclusions = Exclusions(item_id=item.item_id,
-                                    group_key=item.group_key if exclude_group else None)
+                                    group_key=item.group_key if exclude_group else None,
+                                    item_ids=tuple(sorted(marked)))
             result = search_photos(state, conn, vectors, k=k, filters=filters, exclusions=exclusions,
                                    search_k=self.settings.annoy_search_k)
         result.timings["meta"] += lookup

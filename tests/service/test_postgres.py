@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import Item, ItemStatus, make_engine, make_session_factory, session_scope
 from migrations import alembic_config
+from service.apikeys import create_key
 from service.app import create_app
 from tests.service.conftest import item_specs
+from tests.service.item_reference import brute_force_item
 from tests.service.support import Catalog, add_items, brute_force, embed, new_catalog, publish, unit_rows
 from tests.support.servers import PostgresServer
 
@@ -62,3 +64,16 @@ def test_search_on_postgresql(pg_client: tuple[FlaskClient, Catalog]) -> None:
     nul = client.get("/api/v1/items/sku-003/similar?category=a%00b")
     assert nul.status_code == 200 and nul.json["results"] == []
     assert client.get("/api/v1/items/a%00b").status_code == 404
+
+
+@pytest.mark.postgres
+def test_feedback_filters_similar_on_postgresql(pg_client: tuple[FlaskClient, Catalog]) -> None:
+    client, cat = pg_client
+    key, _ = create_key(cat.sessions, "pg-feedback")
+    before = [r["external_id"] for r in client.get("/api/v1/items/sku-003/similar?k=8").json["results"]]
+    marked = [before[0], before[2]]
+    response = client.post("/api/v1/feedback", headers={"X-API-Key": key}, json={"judgements": [
+        {"query": "sku-003", "result": ext, "judgement": "dissimilar", "source": "merchandiser"} for ext in marked]})
+    assert response.status_code == 200, response.json
+    after = [r["external_id"] for r in client.get("/api/v1/items/sku-003/similar?k=8").json["results"]]
+    assert after == [e for e, _, _ in brute_force_item(cat, "sku-003", k=8, exclude=marked)]

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, event
 
 from core.embeddings_store import FreshBasis, read_fresh
+from core.feedback import dissimilar_results
 from core.index import Metric, VectorIndex, build_index
 from service.filters import Filters
 from service.searcher.metadata import Exclusions, fetch_metadata
@@ -64,6 +65,7 @@ def test_fresh_poll_reads_only_new_embeddings_through_created_at(sqlite_engine: 
     (Filters(categories=("shoes", "hats")), Exclusions(item_id=7)),
     (Filters(groups=("g1",)), Exclusions(item_id=7, group_key="g2")),
     (Filters(attributes=(("color", ("red",)),)), Exclusions()),
+    (Filters(), Exclusions(item_id=7, item_ids=(4, 9))),  # results marked dissimilar (feedback)
 ])
 def test_metadata_fetch_is_driven_by_the_candidate_ids(sqlite_engine: Engine, filters: Filters,
                                                        exclusions: Exclusions) -> None:
@@ -73,3 +75,11 @@ def test_metadata_fetch_is_driven_by_the_candidate_ids(sqlite_engine: Engine, fi
     assert plan[0].startswith("SEARCH item_images USING") and "rowid=?" in plan[0], plan
     assert "SEARCH items USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     assert not any(step.startswith("SCAN") and "VIRTUAL TABLE" not in step for step in plan), plan
+
+
+def test_feedback_marks_of_a_query_item_are_read_through_the_unique_index(sqlite_engine: Engine) -> None:
+    with sqlite_engine.connect() as conn:
+        plan = plan_of(sqlite_engine, lambda: dissimilar_results(conn, [7]))
+    # SQLite names the unique constraint's index sqlite_autoindex_feedback_1
+    (step,) = plan
+    assert step.startswith("SEARCH feedback USING INDEX ") and step.endswith(" (query_item_id=?)"), plan
