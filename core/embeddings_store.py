@@ -246,22 +246,6 @@ def load_vectors(
     return ids, decode_vectors([r.vector for r in rows], dims.pop() if dims else (dim or 0))
 
 
-def active_image_mask(session: Session, image_ids: Sequence[int]) -> np.ndarray:
-    """For each image id, whether it is servable now (image and item active).
-
-    Annoy cannot forget a vector, so every index hit is checked against SQL: this is
-    how deleted items and removed images disappear at once, without a rebuild.
-    """
-    alive: set[int] = set()
-    for chunk in _chunks(sorted(set(int(i) for i in image_ids))):
-        alive.update(session.scalars(
-            select(ItemImage.id).join(Item, Item.id == ItemImage.item_id)
-            .where(id_in(session, ItemImage.id, chunk), ItemImage.status == ImageStatus.ACTIVE,
-                   Item.status == ItemStatus.ACTIVE)
-        ))
-    return np.fromiter((int(i) in alive for i in image_ids), dtype=bool, count=len(image_ids))
-
-
 COMMIT_SLACK = dt.timedelta(seconds=5)
 """How far before the newest vector an index holds (or a reader's cursor) vectors are still read.
 

@@ -26,7 +26,6 @@ from core.embeddings_store import (
     COMMIT_SLACK,
     EmbeddingStoreError,
     FreshBasis,
-    active_image_mask,
     decode_vectors,
     encode_vector,
     fresh_image_ids,
@@ -129,7 +128,6 @@ def test_deleted_items_and_removed_images_are_neither_missing_nor_snapshotted(se
         snap = snapshot_vectors(s, model)
         assert snap.image_ids.tolist() == [images[2], images[4], images[5]]
         assert len(np.unique(snap.item_ids)) == 2
-        assert active_image_mask(s, images).tolist() == [False, False, True, False, True, True]
         assert missing_image_ids(s, model) == []
 
 
