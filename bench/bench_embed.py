@@ -52,6 +52,8 @@ VARIANTS: dict[str, list[str]] = {
     "glibc default": ["env", "-u", "MALLOC_MMAP_MAX_", "-u", "MALLOC_TRIM_THRESHOLD_"],
     "mmap off, no trim": ["env", *TUNED_MALLOC],
 }
+QUICK_BACKBONES = (Backbone.SMALL_CNN, Backbone.MOBILENET_V3_SMALL, Backbone.EFFICIENTNET_LITE0)
+"""``--quick`` (``make bench``): one small, one mobile and one shipped-weights trunk, minutes not an hour."""
 COLUMNS = ["raw_contiguous", "raw_channels_last", "embedder", "embedder_full_size", "with_decode"]
 
 
@@ -152,12 +154,15 @@ def run_variant(label: str, args: argparse.Namespace) -> tuple[dict, list[dict]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 measured rounds instead of 6")
-    parser.add_argument("--backbones", default=",".join(b.value for b in Backbone))
+    parser.add_argument("--quick", action="store_true",
+                        help=f"3 measured rounds instead of 6, and only {','.join(b.value for b in QUICK_BACKBONES)}")
+    parser.add_argument("--backbones", default=None, help="comma-separated; default: every backbone")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=None, help="measured batches per column")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.backbones is None:
+        args.backbones = ",".join(b.value for b in (QUICK_BACKBONES if args.quick else Backbone))
     args.backbones = [Backbone(b.strip()).value for b in args.backbones.split(",") if b.strip()]
     args.rounds = args.rounds or (3 if args.quick else 6)
     if args.child:
