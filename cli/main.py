@@ -8,6 +8,7 @@ from cli.catalog import catalog
 from cli.context import CliContext
 from cli.db import db
 from cli.demo import demo
+from cli.feedback import feedback
 from cli.indexes import indexes
 from cli.proxy import proxy
 from cli.serve import keys, serve
@@ -47,6 +48,7 @@ lookalike.add_command(train)
 lookalike.add_command(evaluate)
 lookalike.add_command(models)
 lookalike.add_command(indexes)
+lookalike.add_command(feedback)
 lookalike.add_command(demo)
 lookalike.add_command(stack)
 

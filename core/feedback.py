@@ -13,17 +13,19 @@ items a merchandiser marked dissimilar, which similar-by-item queries exclude.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Select, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from core.db import Feedback, FeedbackJudgement, FeedbackSource, Item, ItemStatus
+from core.db import Feedback, FeedbackJudgement, FeedbackSource, Item, ItemStatus, session_scope
 from core.db.backend import Backend, backend_of
 from core.db.types import utcnow
 
@@ -190,3 +192,35 @@ def dissimilar_results(conn: Connection | Session, query_item_ids: Collection[in
     for query_id, result_id in conn.execute(statement):
         out.setdefault(query_id, set()).add(result_id)
     return out
+
+
+CSV_COLUMNS = ("a", "b", "y", "judgement", "source", "weight", "id", "created_at", "updated_at")
+"""The export's header: ``a,b,y`` first, the trainer's pairs format (trainer/data/tuples.py)."""
+EXPORT_CHUNK = 1000
+
+
+def feedback_csv(sessions: sessionmaker[Session], *, query: str | None = None,
+                 source: FeedbackSource | None = None,
+                 judgement: FeedbackJudgement | None = None) -> Iterator[str]:
+    """Every matching judgement as CSV text, oldest first, in chunks of :data:`EXPORT_CHUNK` rows.
+
+    One short transaction per chunk, so a long export (the API streams it, the CLI
+    writes it to a file) never holds a snapshot open. The API and ``lookalike
+    feedback export`` both write exactly this.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    cursor: int | None = None
+    while True:
+        with session_scope(sessions) as s:
+            page = list_feedback(s, query=query, source=source, judgement=judgement, limit=EXPORT_CHUNK,
+                                 cursor=cursor)
+        writer.writerows((r.query, r.result, r.judgement.y, r.judgement.value, r.source.value, r.weight, r.id,
+                          r.created_at.isoformat(), r.updated_at.isoformat()) for r in page.records)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor

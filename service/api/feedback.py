@@ -13,18 +13,23 @@ on as it is (docs/DECISIONS.md, "Feedback export").
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, request, stream_with_context
-from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog.rows import MAX_EXTERNAL_ID
 from core.db import FeedbackJudgement, FeedbackSource, session_scope
-from core.feedback import FeedbackPage, FeedbackRecord, Judgement, SelfPair, UnknownItem, list_feedback, record_feedback
+from core.feedback import (
+    CSV_COLUMNS,
+    FeedbackPage,
+    Judgement,
+    SelfPair,
+    UnknownItem,
+    feedback_csv,
+    list_feedback,
+    record_feedback,
+)
 from service.api.common import timed_json
 from service.api.params import check_params, int_param
 from service.auth import Access, requires
@@ -40,11 +45,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_CURSOR = 10**18 - 1
 """Cursors are row ids; the query string takes integers of up to 18 digits (service/api/params.py)."""
-EXPORT_CHUNK = 1000
 FIELDS = ("query", "result", "judgement", "source", "weight")
 REQUIRED = ("query", "result", "judgement", "source")
 E = TypeVar("E", FeedbackJudgement, FeedbackSource)
-CSV_COLUMNS = ("a", "b", "y", "judgement", "source", "weight", "id", "created_at", "updated_at")
 
 
 @bp.post("/feedback")
@@ -173,28 +176,8 @@ def export_feedback() -> Response:
     ctx = service_context()
     check_params(("query", "source", "judgement"))
     filters = _filters()
-    return Response(stream_with_context(_csv_lines(ctx.sessions, filters)), mimetype="text/csv",
+    lines = iter([",".join(CSV_COLUMNS) + "\n"]) if _matches_nothing(filters) else feedback_csv(ctx.sessions, **filters)
+    return Response(stream_with_context(lines), mimetype="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="feedback.csv"'})
 
 
-def _csv_lines(sessions: sessionmaker[Session], filters: dict[str, Any]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    cursor: int | None = None
-    while not _matches_nothing(filters):
-        with session_scope(sessions) as s:
-            page = list_feedback(s, limit=EXPORT_CHUNK, cursor=cursor, **filters)
-        writer.writerows(_csv_row(r) for r in page.records)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
-    yield buffer.getvalue()
-
-
-def _csv_row(r: FeedbackRecord) -> tuple[Any, ...]:
-    return (r.query, r.result, r.judgement.y, r.judgement.value, r.source.value, r.weight, r.id,
-            r.created_at.isoformat(), r.updated_at.isoformat())
