@@ -11,7 +11,7 @@ from __future__ import annotations
 def content_security_policy(*, data_images: bool = False) -> str:
     """The policy; ``data_images`` also allows ``data:`` URLs as images (the API docs page)."""
     return "; ".join((
-        "default-src 'self'",       # the UI's own app.js, style.css and JSON polling (connect-src)
+        "default-src 'self'",       # the UI's own scripts and style.css; JSON polling and feedback (connect-src)
         # /api/v1/media images; blob: is the search page's photo preview
         "img-src 'self' blob:" + (" data:" if data_images else ""),
         "object-src 'none'",

@@ -2,7 +2,9 @@
 
 The pages call the same searcher and queries as the JSON API (no HTTP round trip)
 and show the API's error messages. They are read-only, so they are available only
-when reads are public; with ``LOOKALIKE_READS_PUBLIC=false`` they answer 401.
+when reads are public; with ``LOOKALIKE_READS_PUBLIC=false`` they answer 401. The one
+write, a merchandiser's feedback on the item page, is sent by the browser's script
+(``static/feedback.js``) to ``POST /api/v1/feedback`` with the merchandiser's own key.
 """
 
 from __future__ import annotations

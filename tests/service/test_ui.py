@@ -1,4 +1,5 @@
-"""The web UI in headless Chromium (Playwright): browse, item page with look-alikes, photo search, jobs.
+"""The web UI in headless Chromium (Playwright): browse, item page with look-alikes, photo search, jobs,
+a merchandiser's feedback on the similar grid.
 
 The screenshot of an item page is kept next to the test's temp files; the test
 asserts that every result image has really been decoded by the browser
@@ -7,15 +8,17 @@ asserts that every result image has really been decoded by the browser
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy import select
 
-from core.db import Item, ItemImage, session_scope
+from core.db import FeedbackJudgement, FeedbackSource, Item, ItemImage, session_scope
 from core.embedding import Embedder
 from core.media import MediaStore
 from tests.service.live import LiveServer
@@ -140,6 +143,108 @@ def test_api_docs_render_the_spec_in_chromium(catalog: Catalog, browser: Browser
         page.screenshot(path=str(tmp_path / "api-docs.png"), full_page=False)
     finally:
         server.stop()
+
+
+def feedback_rows(server: LiveServer, **params: str) -> list[dict]:
+    """The stored judgements, read back through the API (``GET /api/v1/feedback``)."""
+    response = requests.get(server.url + "/api/v1/feedback", params=params, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["judgements"]
+
+
+def card_ids(page: Page) -> list[str]:
+    return page.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.externalId)")
+
+
+def test_merchandiser_feedback_in_chromium(catalog: Catalog, api_key: str, browser: Browser, tmp_path: Path) -> None:
+    """Signed in with a key, "not similar" removes a result for good (the query-time filter),
+    "good match" stores a ``similar`` mark, a click on a suggestion stores a ``click``; without
+    a key there are no controls and nothing is sent; a wrong key shows the API's 401 message."""
+    server = LiveServer(catalog.settings, tmp_path / "server.log", workers=1).start()
+    query = "sku-001"
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.add_init_script(RECORD_VIOLATIONS)
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.goto(f"{server.url}/items/{query}")
+        assert len(card_ids(page)) == 12
+        assert page.locator("#merchandiser").is_visible()
+        assert page.locator("#results .feedback button").count() == 0
+
+        # no key: a click on a suggestion follows the link and records nothing
+        first = card_ids(page)[0]
+        page.click(f'#results .card[data-external-id="{first}"] a')
+        page.wait_for_url(f"**/items/{first}")
+        page.go_back()
+        assert posts == [] and feedback_rows(server) == []
+
+        # a wrong key: the API's 401 message, nothing stored, and the key is asked for again
+        expected = requests.post(server.url + "/api/v1/feedback", headers={"X-API-Key": "lk_wrong"}, json={},
+                                 timeout=10).json()["error"]["message"]
+        page.fill("#api-key", "lk_wrong")
+        page.click("#merchandiser .signed-out button")
+        page.click("#results .card >> nth=0 >> .feedback .bad")
+        problem = page.locator("#feedback-problem")
+        problem.wait_for(state="visible")
+        assert problem.inner_text() == expected == "the API key is unknown or revoked"
+        assert len(card_ids(page)) == 12 and page.locator("#results .feedback").count() == 0
+        assert page.locator("#api-key").is_visible()
+        assert feedback_rows(server) == []
+
+        # signed in: "not similar" removes the result, and a reload no longer shows it
+        page.fill("#api-key", api_key)
+        page.click("#merchandiser .signed-out button")
+        assert page.locator("#results .feedback").count() == 12
+        assert api_key not in page.url
+        bad, good, clicked = card_ids(page)[:3]
+        page.click(f'#results .card[data-external-id="{bad}"] .feedback .bad')
+        page.locator(f'#results .card[data-external-id="{bad}"]').wait_for(state="detached")
+        assert bad not in card_ids(page) and len(card_ids(page)) == 11
+        assert not problem.is_visible()
+        (row,) = feedback_rows(server, query=query)
+        assert (row["result"], row["judgement"], row["source"]) == (
+            bad, FeedbackJudgement.DISSIMILAR.value, FeedbackSource.MERCHANDISER.value)
+        page.reload()
+        assert bad not in card_ids(page) and len(card_ids(page)) == 12
+        assert page.locator("#results .feedback").count() == 12  # still signed in, in this tab
+
+        # "good match" keeps the result and stores a similar mark
+        page.click(f'#results .card[data-external-id="{good}"] .feedback .good')
+        page.locator(f'#results .card.good-match[data-external-id="{good}"]').wait_for()
+        page.screenshot(path=str(tmp_path / "item-feedback.png"), full_page=True)
+        marks = feedback_rows(server, query=query, judgement=FeedbackJudgement.SIMILAR.value)
+        assert [(r["result"], r["source"]) for r in marks] == [(good, FeedbackSource.MERCHANDISER.value)]
+
+        # a click on a suggestion, signed in, is recorded as a click while the browser follows it
+        page.click(f'#results .card[data-external-id="{clicked}"] a')
+        page.wait_for_url(f"**/items/{clicked}")
+        deadline = time.monotonic() + 10
+        while not (clicks := feedback_rows(server, source=FeedbackSource.CLICK.value)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(r["query"], r["result"], r["judgement"]) for r in clicks] == [
+            (query, clicked, FeedbackJudgement.SIMILAR.value)]
+
+        # signing out removes the controls
+        page.click("#sign-out")
+        assert page.locator("#results .feedback").count() == 0 and page.locator("#api-key").is_visible()
+        assert page.evaluate("window.__csp") == []
+        assert len(feedback_rows(server)) == 3
+
+        # without JavaScript the page still works, with no sign-in form and no controls
+        plain = browser.new_context(java_script_enabled=False).new_page()
+        plain.goto(f"{server.url}/items/{query}")
+        shown = card_ids_without_js(plain)
+        assert len(shown) == 12 and bad not in shown and {good, clicked} <= set(shown)
+        assert not plain.locator("#merchandiser").is_visible()
+        assert plain.locator("#results .feedback").count() == 0
+    finally:
+        server.stop()
+
+
+def card_ids_without_js(page: Page) -> list[str]:
+    return [c.get_attribute("data-external-id") or "" for c in page.locator("#results .card").all()]
 
 
 def _media_key(cat: Catalog, image_id: int) -> str:

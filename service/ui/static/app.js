@@ -1,4 +1,4 @@
-// The only script: preview the chosen photo, and keep running jobs' progress current.
+// Preview the chosen photo, and keep running jobs' progress current.
 (function () {
   var input = document.getElementById("image");
   var preview = document.getElementById("preview");

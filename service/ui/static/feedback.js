@@ -1,0 +1,122 @@
+// Merchandiser feedback on the item page's similar grid (docs/DECISIONS.md, "Feedback in the web UI").
+// Everything goes through POST /api/v1/feedback with the key in X-API-Key; the key lives in
+// sessionStorage only (this tab, until it closes), never in a URL or a cookie. Without a key,
+// no controls are shown and nothing is recorded.
+(function () {
+  var section = document.getElementById("similar");
+  var form = document.getElementById("merchandiser");
+  if (!section || !form) return;
+  var STORE = "lookalike.apiKey";
+  var query = section.dataset.query;
+  var url = section.dataset.feedbackUrl;
+  var input = document.getElementById("api-key");
+  var problem = document.getElementById("feedback-problem");
+  var signedOut = form.querySelector(".signed-out");
+  var signedIn = form.querySelector(".signed-in");
+
+  function key() {
+    try { return sessionStorage.getItem(STORE) || ""; } catch (e) { return ""; }
+  }
+  function say(message) {
+    problem.textContent = message || "";
+    problem.hidden = !message;
+  }
+  function cards() {
+    return Array.prototype.slice.call(section.querySelectorAll("#results .card[data-external-id]"));
+  }
+
+  // One judgement on (this item, result); resolves with the stored row, rejects with the API's message.
+  function send(result, judgement, source, keepalive) {
+    return fetch(url, {
+      method: "POST", keepalive: !!keepalive, credentials: "omit",
+      headers: {"Content-Type": "application/json", "X-API-Key": key()},
+      body: JSON.stringify({query: query, result: result, judgement: judgement, source: source}),
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (body) {
+        if (r.ok) return body;
+        var message = (body && body.error && body.error.message) || ("feedback failed: HTTP " + r.status);
+        if (r.status === 401 || r.status === 403) signOut();  // a bad key: ask for another
+        throw new Error(message);
+      });
+    });
+  }
+
+  function mark(card, judgement) {
+    var buttons = card.querySelectorAll(".feedback button");
+    buttons.forEach(function (b) { b.disabled = true; });
+    send(card.dataset.externalId, judgement, "merchandiser").then(function () {
+      say("");
+      if (judgement === "dissimilar") {
+        card.remove();  // the API hides it for this item from now on
+      } else {
+        card.classList.add("good-match");
+        buttons.forEach(function (b) { b.disabled = false; });
+        card.querySelector(".feedback .good").setAttribute("aria-pressed", "true");
+      }
+    }).catch(function (err) {
+      say(err.message);
+      buttons.forEach(function (b) { b.disabled = false; });
+    });
+  }
+
+  function addControls() {
+    cards().forEach(function (card) {
+      if (card.querySelector(".feedback")) return;
+      var box = document.createElement("span");
+      box.className = "feedback";
+      [["good", "good match", "similar"], ["bad", "not similar", "dissimilar"]].forEach(function (spec) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.className = spec[0];
+        b.textContent = spec[1];
+        b.addEventListener("click", function () { mark(card, spec[2]); });
+        box.appendChild(b);
+      });
+      card.appendChild(box);
+    });
+  }
+
+  function show() {
+    var on = !!key();
+    signedOut.hidden = on;
+    signedIn.hidden = !on;
+    if (on) {
+      addControls();
+    } else {
+      section.querySelectorAll("#results .feedback").forEach(function (el) { el.remove(); });
+    }
+  }
+
+  function signOut() {
+    try { sessionStorage.removeItem(STORE); } catch (e) { /* storage off: nothing stored */ }
+    show();
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var value = input.value.trim();
+    if (!value) return;
+    try {
+      sessionStorage.setItem(STORE, value);
+    } catch (e) {
+      say("this browser keeps no session storage, so the key cannot be kept");
+      return;
+    }
+    input.value = "";
+    say("");
+    show();
+  });
+  document.getElementById("sign-out").addEventListener("click", signOut);
+
+  // A click on a suggestion is a shopper's "similar" signal; recorded only with a key (the API
+  // needs one). keepalive lets the request finish while the browser follows the link.
+  section.addEventListener("click", function (event) {
+    var link = event.target.closest && event.target.closest("#results .card a");
+    if (!link || !key()) return;
+    var card = link.closest(".card");
+    send(card.dataset.externalId, "similar", "click", true).catch(function () {});
+  });
+
+  form.hidden = false;
+  show();
+})();
