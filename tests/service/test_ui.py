@@ -158,8 +158,9 @@ def card_ids(page: Page) -> list[str]:
 
 def test_merchandiser_feedback_in_chromium(catalog: Catalog, api_key: str, browser: Browser, tmp_path: Path) -> None:
     """Signed in with a key, "not similar" removes a result for good (the query-time filter),
-    "good match" stores a ``similar`` mark, a click on a suggestion stores a ``click``; without
-    a key there are no controls and nothing is sent; a wrong key shows the API's 401 message."""
+    "good match" stores a ``similar`` mark (shown again after a reload), a click on a suggestion
+    stores a ``click``; without a key there are no controls and nothing is sent; a wrong key
+    shows the API's 401 message."""
     server = LiveServer(catalog.settings, tmp_path / "server.log", workers=1).start()
     query = "sku-001"
     try:
@@ -215,6 +216,9 @@ def test_merchandiser_feedback_in_chromium(catalog: Catalog, api_key: str, brows
         page.screenshot(path=str(tmp_path / "item-feedback.png"), full_page=True)
         marks = feedback_rows(server, query=query, judgement=FeedbackJudgement.SIMILAR.value)
         assert [(r["result"], r["source"]) for r in marks] == [(good, FeedbackSource.MERCHANDISER.value)]
+        page.reload()  # the stored mark is shown again
+        page.locator(f'#results .card.good-match[data-external-id="{good}"]').wait_for()
+        assert page.locator("#results .card.good-match").count() == 1
 
         # a click on a suggestion, signed in, is recorded as a click while the browser follows it
         page.click(f'#results .card[data-external-id="{clicked}"] a')
@@ -227,8 +231,10 @@ def test_merchandiser_feedback_in_chromium(catalog: Catalog, api_key: str, brows
             (query, clicked, FeedbackJudgement.SIMILAR.value)]
 
         # signing out removes the controls
+        page.go_back()
         page.click("#sign-out")
         assert page.locator("#results .feedback").count() == 0 and page.locator("#api-key").is_visible()
+        assert page.locator("#results .card.good-match").count() == 0
         assert page.evaluate("window.__csp") == []
         assert len(feedback_rows(server)) == 3
 

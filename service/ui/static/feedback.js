@@ -49,14 +49,35 @@
       if (judgement === "dissimilar") {
         card.remove();  // the API hides it for this item from now on
       } else {
-        card.classList.add("good-match");
         buttons.forEach(function (b) { b.disabled = false; });
-        card.querySelector(".feedback .good").setAttribute("aria-pressed", "true");
+        markGood(card);
       }
     }).catch(function (err) {
       say(err.message);
       buttons.forEach(function (b) { b.disabled = false; });
     });
+  }
+
+  function markGood(card) {
+    card.classList.add("good-match");
+    var good = card.querySelector(".feedback .good");
+    if (good) good.setAttribute("aria-pressed", "true");
+  }
+
+  // The merchandiser's earlier "good match" marks for this item (GET /api/v1/feedback, page by page),
+  // so a reload shows them; "not similar" ones need nothing: the API no longer returns those results.
+  function showMarks(cursor) {
+    var params = new URLSearchParams({query: query, source: "merchandiser", judgement: "similar", limit: "1000"});
+    if (cursor) params.set("cursor", cursor);
+    fetch(url + "?" + params, {headers: {"X-API-Key": key()}, credentials: "omit"}).then(function (r) {
+      return r.ok ? r.json() : null;
+    }).then(function (page) {
+      if (!page) return;
+      var good = {};
+      page.judgements.forEach(function (j) { good[j.result] = true; });
+      cards().forEach(function (card) { if (good[card.dataset.externalId]) markGood(card); });
+      if (page.next_cursor) showMarks(page.next_cursor);
+    }).catch(function () {});
   }
 
   function addControls() {
@@ -82,8 +103,10 @@
     signedIn.hidden = !on;
     if (on) {
       addControls();
+      showMarks(null);
     } else {
       section.querySelectorAll("#results .feedback").forEach(function (el) { el.remove(); });
+      cards().forEach(function (card) { card.classList.remove("good-match"); });
     }
   }
 
