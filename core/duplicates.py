@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -157,7 +158,7 @@ def find_duplicates(sessions: sessionmaker[Session], *, ratio: float, threshold:
     with session_scope(sessions) as session:
         row = active_index_row(session)
         if row is None:
-            raise NoActiveIndex("no index is published yet: a reindex publishes one")
+            raise NoActiveIndex("no index is published yet: run `lookalike reindex`")
         version, path = row.version, Path(row.path)
         item_of, external_of = _servable_images(session)
     with VectorIndex.load(path) as index:
@@ -170,3 +171,17 @@ def find_duplicates(sessions: sessionmaker[Session], *, ratio: float, threshold:
     return DuplicateReport(index_version=version, metric=metric, threshold=used, calibrated=threshold is None,
                            median_distance=median, images=len(ids),
                            groups=group_pairs(scan.pairs, item_of, external_of, used))
+
+
+def report_to_dict(report: DuplicateReport, limit: int | None = None) -> dict[str, Any]:
+    """The JSON form (CLI ``--json`` and the API): the first ``limit`` groups, and how many there are."""
+    groups = report.groups if limit is None else report.groups[:limit]
+    median = None if np.isnan(report.median_distance) else report.median_distance
+    return {
+        "index_version": report.index_version, "metric": report.metric.value,
+        "threshold": report.threshold, "calibrated": report.calibrated, "median_distance": median,
+        "images": report.images, "group_count": len(report.groups),
+        "groups": [{"items": list(g.items),
+                    "pairs": [{"image_a": p.image_a, "image_b": p.image_b, "distance": p.distance}
+                              for p in g.pairs]} for g in groups],
+    }

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from cli.main import lookalike
 from core.catalog.sample import Split, load_split
 from core.config import Settings
 from core.db import make_session_factory
@@ -109,3 +112,24 @@ def test_no_active_index_is_an_error(settings: Settings, sqlite_engine: object) 
     sessions = make_session_factory(sqlite_engine)  # type: ignore[arg-type]
     with pytest.raises(NoActiveIndex):
         find_duplicates(sessions, ratio=0.3)
+
+
+def test_cli_lists_the_same_groups(planted: tuple[Catalog, dict]) -> None:
+    cat, _ = planted
+    env = {"LOOKALIKE_HOME": str(cat.settings.home), "LOOKALIKE_BROKER_URL": "",
+           "LOOKALIKE_ANNOY_SEARCH_K": "100000"}
+    runner = CliRunner()
+    as_json = runner.invoke(lookalike, ["catalog", "duplicates", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    expected = find_duplicates(cat.sessions, ratio=cat.settings.duplicate_ratio, search_k=100_000)
+    data = json.loads(as_json.stdout)
+    assert [tuple(g["items"]) for g in data["groups"]] == [g.items for g in expected.groups]
+    assert data["calibrated"] and data["threshold"] == pytest.approx(expected.threshold)
+    text = runner.invoke(lookalike, ["catalog", "duplicates", "--threshold", "0"], env=env)
+    assert text.exit_code == 0 and text.stdout == "" and "0 group(s)" in text.stderr
+
+
+def test_cli_without_an_index_fails_clearly(settings: Settings, sqlite_engine: object) -> None:
+    result = CliRunner().invoke(lookalike, ["catalog", "duplicates"],
+                                env={"LOOKALIKE_HOME": str(settings.home), "LOOKALIKE_BROKER_URL": ""})
+    assert result.exit_code == 1 and "no index is published" in result.stderr
