@@ -79,3 +79,23 @@ def test_no_active_index_is_409(tmp_path: Path, settings: Settings, sqlite_engin
         app.extensions["lookalike"].close()
     assert response.status_code == 409
     assert response.json["error"]["code"] == "index_unavailable"
+
+
+def test_review_page_shows_each_group_with_its_photos(planted: Catalog, client: FlaskClient) -> None:
+    page = client.get("/duplicates")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert html.count('class="duplicate-group"') == len(COPIES)
+    for original, copy in COPIES.items():
+        assert f'href="/items/{original}"' in html and f'href="/items/{copy}"' in html
+    assert html.count('class="thumb"') == 2 * len(COPIES)
+    assert 'href="/duplicates"' in client.get("/").get_data(as_text=True)  # linked from the nav
+
+
+def test_review_page_without_an_index_says_so(tmp_path: Path, settings: Settings, sqlite_engine: object) -> None:
+    app = create_app(settings.replace(database_url=settings.resolved_database_url))
+    try:
+        page = app.test_client().get("/duplicates")
+    finally:
+        app.extensions["lookalike"].close()
+    assert page.status_code == 200 and "no index is published" in page.get_data(as_text=True)
