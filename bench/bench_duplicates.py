@@ -5,9 +5,9 @@ all of them), one photo per item. Planted: ``--planted`` copies of randomly chos
 catalog images under new item ids, cycling through a JPEG re-encode (quality 70), a
 resize (28 -> 40 px) and a 1-px crop on every side. Vectors come from the model
 (an untrained small CNN, and with ``--checkpoint`` a trained one), the index from
-build_index (Annoy, euclidean, LOOKALIKE_ANNOY_TREES / _SEARCH_K defaults), and the
-detection is core.duplicates' own scan, calibration and grouping (find_duplicates
-minus the database reads).
+build_index (Annoy, euclidean, LOOKALIKE_ANNOY_TREES default; the scan at
+LOOKALIKE_DUPLICATE_SEARCH_K or --search-k), and the detection is core.duplicates'
+own scan, calibration and grouping (find_duplicates minus the database reads).
 
 Precision: share of the item pairs joined below the threshold that are a planted
 (source, copy) pair; recall: share of planted pairs whose items end up in one group.
@@ -81,7 +81,7 @@ def run(name: str, embedder: Embedder, images: list[Image.Image], copies: dict[i
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         with VectorIndex.load(Path(tmp) / "i") as index:
-            scan = scan_neighbours(index, ids, item_of, k=10, search_k=settings.annoy_search_k)
+            scan = scan_neighbours(index, ids, item_of, k=10, search_k=settings.duplicate_search_k)
         t_scan = time.perf_counter() - t0
     truth = {(s + 1, c + 1) for c, s in copies.items()}
     rows = []
@@ -109,9 +109,12 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, action="append", help="calibration ratio(s); default the setting")
     ap.add_argument("--checkpoint", type=Path, help="also a trained model checkpoint")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--search-k", type=int, help="Annoy search_k of the scan (default: the setting)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = Settings()
+    if args.search_k:
+        settings = settings.replace(duplicate_search_k=args.search_k)
     n_items = 3000 if args.quick else args.items
     images, copies, kinds = catalog(n_items, args.planted, seed=0)
     torch.manual_seed(0)
@@ -121,7 +124,7 @@ def main() -> None:
         models[f"trained ({args.checkpoint.parent.name}/{args.checkpoint.name})"] = Embedder.from_checkpoint(
             args.checkpoint, device="cpu", batch_size=256)
     print(f"# {platform.node()}, {args.threads} torch threads, annoy trees {settings.annoy_trees}, "
-          f"search_k {settings.annoy_search_k}, k=10")
+          f"search_k {settings.duplicate_search_k}, k=10")
     print("| model | items + planted | ratio | threshold (ratio x median) | precision | recall | "
           "recall jpeg / resize / crop | groups | embed s | index s | detect s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -134,7 +134,7 @@ def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | 
     """Groups of items whose photos are near duplicates under the active index (docs/ARCHITECTURE.md)."""
     try:
         report = find_duplicates(ctx.sessions, ratio=ratio or ctx.settings.duplicate_ratio, threshold=threshold,
-                                 search_k=ctx.settings.annoy_search_k)
+                                 search_k=ctx.settings.duplicate_search_k)
     except NoActiveIndex as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

@@ -162,8 +162,8 @@ def find_duplicates(sessions: sessionmaker[Session], *, ratio: float, threshold:
         version, path = row.version, Path(row.path)
         item_of, external_of = _servable_images(session)
     with VectorIndex.load(path) as index:
-        ids = index.ids[index.rows_of(index.ids) >= 0]
-        ids = np.sort(ids[np.fromiter((int(i) in item_of for i in ids), bool, len(ids))])
+        # images deleted since the build are still in the index: not scanned, not matched
+        ids = np.sort(index.ids[np.fromiter((int(i) in item_of for i in index.ids), bool, len(index.ids))])
         scan = scan_neighbours(index, ids, item_of, k=k, search_k=search_k)
         metric = index.manifest.metric
     limit, median = calibrated_threshold(scan.nearest, ratio)

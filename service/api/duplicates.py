@@ -35,7 +35,7 @@ def duplicates() -> Response:
     ctx = service_context()
     try:
         report = find_duplicates(ctx.sessions, ratio=ratio or ctx.settings.duplicate_ratio, threshold=threshold,
-                                 search_k=ctx.settings.annoy_search_k)
+                                 search_k=ctx.settings.duplicate_search_k)
     except NoActiveIndex as exc:
         raise ApiError(409, ErrorCode.INDEX_UNAVAILABLE, str(exc)) from exc
     return timed_json(report_to_dict(report, limit))

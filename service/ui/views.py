@@ -125,7 +125,8 @@ def duplicates_page() -> str:
     """Near-duplicate groups to review (``GET /api/v1/duplicates``'s scan), each item with the photo that matched."""
     ctx = service_context()
     try:
-        report = find_duplicates(ctx.sessions, ratio=ctx.settings.duplicate_ratio, search_k=ctx.settings.annoy_search_k)
+        report = find_duplicates(ctx.sessions, ratio=ctx.settings.duplicate_ratio,
+                                 search_k=ctx.settings.duplicate_search_k)
     except NoActiveIndex as exc:
         return render_template("duplicates.html", report=None, groups=[], problem=str(exc))
     shown = report.groups[:DUPLICATE_GROUPS]

@@ -117,7 +117,7 @@ def test_no_active_index_is_an_error(settings: Settings, sqlite_engine: object) 
 def test_cli_lists_the_same_groups(planted: tuple[Catalog, dict]) -> None:
     cat, _ = planted
     env = {"LOOKALIKE_HOME": str(cat.settings.home), "LOOKALIKE_BROKER_URL": "",
-           "LOOKALIKE_ANNOY_SEARCH_K": "100000"}
+           "LOOKALIKE_DUPLICATE_SEARCH_K": "100000"}
     runner = CliRunner()
     as_json = runner.invoke(lookalike, ["catalog", "duplicates", "--json"], env=env)
     assert as_json.exit_code == 0, as_json.output

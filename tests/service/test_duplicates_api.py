@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
+from core.catalog import delete_items
 from core.config import Settings
-from core.db import make_session_factory
+from core.db import make_session_factory, session_scope
 from core.duplicates import find_duplicates, report_to_dict
 from service.apikeys import create_key
 from service.app import create_app
@@ -39,7 +40,7 @@ def test_lists_the_planted_copies_as_core_finds_them(planted: Catalog, client: F
     assert response.status_code == 200, response.json
     body = response.json
     expected = report_to_dict(find_duplicates(planted.sessions, ratio=planted.settings.duplicate_ratio,
-                                              search_k=planted.settings.annoy_search_k), 100)
+                                              search_k=planted.settings.duplicate_search_k), 100)
     assert body == expected
     assert {tuple(g["items"]) for g in body["groups"]} == {tuple(sorted(p)) for p in COPIES.items()}
     assert body["calibrated"] and body["index_version"] == planted.index_version
@@ -99,3 +100,11 @@ def test_review_page_without_an_index_says_so(tmp_path: Path, settings: Settings
     finally:
         app.extensions["lookalike"].close()
     assert page.status_code == 200 and "no index is published" in page.get_data(as_text=True)
+
+
+def test_a_deleted_item_leaves_its_group(planted: Catalog, client: FlaskClient, auth: dict[str, str]) -> None:
+    with session_scope(planted.sessions) as s:
+        delete_items(s, ["copy-a"])
+    body = client.get("/api/v1/duplicates", query_string={"threshold": "0.01"}, headers=auth).json
+    assert {tuple(g["items"]) for g in body["groups"]} == {("copy-b", "sku-040"), ("copy-c", "sku-041")}
+    assert body["images"] == len(planted.vectors) - 1
