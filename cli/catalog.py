@@ -1,4 +1,4 @@
-"""``lookalike catalog``: import, sample data, list and soft-delete catalog items.
+"""``lookalike catalog``: import, sample data, list and soft-delete catalog items, find near duplicates.
 
 Exit codes of ``catalog import`` and ``catalog sample``: 0 when the import ran and
 at least one row is in the catalog as the source describes it (rejected rows are
@@ -14,6 +14,7 @@ The schema is checked (and the embedded SQLite database migrated) by
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -36,6 +37,7 @@ from core.catalog import (
     open_source,
 )
 from core.db import ImageStatus, ItemStatus, session_scope
+from core.duplicates import NoActiveIndex, find_duplicates, report_to_dict
 from core.media import MediaStore
 
 _STATUS_CHOICES = [status.value for status in ItemStatus] + ["all"]
@@ -43,7 +45,7 @@ _STATUS_CHOICES = [status.value for status in ItemStatus] + ["all"]
 
 @click.group()
 def catalog() -> None:
-    """Catalog items: import, sample data, list, delete."""
+    """Catalog items: import, sample data, list, delete, near duplicates."""
 
 
 @catalog.command("import")
@@ -119,6 +121,31 @@ def delete_command(ctx: CliContext, external_ids: tuple[str, ...]) -> None:
         click.echo(f"{external_id}: {text}", err=outcome is DeleteOutcome.NOT_FOUND)
     if DeleteOutcome.NOT_FOUND in outcomes.values():
         click.get_current_context().exit(1)
+
+
+@catalog.command("duplicates")
+@click.option("--threshold", type=click.FloatRange(min=0),
+              help="Distance below which two photos are near duplicates (default: calibrated on the catalog).")
+@click.option("--ratio", type=click.FloatRange(min=0, min_open=True),
+              help="Calibration: this x the median nearest-other-item distance [LOOKALIKE_DUPLICATE_RATIO].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | None, as_json: bool) -> None:
+    """Groups of items whose photos are near duplicates under the active index (docs/ARCHITECTURE.md)."""
+    try:
+        report = find_duplicates(ctx.sessions, ratio=ratio or ctx.settings.duplicate_ratio, threshold=threshold,
+                                 search_k=ctx.settings.duplicate_search_k)
+    except NoActiveIndex as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report_to_dict(report), indent=2))
+        return
+    for group in report.groups:
+        click.echo(f"{group.min_distance:.4f}\t" + "\t".join(group.items))
+    how = "calibrated" if report.calibrated else "given"
+    click.echo(f"{len(report.groups)} group(s) among {report.images} image(s) of index {report.index_version}; "
+               f"threshold {report.threshold:.4f} ({how}, median nearest-other distance "
+               f"{report.median_distance:.4f})", err=True)
 
 
 def import_source(ctx: CliContext, source: CatalogSource, *, progress: bool | None,

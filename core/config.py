@@ -91,6 +91,13 @@ class Settings:
     """Queue a rebuild once the active index's fresh set holds more than this many images
     (docs/ARCHITECTURE.md, "The fresh set")."""
 
+    duplicate_ratio: float = 0.3
+    """Near duplicates: pairs of items closer than this x the median nearest-other-item distance
+    (docs/ARCHITECTURE.md, "Near-duplicate detection")."""
+    duplicate_search_k: int = 1000
+    """Annoy search_k of the near-duplicate scan: a tenth of a search's, the same groups on
+    Fashion-MNIST and 4x faster, so the 70k scan fits in a request (docs/BENCHMARKS.md)."""
+
     promotion_margin: float = 0.01
     """A retrained model must beat the active one's MAP@R on the holdout by this much."""
     retrain_search: str = "default"

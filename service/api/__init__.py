@@ -2,11 +2,11 @@
 
 from flask import Blueprint
 
-from service.api import admin, docs, feedback, indexes, items, ops, search
+from service.api import admin, docs, duplicates, feedback, indexes, items, ops, search
 
 api_blueprint = Blueprint("api", __name__)
 _v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
-for module in (items, search, admin, indexes, feedback, docs):
+for module in (items, search, admin, indexes, duplicates, feedback, docs):
     _v1.register_blueprint(module.bp)
 api_blueprint.register_blueprint(_v1)
 api_blueprint.register_blueprint(ops.bp)

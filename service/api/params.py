@@ -11,6 +11,7 @@ from service.errors import bad_param
 from service.filters import FILTER_KEYS, Filters, check_known_params, parse_query_filters
 
 _INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+_DECIMAL = re.compile(r"^-?[0-9]{1,18}(\.[0-9]{0,18})?([eE][-+]?[0-9]{1,3})?$")
 DB_INT_MAX = 2**63 - 1
 """The largest integer a database column (PostgreSQL BIGINT, SQLite INTEGER) holds: ids and
 offsets past it must be refused before SQL, where they overflow the driver."""
@@ -34,6 +35,21 @@ def int_param(name: str, default: int, *, minimum: int, maximum: int) -> int:
     value = int(values[0])
     if not minimum <= value <= maximum:
         raise bad_param(name, f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def float_param(name: str, *, minimum: float, maximum: float) -> float | None:
+    """An optional decimal number in [minimum, maximum] (None when absent); no NaN or infinity."""
+    values = request.args.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad_param(name, "give it once")
+    if not _DECIMAL.match(values[0]):
+        raise bad_param(name, f"must be a decimal number, got {values[0][:40]!r}")
+    value = float(values[0])
+    if not minimum <= value <= maximum:
+        raise bad_param(name, f"must be between {minimum:g} and {maximum:g}, got {values[0][:40]}")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Pages: browse the catalog, an item with its look-alikes, search by photo, job status.
+"""Pages: browse the catalog, an item with its look-alikes, search by photo, job status, near duplicates.
 
 The pages call the same searcher and queries as the JSON API (no HTTP round trip)
 and show the API's error messages. They are read-only, so they are available only
@@ -16,11 +16,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from core.config import MULTIPART_OVERHEAD
-from core.db import Item, ItemStatus, JobKind, session_scope
+from core.db import Item, ItemImage, ItemStatus, JobKind, session_scope
+from core.duplicates import NoActiveIndex, find_duplicates
 from core.jobs import job_to_dict, list_jobs
 from service.api.common import search_errors
 from service.api.params import DB_INT_MAX
-from service.api.serialize import item_json, match_json
+from service.api.serialize import item_json, match_json, media_url
 from service.context import service_context
 from service.errors import ApiError, ErrorCode
 from service.filters import Filters
@@ -30,6 +31,7 @@ from service.uploads import allow_body, decode_upload, read_file
 ui_blueprint = Blueprint("ui", __name__)
 
 PAGE_SIZE = 24
+DUPLICATE_GROUPS = 50
 SIMILAR_K = 12
 
 
@@ -118,3 +120,23 @@ def jobs_page() -> str:
     return render_template("jobs.html", jobs=jobs, running=[j for j in reindexes if j["status"] in
                                                               ("queued", "running")],
                            serving=serving)
+
+
+@ui_blueprint.get("/duplicates")
+def duplicates_page() -> str:
+    """Near-duplicate groups to review (``GET /api/v1/duplicates``'s scan), each item with the photo that matched."""
+    ctx = service_context()
+    try:
+        report = find_duplicates(ctx.sessions, ratio=ctx.settings.duplicate_ratio,
+                                 search_k=ctx.settings.duplicate_search_k)
+    except NoActiveIndex as exc:
+        return render_template("duplicates.html", report=None, groups=[], problem=str(exc))
+    shown = report.groups[:DUPLICATE_GROUPS]
+    image_ids = {i for g in shown for p in g.pairs for i in (p.image_a, p.image_b)}
+    with session_scope(ctx.sessions) as s:
+        rows = s.execute(select(ItemImage.id, ItemImage.media_key, Item.external_id, Item.title)
+                         .join(Item, Item.id == ItemImage.item_id).where(ItemImage.id.in_(sorted(image_ids)))).all()
+    photo = {r.external_id: {"external_id": r.external_id, "title": r.title, "image_url": media_url(r.media_key)}
+             for r in sorted(rows, key=lambda r: r.id)}
+    groups = [{"distance": g.min_distance, "items": [photo[e] for e in g.items if e in photo]} for g in shown]
+    return render_template("duplicates.html", report=report, groups=groups, problem="")

@@ -301,6 +301,7 @@ def test_json_answers_are_nosniff(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("path, status", [("/", 200), ("/items/sku-000", 200), ("/search", 200), ("/jobs", 200),
+                                          ("/duplicates", 200),
                                           ("/api/v1/docs", 200), ("/no-such-page", 404)])
 def test_html_pages_are_nosniff_unframeable_and_under_the_csp(client: FlaskClient, path: str, status: int) -> None:
     response = client.get(path)
@@ -338,7 +339,7 @@ def test_the_ui_works_under_its_csp_in_a_browser(http_server: int, tmp_path: Any
         try:
             page = browser.new_page()
             page.add_init_script(RECORD_VIOLATIONS)
-            for path in ("/", "/items/sku-000", "/jobs", "/api/v1/docs"):
+            for path in ("/", "/items/sku-000", "/jobs", "/duplicates", "/api/v1/docs"):
                 page.goto(base + path)
                 page.wait_for_load_state("load")
                 assert page.evaluate("window.__csp") == [], path

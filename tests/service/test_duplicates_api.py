@@ -1,0 +1,110 @@
+"""`GET /api/v1/duplicates`: the groups core.duplicates finds, its parameters and its refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from core.catalog import delete_items
+from core.config import Settings
+from core.db import make_session_factory, session_scope
+from core.duplicates import find_duplicates, report_to_dict
+from service.apikeys import create_key
+from service.app import create_app
+from tests.service.support import Catalog, add_items, embed, publish
+
+COPIES = {"sku-003": "copy-a", "sku-040": "copy-b", "sku-041": "copy-c"}
+"""Original -> a new item whose photo's vector is the original's first photo, barely moved."""
+
+
+@pytest.fixture
+def planted(catalog: Catalog) -> Catalog:
+    add_items(catalog, [{"external_id": copy} for copy in COPIES.values()], seed_base=5000)
+    rng = np.random.default_rng(3)
+    ids, vectors = [], []
+    for original, copy in COPIES.items():
+        v = catalog.vectors[catalog.items[original]["image_ids"][0]] + rng.normal(0, 1e-3, 32)
+        ids.append(catalog.items[copy]["image_ids"][0])
+        vectors.append(v / np.linalg.norm(v))
+    embed(catalog, ids, np.stack(vectors).astype(np.float32))
+    publish(catalog, sorted(catalog.vectors))
+    return catalog
+
+
+def test_lists_the_planted_copies_as_core_finds_them(planted: Catalog, client: FlaskClient,
+                                                     auth: dict[str, str]) -> None:
+    response = client.get("/api/v1/duplicates", headers=auth)
+    assert response.status_code == 200, response.json
+    body = response.json
+    expected = report_to_dict(find_duplicates(planted.sessions, ratio=planted.settings.duplicate_ratio,
+                                              search_k=planted.settings.duplicate_search_k), 100)
+    assert body == expected
+    assert {tuple(g["items"]) for g in body["groups"]} == {tuple(sorted(p)) for p in COPIES.items()}
+    assert body["calibrated"] and body["index_version"] == planted.index_version
+    assert body["images"] == len(planted.vectors)
+    owner = planted.item_of_image()
+    for group in body["groups"]:
+        pair = group["pairs"][0]
+        assert {owner[pair["image_a"]], owner[pair["image_b"]]} == set(group["items"])
+        assert pair["distance"] < body["threshold"]
+
+
+def test_threshold_and_limit(planted: Catalog, client: FlaskClient, auth: dict[str, str]) -> None:
+    none = client.get("/api/v1/duplicates", query_string={"threshold": "0"}, headers=auth).json
+    assert none["groups"] == [] and none["threshold"] == 0 and not none["calibrated"]
+    everything = client.get("/api/v1/duplicates", query_string={"threshold": "5", "limit": "1"}, headers=auth).json
+    assert everything["group_count"] == 1 and len(everything["groups"][0]["items"]) == len(planted.items)
+    two = client.get("/api/v1/duplicates", query_string={"limit": "2"}, headers=auth).json
+    assert two["group_count"] == 3 and len(two["groups"]) == 2
+
+
+@pytest.mark.parametrize("query", [{"threshold": "-1"}, {"threshold": "nan"}, {"threshold": "1e999"},
+                                   {"threshold": "x"}, {"ratio": "0"}, {"limit": "0"}, {"colour": "red"}])
+def test_bad_parameters_are_400_naming_them(planted: Catalog, client: FlaskClient, auth: dict[str, str],
+                                            query: dict[str, str]) -> None:
+    response = client.get("/api/v1/duplicates", query_string=query, headers=auth)
+    assert response.status_code == 400
+    assert next(iter(query)) in response.json["error"]["message"]
+
+
+def test_no_active_index_is_409(tmp_path: Path, settings: Settings, sqlite_engine: object) -> None:
+    settings = settings.replace(database_url=settings.resolved_database_url)
+    key, _ = create_key(make_session_factory(sqlite_engine), "tests")  # type: ignore[arg-type]
+    app = create_app(settings)
+    try:
+        response = app.test_client().get("/api/v1/duplicates", headers={"Authorization": f"Bearer {key}"})
+    finally:
+        app.extensions["lookalike"].close()
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "index_unavailable"
+
+
+def test_review_page_shows_each_group_with_its_photos(planted: Catalog, client: FlaskClient) -> None:
+    page = client.get("/duplicates")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert html.count('class="duplicate-group"') == len(COPIES)
+    for original, copy in COPIES.items():
+        assert f'href="/items/{original}"' in html and f'href="/items/{copy}"' in html
+    assert html.count('class="thumb"') == 2 * len(COPIES)
+    assert 'href="/duplicates"' in client.get("/").get_data(as_text=True)  # linked from the nav
+
+
+def test_review_page_without_an_index_says_so(tmp_path: Path, settings: Settings, sqlite_engine: object) -> None:
+    app = create_app(settings.replace(database_url=settings.resolved_database_url))
+    try:
+        page = app.test_client().get("/duplicates")
+    finally:
+        app.extensions["lookalike"].close()
+    assert page.status_code == 200 and "no index is published" in page.get_data(as_text=True)
+
+
+def test_a_deleted_item_leaves_its_group(planted: Catalog, client: FlaskClient, auth: dict[str, str]) -> None:
+    with session_scope(planted.sessions) as s:
+        delete_items(s, ["copy-a"])
+    body = client.get("/api/v1/duplicates", query_string={"threshold": "0.01"}, headers=auth).json
+    assert {tuple(g["items"]) for g in body["groups"]} == {("copy-b", "sku-040"), ("copy-c", "sku-041")}
+    assert body["images"] == len(planted.vectors) - 1
