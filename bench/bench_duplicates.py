@@ -20,7 +20,6 @@ Fashion-MNIST holds some natural near-duplicate images, which count against prec
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import tempfile
 import time
@@ -35,22 +34,13 @@ from core.config import Settings
 from core.duplicates import calibrated_threshold, group_pairs, scan_neighbours
 from core.embedding import Embedder, ModelSpec, build_model
 from core.index import Metric, VectorIndex, build_index
+from tests.fixtures.near_copies import CopyKind, near_copy
 
 FM = Path("/usr/share/datasets/fashion-mnist")
-KINDS = ("jpeg", "resize", "crop")
+KINDS = tuple(CopyKind)
 
 
-def copy_of(image: Image.Image, kind: str) -> Image.Image:
-    if kind == "jpeg":
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=70)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("L")
-    if kind == "resize":
-        return image.resize((40, 40), Image.BILINEAR)
-    return image.crop((1, 1, 27, 27))
-
-
-def catalog(n_items: int, n_planted: int, seed: int) -> tuple[list[Image.Image], dict[int, int], list[str]]:
+def catalog(n_items: int, n_planted: int, seed: int) -> tuple[list[Image.Image], dict[int, int], list[CopyKind]]:
     """Images (catalog then copies), copy row -> source row, and each copy's kind."""
     train, _ = load_split(FM, Split.TRAIN)
     test, _ = load_split(FM, Split.TEST)
@@ -61,11 +51,11 @@ def catalog(n_items: int, n_planted: int, seed: int) -> tuple[list[Image.Image],
     for j, src in enumerate(sources.tolist()):
         kinds.append(KINDS[j % len(KINDS)])
         copies[len(images)] = src
-        images.append(copy_of(images[src], kinds[-1]))
+        images.append(near_copy(images[src], kinds[-1]))
     return images, copies, kinds
 
 
-def run(name: str, embedder: Embedder, images: list[Image.Image], copies: dict[int, int], kinds: list[str],
+def run(name: str, embedder: Embedder, images: list[Image.Image], copies: dict[int, int], kinds: list[CopyKind],
         ratios: list[float], settings: Settings) -> list[str]:
     """One table row per ratio; the embedding, index and scan are shared by the ratios."""
     t0 = time.perf_counter()
@@ -94,7 +84,7 @@ def run(name: str, embedder: Embedder, images: list[Image.Image], copies: dict[i
         group_of = {int(item): n for n, g in enumerate(groups) for item in g.items}
         hit = np.array([group_of.get(c + 1, -1) == group_of.get(s + 1, -2) for c, s in copies.items()])
         precision = len(joined & truth) / len(joined) if joined else float("nan")
-        by_kind = " / ".join(f"{hit[np.array(kinds) == k].mean():.2f}" for k in KINDS)
+        by_kind = " / ".join(f"{hit[np.array([kind.value for kind in kinds]) == k.value].mean():.2f}" for k in KINDS)
         rows.append(f"| {name} | {len(images) - len(copies):,} + {len(copies)} | {ratio} | {threshold:.4f} "
                     f"(x {median:.4f}) | {precision:.3f} | {hit.mean():.3f} | {by_kind} | {len(groups)} | "
                     f"{t_embed:.1f} | {t_build:.1f} | {t_detect:.1f} |")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -18,21 +17,12 @@ from core.config import Settings
 from core.db import make_session_factory
 from core.duplicates import DuplicatePair, NoActiveIndex, calibrated_threshold, find_duplicates, group_pairs
 from core.embedding import Embedder
+from tests.fixtures.near_copies import CopyKind, near_copy
 from tests.service.support import Catalog, add_items, embed, new_catalog, publish
 
 N_ITEMS = 120
-PLANTED = {0: "jpeg", 7: "resize", 19: "crop", 33: "jpeg", 50: "resize"}
+PLANTED = {0: CopyKind.JPEG, 7: CopyKind.RESIZE, 19: CopyKind.CROP, 33: CopyKind.JPEG, 50: CopyKind.RESIZE}
 """Source row -> how its copy under a new id was made."""
-
-
-def _copy(image: Image.Image, how: str) -> Image.Image:
-    if how == "jpeg":
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=70)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("L")
-    if how == "resize":
-        return image.resize((40, 40), Image.BILINEAR)
-    return image.crop((1, 1, 27, 27))
 
 
 @pytest.fixture
@@ -44,7 +34,7 @@ def planted(tmp_path: Path, sqlite_engine: object) -> tuple[Catalog, dict[str, n
     cat = new_catalog(settings, sessions)
     images, _ = load_split(Path("/usr/share/datasets/fashion-mnist"), Split.TEST)
     pictures = {f"fm-{i:03d}": Image.fromarray(images[i], "L") for i in range(N_ITEMS)}
-    pictures.update({f"dup-{i:03d}": _copy(pictures[f"fm-{i:03d}"], how) for i, how in PLANTED.items()})
+    pictures.update({f"dup-{i:03d}": near_copy(pictures[f"fm-{i:03d}"], how) for i, how in PLANTED.items()})
     add_items(cat, [{"external_id": ext} for ext in pictures], seed_base=0)
     embedder = Embedder.from_checkpoint(settings.models_dir / f"{cat.model_version}.pt", device="cpu")
     vectors = embedder.embed(list(pictures.values()))
@@ -84,7 +74,7 @@ def test_planted_copies_are_grouped_as_the_exact_reference_says(planted: tuple[C
     # distinct items, a resized or cropped one does not always (bench_duplicates measures
     # those with a trained model). No two distinct photos are grouped.
     found = {g.items for g in report.groups}
-    assert {(f"dup-{i:03d}", f"fm-{i:03d}") for i, how in PLANTED.items() if how == "jpeg"} <= found
+    assert {(f"dup-{i:03d}", f"fm-{i:03d}") for i, how in PLANTED.items() if how is CopyKind.JPEG} <= found
     assert all(any(ext.startswith("dup-") for ext in g) and len(g) == 2 for g in found), found
     for group in report.groups:
         assert all(p.distance < report.threshold for p in group.pairs)
