@@ -35,12 +35,15 @@ def feedback() -> None:
 @click.argument("result")
 @click.argument("judgement", type=JUDGEMENTS)
 @click.option("--source", type=SOURCES, default=FeedbackSource.MERCHANDISER.value, show_default=True)
-@click.option("--weight", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1.0, show_default=True)
+@click.option("--weight", type=float, default=1.0, show_default=True, help="A finite number > 0.")
 @click.pass_obj
 def add(ctx: CliContext, query: str, result: str, judgement: str, source: str, weight: float) -> None:
     """For item QUERY, item RESULT is JUDGEMENT (similar or dissimilar)."""
-    wanted = Judgement(query=query, result=result, judgement=FeedbackJudgement(judgement),
-                       source=FeedbackSource(source), weight=weight)
+    try:
+        wanted = Judgement(query=query, result=result, judgement=FeedbackJudgement(judgement),
+                           source=FeedbackSource(source), weight=weight)
+    except FeedbackError as exc:  # the weight rule is the Judgement's, as for the API
+        raise click.BadParameter(str(exc), param_hint="--weight") from exc
     try:
         with session_scope(ctx.sessions) as s:
             (stored,) = record_feedback(s, [wanted])

@@ -13,7 +13,6 @@ on as it is (docs/DECISIONS.md, "Feedback export").
 
 from __future__ import annotations
 
-import math
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, request, stream_with_context
@@ -22,6 +21,7 @@ from core.catalog.rows import MAX_EXTERNAL_ID
 from core.db import FeedbackJudgement, FeedbackSource, session_scope
 from core.feedback import (
     CSV_COLUMNS,
+    FeedbackError,
     FeedbackPage,
     Judgement,
     SelfPair,
@@ -111,10 +111,13 @@ def _judgement(raw: Any, where: str) -> Judgement:
     judgement = _enum_value(FeedbackJudgement, raw["judgement"], prefix + "judgement")
     source = _enum_value(FeedbackSource, raw["source"], prefix + "source")
     weight = raw.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-            or weight <= 0:
-        raise bad_param(prefix + "weight", f"must be a finite number > 0, got {weight!r}")
-    return Judgement(ids["query"], ids["result"], judgement, source, float(weight))
+    refused = bad_param(prefix + "weight", f"must be a finite number > 0, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise refused
+    try:  # the value rule (finite, > 0) is the Judgement's own, for the API and the CLI alike
+        return Judgement(ids["query"], ids["result"], judgement, source, float(weight))
+    except FeedbackError as exc:
+        raise refused from exc
 
 
 def _enum_value(cls: type[E], raw: Any, name: str) -> E:
