@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from core.embedding import ModelSpec
 from trainer.augment import normalize_batch
@@ -43,9 +44,14 @@ def classes_per_batch(targets: Sequence[int], wanted: int) -> int:
 
 
 class EpochBatches:
-    """``batches(epoch)`` yields the epoch's training batches; ``len()`` is the steps per epoch."""
+    """``batches(epoch)`` yields the epoch's training batches; ``len()`` is the steps per epoch.
 
-    def __init__(self, data: TrainingData, cfg: TrainConfig, *, pin_memory: bool = False):
+    ``dataset``: what the loader reads instead of ``data.train`` (the same images in the same
+    order, e.g. ``trainer.feedback.PositionedImages``, whose batches also say where each image is).
+    """
+
+    def __init__(self, data: TrainingData, cfg: TrainConfig, *, pin_memory: bool = False,
+                 dataset: Dataset[Any] | None = None):
         self.seed = cfg.seed
         self._generator = torch.Generator()
         if isinstance(data.train, ImageDataset):
@@ -59,8 +65,8 @@ class EpochBatches:
             drop_last = len(data.train) >= cfg.batch_size  # a tiny CSV still gives one batch
             batch_sampler = BatchSampler(RandomSampler(data.train, generator=self._generator),
                                          batch_size=cfg.batch_size, drop_last=drop_last)
-        self.loader = DataLoader(data.train, batch_sampler=batch_sampler, num_workers=cfg.data.num_workers,
-                                 pin_memory=pin_memory)
+        self.loader = DataLoader(data.train if dataset is None else dataset, batch_sampler=batch_sampler,
+                                 num_workers=cfg.data.num_workers, pin_memory=pin_memory)
         full = len(self.loader)
         self.steps = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
 
@@ -84,11 +90,13 @@ def batch_loss(
     device: torch.device,
     channels_last: bool,
     autocast_dtype: torch.dtype | None,
+    not_positive: Tensor | None = None,
 ) -> tuple[LossOutput, int]:
     """The loss of one batch and the number of images it held.
 
-    Class batches are ``(pixels, labels)``; pairs ``(a, b, y)``; triplets ``(a, p, n)``.
+    Class batches are ``(pixels, labels[, positions])``; pairs ``(a, b, y)``; triplets ``(a, p, n)``.
     Tuple members are embedded in one forward pass (concatenated), then split again.
+    ``not_positive``: a class batch's (B, B) pairs that are never positives (trainer.feedback).
     """
     if source is DataSource.PAIRS:
         pixels, n_parts = torch.cat(batch[:2]), 2
@@ -104,7 +112,9 @@ def batch_loss(
         embeddings = model(x)
     embeddings = embeddings.float()  # losses in float32 whatever the forward precision
     if n_parts == 1:
-        return loss_fn(embeddings, batch[1].to(device)), len(pixels)
+        if not_positive is None:
+            return loss_fn(embeddings, batch[1].to(device)), len(pixels)
+        return loss_fn(embeddings, batch[1].to(device), not_positive=not_positive.to(device)), len(pixels)
     parts = embeddings.chunk(n_parts)
     if isinstance(loss_fn, ContrastiveLoss):
         return loss_fn.forward_pairs(parts[0], parts[1], batch[2].to(device)), len(pixels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from trainer.config_tree import ConfigError, apply_overrides, build, plain
 from trainer.miner_modes import PairStrategy, SemiHardMode
 
 __all__ = [
-    "AugmentPolicy", "ConfigError", "DataConfig", "DataSource", "LabelKind", "LossConfig", "LossKind",
-    "LrSchedule", "MemoryConfig", "MinerKind", "ModelConfig", "OptimConfig", "TrainConfig", "apply_overrides",
+    "AugmentPolicy", "ConfigError", "DataConfig", "DataSource", "FeedbackConfig", "LabelKind", "LossConfig",
+    "LossKind", "LrSchedule", "MemoryConfig", "MinerKind", "ModelConfig", "OptimConfig", "SourceWeights",
+    "TrainConfig", "apply_overrides",
 ]
 
 
@@ -158,6 +160,34 @@ class MemoryConfig:
 
 
 @dataclass
+class SourceWeights:
+    """How much one judgement of each feedback source counts (times the judgement's own weight).
+
+    A merchandiser's mark is a decision, a click or a skip a noisy signal; 0 leaves a source
+    out of training altogether. Which source wins a conflict is a fixed rank, not these
+    weights (docs/ARCHITECTURE.md, "Feedback in training")."""
+
+    merchandiser: float = 1.0
+    click: float = 0.3
+    skip: float = 0.1
+
+
+@dataclass
+class FeedbackConfig:
+    """Judgements of the ``feedback`` table as extra contrastive pairs next to the class batches
+    (catalog training only; ``trainer.data.feedback``). No feedback rows: training is unchanged."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    """Weight of the pair term in each step's loss: class loss + weight * contrastive loss of the pairs."""
+    pairs_per_step: int = 16
+    """Feedback pairs drawn per training step, with probability proportional to their weight."""
+    margin: float = 1.0
+    """Contrastive margin of the pair term: dissimilar pairs are pushed at least this far apart."""
+    sources: SourceWeights = field(default_factory=SourceWeights)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3
     backbone_lr: float = 0.0
@@ -171,6 +201,18 @@ class OptimConfig:
     """Max global gradient norm; 0 disables clipping."""
 
 
+def _feedback_checks(cfg: FeedbackConfig) -> list[tuple[bool, str]]:
+    finite = math.isfinite
+    return [
+        (finite(cfg.weight) and cfg.weight >= 0, "feedback.weight must be a finite number >= 0 (0: no pair term)"),
+        (cfg.pairs_per_step >= 1, "feedback.pairs_per_step must be >= 1"),
+        (finite(cfg.margin) and cfg.margin > 0, "feedback.margin must be a finite number > 0"),
+        *((finite(getattr(cfg.sources, f.name)) and getattr(cfg.sources, f.name) >= 0,
+           f"feedback.sources.{f.name} must be a finite number >= 0 (0: leave that source out)")
+          for f in dataclasses.fields(cfg.sources)),
+    ]
+
+
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,6 +220,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     epochs: int = 10
     classes_per_batch: int = 8
     images_per_class: int = 4
@@ -218,6 +261,7 @@ class TrainConfig:
             (self.loss.pos_threshold >= 0, "loss.pos_threshold must be >= 0"),
             (self.memory.size >= 0, "memory.size must be >= 0 (0: no cross-batch memory)"),
             (self.memory.warmup_steps >= 0, "memory.warmup_steps must be >= 0"),
+            *_feedback_checks(self.feedback),
         ]
         for ok, message in checks:
             if not ok:

@@ -34,6 +34,7 @@ from trainer.components import (
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext, TrainingData, build_training_data
 from trainer.evaluate import evaluate_holdout
+from trainer.feedback import FeedbackTerm, PositionedImages, never_positive
 from trainer.losses.memory import MemoryLoss
 from trainer.plots import write_plots
 from trainer.run_dir import RunPaths, load_state, save_state, seed_everything
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 RESUME_FREE_KEYS = frozenset({"progress", "notes"})
 # Keys of an epoch record that describe training; the rest are holdout metrics.
 _TRAIN_KEYS = frozenset({"epoch", "loss", "active_fraction", "violating_fraction", "selected_fraction", "lr",
-                         "images_per_second", "seconds", "steps"})
+                         "images_per_second", "seconds", "steps", "feedback_loss"})
 # Per-step mining statistics (trainer.losses.base.LossOutput), averaged into each epoch record.
 _STEP_FRACTIONS = ("active_fraction", "violating_fraction", "selected_fraction")
 
@@ -92,13 +93,16 @@ def train(
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     spec = cfg.model.spec()
-    data = build_training_data(cfg.data, spec, ctx)
+    data = build_training_data(cfg.data, spec, ctx, cfg.feedback)
     model = build_network(cfg.model).to(device)
     channels_last = cfg.channels_last  # faster on CPU too: 1.4x for Lite0 training (bench/bench_train.py)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = with_memory(build_loss(cfg.loss), cfg.memory)
-    batches = EpochBatches(data, cfg, pin_memory=device.type == "cuda")
+    never = never_positive(data)  # feedback: same-class items marked dissimilar are never positives
+    feedback = FeedbackTerm.build(data, cfg.feedback, cfg.seed)  # feedback: the pair term of each step
+    batches = EpochBatches(data, cfg, pin_memory=device.type == "cuda",
+                           dataset=PositionedImages(data.train) if never is not None else None)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, len(batches), cfg.epochs)
     autocast = amp_dtype(device, cfg.amp)
@@ -129,26 +133,35 @@ def train(
         seed_everything(cfg.seed, epoch)
         model.train()
         keep_frozen_norms_in_eval(model, cfg.model.freeze)
-        totals = {"loss": 0.0, "images": 0, "steps": 0, **dict.fromkeys(_STEP_FRACTIONS, 0.0)}
+        totals = {"loss": 0.0, "images": 0, "steps": 0, "feedback_loss": 0.0, **dict.fromkeys(_STEP_FRACTIONS, 0.0)}
+        if feedback is not None:
+            feedback.start_epoch(epoch)
         t0 = time.perf_counter()
         bar = tqdm(batches.batches(epoch), total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False)
         for batch in bar:
-            out, n_images = batch_loss(forward, loss_fn, batch, data.source, spec=spec, device=device,
-                                       channels_last=channels_last, autocast_dtype=autocast)
+            embed = {"spec": spec, "device": device, "channels_last": channels_last, "autocast_dtype": autocast}
+            out, n_images = batch_loss(forward, loss_fn, batch, data.source, **embed,
+                                       not_positive=never.mask(batch[2]) if never is not None else None)
+            loss, extra = out.loss, {}
+            if feedback is not None:
+                pair_out, pair_images = feedback.step_loss(forward, **embed)
+                loss = loss + cfg.feedback.weight * pair_out.loss
+                n_images += pair_images
+                extra["feedback_loss"] = float(pair_out.loss.detach())
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
+            scaler.scale(loss).backward()
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_value = float(out.loss.detach())
+            loss_value = float(loss.detach())
             step = {"epoch": epoch, "step": len(step_log) + 1, "loss": loss_value, "candidates": out.candidates,
-                    **{k: getattr(out, k) for k in _STEP_FRACTIONS}}
+                    **{k: getattr(out, k) for k in _STEP_FRACTIONS}, **extra}
             step_log.append(step)
-            for key in ("loss", *_STEP_FRACTIONS):
+            for key in ("loss", *_STEP_FRACTIONS, *extra):
                 totals[key] += step[key]
             totals["images"] += n_images
             totals["steps"] += 1
@@ -159,6 +172,7 @@ def train(
             "epoch": epoch, "loss": totals["loss"] / steps, **{k: totals[k] / steps for k in _STEP_FRACTIONS},
             "lr": scheduler.get_last_lr()[0], "steps": totals["steps"], "seconds": seconds,
             "images_per_second": totals["images"] / seconds if seconds > 0 else None,
+            **({"feedback_loss": totals["feedback_loss"] / steps} if feedback is not None else {}),
         }
         if data.eval is not None and cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == last_epoch):
             record.update(_evaluate(model, data, cfg, device))

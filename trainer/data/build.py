@@ -10,7 +10,9 @@ Which images train and which evaluate:
   classes) it is the whole of ``eval_path`` (closed-set evaluation, e.g. a test split
   of the same categories);
 - pairs / triplets train on exactly the CSV's tuples, minus any tuple that touches
-  an item of a held-out class, so evaluation still sees only unseen classes.
+  an item of a held-out class, so evaluation still sees only unseen classes;
+- catalog training also reads the feedback table (when ``feedback`` is given and
+  enabled): its resolved pairs of *training* images (:mod:`trainer.data.feedback`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from core.config import Settings
 from core.embedding import ModelSpec
 from core.media import MediaStore
 from trainer.augment import eval_pipeline, train_pipeline
-from trainer.config import DataConfig, DataSource
+from trainer.config import DataConfig, DataSource, FeedbackConfig
 from trainer.data.catalog import catalog_images, catalog_list
+from trainer.data.feedback import FeedbackPairs, catalog_feedback
 from trainer.data.folder import scan_folder
 from trainer.data.idx import load_idx_images
 from trainer.data.images import ImageDataset, ImageList, MediaList, preload
 from trainer.data.split import ClassSplit, select, split_classes, validation_classes
-from trainer.data.tuples import TupleDataset, check_known, read_tuples_csv
+from trainer.data.tuples import TupleDataset, check_known, index_by_item, read_tuples_csv
 
 log = logging.getLogger(__name__)
 TUPLE_SOURCES = frozenset({DataSource.PAIRS, DataSource.TRIPLETS})
@@ -44,6 +47,8 @@ class TrainingData:
     train: ImageDataset | TupleDataset
     eval: ImageDataset | None
     summary: dict[str, Any] = field(default_factory=dict)
+    feedback: FeedbackPairs | None = None
+    """Feedback pairs among the training images (catalog training with feedback enabled)."""
 
     @property
     def tuples(self) -> bool:
@@ -63,7 +68,9 @@ class DataContext:
         return self.sessions
 
 
-def build_training_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> TrainingData:
+def build_training_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext,
+                        feedback: FeedbackConfig | None = None) -> TrainingData:
+    """The training and evaluation sets; with ``feedback`` (enabled) and the catalog, its feedback pairs."""
     if cfg.source in TUPLE_SOURCES:
         return _tuple_data(cfg, spec, ctx)
     train_all = _load_list(cfg, ctx, cfg.path)
@@ -75,8 +82,15 @@ def build_training_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> T
         raise ValueError(f"no training class has {cfg.min_images_per_class} or more images")
     train_list = train_all.subset(train_idx)
     eval_list = _eval_list(cfg, split, train_all, eval_all)
-    extra = {"validation": True} if cfg.validation_fraction > 0 else {}
-    return _finish(cfg, spec, train_list, eval_list, split, **extra)
+    extra: dict[str, Any] = {"validation": True} if cfg.validation_fraction > 0 else {}
+    pairs = None
+    if feedback is not None and feedback.enabled and cfg.source is DataSource.CATALOG:
+        assert isinstance(train_list, MediaList)  # the catalog's images
+        pairs = catalog_feedback(ctx.need_sessions(cfg.source), train_list, feedback.sources)
+        extra["feedback"] = pairs.summary()
+    data = _finish(cfg, spec, train_list, eval_list, split, **extra)
+    data.feedback = pairs
+    return data
 
 
 def build_eval_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> ImageDataset | None:
@@ -165,9 +179,7 @@ def _tuple_data(cfg: DataConfig, spec: ModelSpec, ctx: DataContext) -> TrainingD
     images = catalog_images(sessions)
     every = MediaList(store, [r.media_key for r in images], [r.external_id for r in images],
                       [r.image_id for r in images])
-    images_of: dict[str, list[int]] = {}
-    for i, r in enumerate(images):
-        images_of.setdefault(r.external_id, []).append(i)
+    images_of = index_by_item([r.external_id for r in images])
     check_known(rows, set(images_of), Path(cfg.path))
 
     labelled = catalog_list(sessions, store, cfg.label)

@@ -40,6 +40,13 @@ def catalog_images(sessions: sessionmaker[Session]) -> list[CatalogImage]:
         return [CatalogImage(*row) for row in s.execute(query)]
 
 
+def item_of_images(sessions: sessionmaker[Session]) -> dict[int, str]:
+    """The external id of every image's item, whatever their status (an image never changes item)."""
+    query = select(ItemImage.id, Item.external_id).join(Item, ItemImage.item_id == Item.id)
+    with session_scope(sessions) as s:
+        return {image_id: external_id for image_id, external_id in s.execute(query)}
+
+
 def catalog_list(sessions: sessionmaker[Session], store: MediaStore, label: LabelKind) -> MediaList:
     """The catalog's images labelled by ``label``; images whose item has no such label are left out."""
     rows = [(r, r.label(label)) for r in catalog_images(sessions)]

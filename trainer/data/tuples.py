@@ -117,9 +117,23 @@ class TupleDataset(Dataset[tuple[Tensor, ...]]):
         return views
 
     def _view(self, external_id: str) -> Tensor:
-        choices = self.images_of[external_id]
-        pick = choices[int(torch.randint(len(choices), ()))] if len(choices) > 1 else choices[0]
-        return self.transform(self.images.load(pick))
+        return self.transform(self.images.load(pick_image(self.images_of[external_id])))
+
+
+def index_by_item(external_ids: Sequence[str]) -> dict[str, list[int]]:
+    """Positions of each item's images in a list of images given by their items' external ids."""
+    images_of: dict[str, list[int]] = {}
+    for i, external_id in enumerate(external_ids):
+        images_of.setdefault(external_id, []).append(i)
+    return images_of
+
+
+def pick_image(choices: Sequence[int], generator: torch.Generator | None = None) -> int:
+    """One of an item's image positions, uniformly (torch's RNG, or ``generator``): an item with
+    several photos is several views of the same item across draws."""
+    if len(choices) == 1:
+        return choices[0]
+    return choices[int(torch.randint(len(choices), (), generator=generator))]
 
 
 def _raise_if(errors: list[str], path: Path) -> None:

@@ -43,6 +43,7 @@ class ContrastiveLoss(nn.Module):
         pairs: PairIndices | None = None,
         *,
         memory: MemoryContents | None = None,
+        not_positive: Tensor | None = None,
     ) -> LossOutput:
         """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``pairs`` is given.
 
@@ -51,11 +52,14 @@ class ContrastiveLoss(nn.Module):
         ``memory``: a cross-batch memory's contents (``trainer.losses.memory``), extra
         pair partners for the batch's members (labels needed; ``p`` / ``n`` then index
         the batch followed by the memory).
+        ``not_positive``: a (B, B + M) boolean mask of pairs never used as similar pairs
+        although their labels match (``trainer.miners.base.label_masks``).
         """
         check_embeddings(embeddings)
         batch = embeddings.shape[0]
-        if memory is not None and pairs is not None:
-            raise ValueError("explicit pairs index the batch; they cannot be combined with a memory")
+        if pairs is not None and (memory is not None or not_positive is not None):
+            raise ValueError("explicit pairs are trained as given; they cannot be combined with a memory "
+                             "or a not_positive mask")
         squared = distances_with_memory(embeddings, memory, squared=True)
         mining: MiningStats | None = None
         if pairs is not None:
@@ -66,10 +70,11 @@ class ContrastiveLoss(nn.Module):
         elif labels is None:
             raise ValueError("ContrastiveLoss needs labels or explicit pairs")
         elif self.miner is not None:
-            pairs, mining = self.miner.mine_squared(squared.detach(), labels, labels_with_memory(labels, memory))
+            pairs, mining = self.miner.mine_squared(squared.detach(), labels, labels_with_memory(labels, memory),
+                                                    not_positive)
         else:
             labels = check_labels(labels, batch, embeddings.device)
-            pairs = _all_pairs(labels, labels_with_memory(labels, memory))
+            pairs = _all_pairs(labels, labels_with_memory(labels, memory), not_positive)
         a1, p, a2, n = pairs
         # Square roots only for the dissimilar pairs; the similar term is D^2 itself.
         # (Evaluating all B^2 pairs densely instead measured no faster on CPU.)
@@ -98,10 +103,11 @@ class ContrastiveLoss(nn.Module):
         return LossOutput(loss, active, int(terms.numel()), None)
 
 
-def _all_pairs(labels: Tensor, candidate_labels: Tensor | None = None) -> PairIndices:
+def _all_pairs(labels: Tensor, candidate_labels: Tensor | None = None,
+               not_positive: Tensor | None = None) -> PairIndices:
     """Every unordered pair of the batch once (i < j), and with ``candidate_labels`` (the
     batch's then a memory's) every batch-memory pair too; split into similar and dissimilar."""
-    positive, negative = label_masks(labels, candidate_labels)
+    positive, negative = label_masks(labels, candidate_labels, not_positive)
     upper = torch.ones_like(positive).triu_(diagonal=1)
     a1, p = (positive & upper).nonzero(as_tuple=True)
     a2, n = (negative & upper).nonzero(as_tuple=True)

@@ -126,9 +126,14 @@ class MemoryLoss(nn.Module):
         """Whether the next call scores against the memory (the warm-up is over)."""
         return self.step >= self.warmup_steps
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> LossOutput:
+    def forward(self, embeddings: Tensor, labels: Tensor, not_positive: Tensor | None = None) -> LossOutput:
+        """``not_positive``: (B, B) pairs of the batch that are never positives; the memory does
+        not know which images it holds, so its columns are not masked (docs/DECISIONS.md)."""
         memory = self.memory.contents() if self.active else None
-        out = self.loss(embeddings, labels, memory=memory)
+        if not_positive is not None and memory is not None:
+            padding = not_positive.new_zeros((not_positive.shape[0], len(memory.labels)))
+            not_positive = torch.cat([not_positive, padding], dim=1)
+        out = self.loss(embeddings, labels, memory=memory, not_positive=not_positive)
         self.memory.enqueue(embeddings, labels)
         self.step += 1
         return out

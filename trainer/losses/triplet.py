@@ -74,16 +74,20 @@ class TripletLoss(nn.Module):
         triplets: TripletIndices | TripletBlock | None = None,
         *,
         memory: MemoryContents | None = None,
+        not_positive: Tensor | None = None,
     ) -> LossOutput:
         """Loss over a (B, D) batch; needs ``labels`` (B class ids) unless ``triplets`` is given.
 
         ``memory``: a cross-batch memory's contents (``trainer.losses.memory``), extra
         positive and negative candidates for the batch's anchors (labels needed).
+        ``not_positive``: a (B, B + M) boolean mask of pairs never used as anchor-positive
+        although their labels match (``trainer.miners.base.label_masks``).
         """
         check_embeddings(embeddings)
         batch = embeddings.shape[0]
-        if memory is not None and triplets is not None:
-            raise ValueError("explicit triplets index the batch; they cannot be combined with a memory")
+        if triplets is not None and (memory is not None or not_positive is not None):
+            raise ValueError("explicit triplets are trained as given; they cannot be combined with a memory "
+                             "or a not_positive mask")
         dist = distances_with_memory(embeddings, memory, squared=self.squared)
         mining: MiningStats | None = None
         selection: TripletSelection
@@ -93,10 +97,11 @@ class TripletLoss(nn.Module):
         elif labels is None:
             raise ValueError("TripletLoss needs labels or explicit triplets")
         elif self.miner is not None:
-            selection, mining = self.miner.select(dist.detach(), labels, labels_with_memory(labels, memory))
+            selection, mining = self.miner.select(dist.detach(), labels, labels_with_memory(labels, memory),
+                                                  not_positive)
         else:
             labels = check_labels(labels, batch, embeddings.device)
-            selection = all_triplets_block(*label_masks(labels, labels_with_memory(labels, memory)))
+            selection = all_triplets_block(*label_masks(labels, labels_with_memory(labels, memory), not_positive))
         if isinstance(selection, TripletBlock):
             return self._reduce_block(dist, selection, mining)
         anchor, positive, negative = selection

@@ -154,16 +154,33 @@ def check_distance_matrix(
     return labels, check_labels(candidate_labels, dist.shape[1], dist.device)
 
 
-def label_masks(labels: Tensor, candidate_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def label_masks(
+    labels: Tensor, candidate_labels: Tensor | None = None, not_positive: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(positive, negative) boolean masks: same class off the diagonal / other class.
 
     B x B for the batch against itself; B x N against ``candidate_labels`` (the batch's
     own labels first, then extra candidates), where column i < B is row i itself.
+    ``not_positive`` (a boolean mask of the same shape, see ``check_not_positive``) marks
+    pairs that are never positives although they share a label (items a merchandiser marked
+    dissimilar, trainer.feedback): they are then neither positive nor negative, since the
+    class labels say "same" and the judgement "different", and the feedback's own pair
+    term is what pushes them apart.
     """
     columns = labels if candidate_labels is None else candidate_labels
     same = labels[:, None] == columns[None, :]
     positive = same & ~torch.eye(*same.shape, dtype=torch.bool, device=labels.device)
+    if not_positive is not None:
+        positive &= ~check_not_positive(not_positive, tuple(same.shape), labels.device)
     return positive, ~same
+
+
+def check_not_positive(mask: Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """A ``not_positive`` mask must be boolean and shaped like the distance matrix (B, N)."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"not_positive must be a boolean mask of shape {shape}, got {got}")
+    return mask.to(device)
 
 
 def count_valid_triplets(positive: Tensor, negative: Tensor) -> int:

@@ -40,14 +40,16 @@ class PairMiner(ABC):
         with torch.no_grad():
             return self.mine_squared(dist.detach() ** 2, labels)
 
-    def mine_squared(self, squared: Tensor, labels: Tensor, candidate_labels: Tensor | None = None) -> MinedPairs:
+    def mine_squared(self, squared: Tensor, labels: Tensor, candidate_labels: Tensor | None = None,
+                     not_positive: Tensor | None = None) -> MinedPairs:
         """Mine from a precomputed (B, B) squared Euclidean distance matrix, or a (B, N) one
         against the batch then extra candidates labelled ``candidate_labels`` (see
-        ``check_distance_matrix``)."""
+        ``check_distance_matrix``); ``not_positive``: pairs that are never similar pairs
+        (``label_masks``)."""
         with torch.no_grad():
             squared = squared.detach()
             labels, candidate_labels = check_distance_matrix(squared, labels, candidate_labels)
-            positive, negative = label_masks(labels, candidate_labels)
+            positive, negative = label_masks(labels, candidate_labels, not_positive)
             # Unordered pairs: within the batch i < j; every batch-candidate pair once.
             upper = torch.ones_like(positive).triu_(diagonal=1)
             candidates = int(torch.count_nonzero((positive | negative) & upper).item())

@@ -50,18 +50,20 @@ class TripletMiner(ABC):
         return MinedTriplets(selection, stats)
 
     def select(
-        self, dist: Tensor, labels: Tensor, candidate_labels: Tensor | None = None
+        self, dist: Tensor, labels: Tensor, candidate_labels: Tensor | None = None,
+        not_positive: Tensor | None = None,
     ) -> tuple[TripletSelection, MiningStats]:
         """Like ``mine``, but may answer in the compact ``TripletBlock`` form (losses use this).
 
         With ``candidate_labels``, ``dist`` is (B, N): the batch's anchors against the batch
         then N - B extra candidates (``check_distance_matrix``); positives and negatives are
-        column indices into those N.
+        column indices into those N. ``not_positive``: pairs that are never anchor-positive
+        (``label_masks``), whichever miner selects.
         """
         with torch.no_grad():
             dist = dist.detach()
             labels, candidate_labels = check_distance_matrix(dist, labels, candidate_labels)
-            positive, negative = label_masks(labels, candidate_labels)
+            positive, negative = label_masks(labels, candidate_labels, not_positive)
             selection, stats = self._select(dist, positive, negative, count_valid_triplets(positive, negative))
             return selection, replace(stats, violating=count_violating(dist, positive, negative, self.margin))
 
