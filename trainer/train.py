@@ -128,6 +128,7 @@ def train(
         write_jsonl(paths.metrics, history)
 
     # ---- the epochs
+    embed = {"spec": spec, "device": device, "channels_last": channels_last, "autocast_dtype": autocast}
     last_epoch = cfg.epochs if until_epoch is None else max(1, min(until_epoch, cfg.epochs))
     for epoch in range(start_epoch + 1, last_epoch + 1):
         seed_everything(cfg.seed, epoch)
@@ -140,10 +141,9 @@ def train(
         bar = tqdm(batches.batches(epoch), total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False)
         for batch in bar:
-            embed = {"spec": spec, "device": device, "channels_last": channels_last, "autocast_dtype": autocast}
             out, n_images = batch_loss(forward, loss_fn, batch, data.source, **embed,
                                        not_positive=never.mask(batch[2]) if never is not None else None)
-            loss, extra = out.loss, {}
+            loss, extra = out.loss, dict[str, float]()
             if feedback is not None:
                 pair_out, pair_images = feedback.step_loss(forward, **embed)
                 loss = loss + cfg.feedback.weight * pair_out.loss
