@@ -10,10 +10,11 @@ from core.config import Settings
 from core.db import FeedbackJudgement, FeedbackSource, Item, ItemStatus, session_scope
 from core.feedback import Judgement, record_feedback
 from tests.trainer.test_data import make_catalog
+from trainer.batches import EpochBatches
 from trainer.config import ConfigError, SourceWeights, TrainConfig
 from trainer.data import DataContext, build_training_data
 from trainer.data.feedback import FeedbackPair, StoredJudgement, resolve
-from trainer.feedback import FeedbackTerm, NeverPositive
+from trainer.feedback import FeedbackTerm, NeverPositive, PositionedImages
 
 M, C, S = FeedbackSource.MERCHANDISER, FeedbackSource.CLICK, FeedbackSource.SKIP
 
@@ -84,6 +85,10 @@ def test_only_pairs_of_training_items_are_used(any_db_settings: Settings, sessio
     again = term.draw()
     assert a.shape == b.shape == (16, 3, 32, 32) and set(y.tolist()) <= {0, 1}
     assert torch.equal(a, again[0]) and torch.equal(y, again[2])
+
+    # The class batches say which images they hold, so the loop can build the mask.
+    pixels, targets, where = next(iter(EpochBatches(data, cfg, dataset=PositionedImages(data.train)).batches(1)))
+    assert torch.equal(targets, torch.as_tensor(data.train.targets)[where])
 
     off = build_training_data(cfg.data, cfg.model.spec(), DataContext(any_db_settings, sessions))
     assert off.feedback is None and "feedback" not in off.summary

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from tests.trainer.references import ref_valid_triplets
 from trainer.distances import distance_matrix, squared_distance_matrix
 from trainer.losses import ContrastiveLoss, TripletLoss
+from trainer.losses.memory import MemoryLoss
 from trainer.miner_modes import PairStrategy, SemiHardMode
 from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner
 
@@ -89,3 +90,17 @@ def test_a_bad_mask_is_refused() -> None:
         TripletLoss(0.2).forward(batch(), LABELS, not_positive=torch.zeros(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="not_positive must be a boolean mask"):
         ContrastiveLoss(1.0).forward(batch(), LABELS, not_positive=mask().long())
+
+
+def test_with_a_cross_batch_memory_the_mask_covers_the_batch_columns() -> None:
+    loss = MemoryLoss(TripletLoss(0.2, miner=BatchAllMiner(0.2, only_active=False)), size=16)
+    loss(batch(1).detach(), LABELS)  # fills the memory with 8 rows of earlier "batches"
+    memory = loss.memory.contents()
+    x = batch(2)
+    out = loss(x, LABELS, not_positive=mask())
+    padded = torch.cat([mask(), torch.zeros(len(LABELS), 8, dtype=torch.bool)], dim=1)
+    expected = TripletLoss(0.2, miner=BatchAllMiner(0.2, only_active=False))(x, LABELS, memory=memory,
+                                                                              not_positive=padded)
+    assert out.total == expected.total and torch.allclose(out.loss, expected.loss)
+    plain = TripletLoss(0.2, miner=BatchAllMiner(0.2, only_active=False))(x, LABELS, memory=memory)
+    assert out.total < plain.total  # the marked batch pairs are gone
