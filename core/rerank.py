@@ -19,7 +19,12 @@ in evaluation), so the same functions serve both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from core.config import RerankMode, Settings
+from core.index import Metric, exact_search
 
 _EPS = 1e-12
 
@@ -76,3 +81,38 @@ def _weighted_sum(anchors: np.ndarray, neighbours: np.ndarray, alpha: float) -> 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """One re-ranking setting (``LOOKALIKE_RERANK*``), applied to a query set and a catalog."""
+
+    mode: RerankMode = RerankMode.NONE
+    neighbours: int = 2
+    alpha: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rerank:
+        return cls(settings.rerank, settings.rerank_neighbours, settings.rerank_alpha)
+
+    def apply(self, queries: np.ndarray, catalog: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(queries, catalog) re-ranked with exact neighbours: DBA on the catalog alone, then aQE.
+
+        The evaluation path. The catalog never sees the queries, as in serving, where a
+        query photo is not in the index; the order is the serving one (DBA at build time,
+        aQE against the augmented index).
+        """
+        if self.mode is RerankMode.NONE:
+            return queries, catalog
+        if self._augments and len(catalog) > 1:
+            n = min(self.neighbours, len(catalog) - 1)  # a catalog smaller than n + 1 averages all it has
+            ids = exact_search(catalog, catalog, n + 1, metric=Metric.EUCLIDEAN)[0]
+            catalog = augment_database(catalog, ids, n=n, alpha=self.alpha)
+        if self.mode in (RerankMode.QUERY_EXPANSION, RerankMode.BOTH):
+            ids = exact_search(catalog, queries, self.neighbours, metric=Metric.EUCLIDEAN)[0]
+            queries = expand_query(queries, catalog[ids], alpha=self.alpha)
+        return queries, catalog
+
+    @property
+    def _augments(self) -> bool:
+        return self.mode in (RerankMode.DATABASE_AUGMENTATION, RerankMode.BOTH)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.rerank import augment_database, expand_query
+from core.config import ConfigError, RerankMode, Settings
+from core.rerank import Rerank, augment_database, expand_query
 
 
 def _reference(anchor: np.ndarray, neighbours: list[np.ndarray], alpha: float) -> np.ndarray:
@@ -58,3 +59,42 @@ def test_augment_database_needs_n_other_neighbours() -> None:
         augment_database(np.eye(3), np.array([[0, 1], [1, 0], [2, 0]]), n=2, alpha=1.0)
     with pytest.raises(ValueError, match="n must be at least 1"):
         augment_database(np.eye(3), np.array([[1], [0], [0]]), n=0, alpha=1.0)
+
+
+def _clustered(seed: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(4, 12))[rng.integers(0, 4, n)] + 0.5 * rng.normal(size=(n, 12))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("mode", list(RerankMode))
+def test_rerank_apply_is_dba_on_the_catalog_then_aqe_against_it(mode: RerankMode) -> None:
+    queries, catalog = _clustered(3, 9), _clustered(4, 30)
+    q, c = Rerank(mode, neighbours=3, alpha=3.0).apply(queries, catalog)
+    want_c = catalog
+    if mode in (RerankMode.DATABASE_AUGMENTATION, RerankMode.BOTH):  # brute force: sort all similarities
+        ids = np.argsort(-(catalog @ catalog.T), axis=1, kind="stable")[:, :4]
+        want_c = augment_database(catalog, ids, n=3, alpha=3.0)
+    want_q = queries
+    if mode in (RerankMode.QUERY_EXPANSION, RerankMode.BOTH):
+        top = np.argsort(-(queries @ want_c.T), axis=1)[:, :3]
+        want_q = expand_query(queries, want_c[top], alpha=3.0)
+    np.testing.assert_allclose(c, want_c, atol=1e-5)
+    np.testing.assert_allclose(q, want_q, atol=1e-5)
+
+
+def test_rerank_on_a_catalog_smaller_than_n_averages_what_there_is() -> None:
+    catalog = _clustered(5, 3)
+    _, c = Rerank(RerankMode.DATABASE_AUGMENTATION, neighbours=5, alpha=1.0).apply(catalog[:1], catalog)
+    np.testing.assert_allclose(c, augment_database(catalog, np.array([[1, 2], [0, 2], [0, 1]]), n=2, alpha=1.0),
+                               atol=1e-6)
+
+
+def test_rerank_settings_are_read_and_checked() -> None:
+    s = Settings.from_env({"LOOKALIKE_RERANK": "query_expansion", "LOOKALIKE_RERANK_NEIGHBOURS": "3",
+                           "LOOKALIKE_RERANK_ALPHA": "0"})
+    assert Rerank.from_settings(s) == Rerank(RerankMode.QUERY_EXPANSION, 3, 0.0)
+    with pytest.raises(ConfigError, match="LOOKALIKE_RERANK_NEIGHBOURS"):
+        Settings(rerank_neighbours=0)
+    with pytest.raises(ConfigError, match="LOOKALIKE_RERANK_ALPHA"):
+        Settings(rerank_alpha=float("nan"))
