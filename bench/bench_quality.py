@@ -64,7 +64,12 @@ def header(title: str) -> None:
 
 
 def frozen_trunk_metrics(cfg: TrainConfig, input_size: int) -> RetrievalMetrics:
-    """Pooled ImageNet Lite0 trunk features (no head), L2-normalised, on ``cfg``'s evaluation set."""
+    """Leave-one-out metrics of :func:`frozen_trunk_embeddings`."""
+    return retrieval_metrics(*frozen_trunk_embeddings(cfg, input_size))
+
+
+def frozen_trunk_embeddings(cfg: TrainConfig, input_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled ImageNet Lite0 trunk features (no head), L2-normalised, on ``cfg``'s evaluation set, and labels."""
     spec = ModelSpec.for_backbone(Backbone.EFFICIENTNET_LITE0, pretrained=Pretrained.IMAGENET, input_size=input_size)
     trunk = build_model(spec).backbone.eval().to(memory_format=torch.channels_last)
     data = build_eval_data(cfg.data, spec, DataContext(Settings()))
@@ -73,7 +78,7 @@ def frozen_trunk_metrics(cfg: TrainConfig, input_size: int) -> RetrievalMetrics:
         for pixels, _ in DataLoader(data, batch_size=64):
             x = normalize_batch(pixels, spec, device=CPU, channels_last=True)
             chunks.append(torch.nn.functional.normalize(trunk(x), dim=1).numpy())
-    return retrieval_metrics(np.concatenate(chunks), data.labels)
+    return np.concatenate(chunks), np.asarray(data.labels)
 
 
 def trained_metrics(cfg: TrainConfig) -> tuple[RetrievalMetrics, float, dict, str]:

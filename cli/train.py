@@ -28,6 +28,7 @@ from core.registry import (
     new_version,
     set_model_metrics,
 )
+from core.rerank import Rerank
 from trainer.augment import eval_pipeline
 from trainer.config import ConfigError, DataSource, TrainConfig
 from trainer.data import DataContext, ImageDataset
@@ -169,7 +170,7 @@ def _query_reference(ctx: CliContext, version: str, queries: Path, references: P
     s = ctx.settings
     sets = [ImageDataset(scan_folder(p, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes),
                          eval_pipeline(model.spec)) for p in (queries, references)]
-    return evaluate_query_reference(model.to(device), sets[0], sets[1], device=device)
+    return evaluate_query_reference(model.to(device), sets[0], sets[1], device=device, rerank=Rerank.from_settings(s))
 
 
 @click.group()

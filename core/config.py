@@ -47,6 +47,17 @@ class LogLevel(enum.StrEnum):
     CRITICAL = "critical"
 
 
+class RerankMode(str, enum.Enum):
+    """``LOOKALIKE_RERANK``: neighbour-averaging re-ranking (core/rerank.py, docs/DECISIONS.md)."""
+
+    NONE = "none"
+    QUERY_EXPANSION = "query_expansion"
+    """alpha query expansion: a second index query per search."""
+    DATABASE_AUGMENTATION = "database_augmentation"
+    """Catalog vectors averaged with their neighbours, offline, before the index is built."""
+    BOTH = "both"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with embedded-setup defaults.
@@ -97,6 +108,16 @@ class Settings:
     duplicate_search_k: int = 1000
     """Annoy search_k of the near-duplicate scan: a tenth of a search's, the same groups on
     Fashion-MNIST and 4x faster, so the 70k scan fits in a request (docs/BENCHMARKS.md)."""
+
+    rerank: RerankMode = RerankMode.BOTH
+    """Re-ranking of ``lookalike evaluate --queries --references`` (the index build and query path
+    do not apply it yet: docs/DECISIONS.md, "Query-time re-ranking"; numbers in docs/BENCHMARKS.md,
+    "Re-ranking")."""
+    rerank_neighbours: int = 2
+    """n: results (aQE) or catalog neighbours (DBA) averaged in. Small, because a product of a
+    SKU-level catalog may have only a few photos: larger n pulls in other products."""
+    rerank_alpha: float = 1.0
+    """Neighbour weight = cosine ** alpha (0: plain average)."""
 
     promotion_margin: float = 0.01
     """A retrained model must beat the active one's MAP@R on the holdout by this much."""
@@ -223,6 +244,10 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"LOOKALIKE_TRUSTED_PROXIES: {entry!r} is not an IP address or network "
                                   "(CIDR)") from exc
+        if self.rerank_neighbours < 1:
+            raise ConfigError(f"LOOKALIKE_RERANK_NEIGHBOURS={self.rerank_neighbours} must be at least 1")
+        if not self.rerank_alpha >= 0:  # also refuses NaN
+            raise ConfigError(f"LOOKALIKE_RERANK_ALPHA={self.rerank_alpha} must be a number >= 0")
         if 0 < self.orphaned_job_seconds <= 3 * self.job_heartbeat_seconds:
             raise ConfigError(
                 f"LOOKALIKE_ORPHANED_JOB_SECONDS={self.orphaned_job_seconds} must be more than three "

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.embedding.checkpoint import unwrap_model
+from core.rerank import Rerank
 from trainer.augment import normalize_batch
 from trainer.data.images import ImageDataset
 from trainer.retrieval_metrics import DEFAULT_KS, RetrievalMetrics, retrieval_metrics
@@ -78,10 +79,17 @@ def evaluate_query_reference(
     *,
     device: torch.device,
     ks: Sequence[int] = DEFAULT_KS,
+    rerank: Rerank | None = None,
     **embed_kwargs: object,
 ) -> RetrievalMetrics:
-    """Each query ranks the reference set; a reference is relevant if it has the query's label."""
+    """Each query ranks the reference set; a reference is relevant if it has the query's label.
+
+    ``rerank`` (DBA on the references, then alpha query expansion; core/rerank.py) scores the
+    ranking a re-ranking service would return; the references never see the queries.
+    """
     q = embed_dataset(model, queries, device=device, **embed_kwargs)  # type: ignore[arg-type]
     r = embed_dataset(model, references, device=device, **embed_kwargs)  # type: ignore[arg-type]
+    if rerank is not None:
+        q, r = rerank.apply(q, r)
     return retrieval_metrics(q, queries.labels, r, references.labels, ks=ks)
 
