@@ -91,6 +91,9 @@ class Settings:
     """Neighbour lists by exact search up to this many images, by Annoy above it."""
     neighbour_search_k: int = 100_000
     """Annoy search_k for neighbour lists above the exact limit (10x a query's: built once)."""
+    serve_neighbour_lists: bool = True
+    """Answer similar-by-id without filters from the served version's lists when it has them
+    (service/searcher/listed.py); false always takes the Annoy path (comparisons, bench_api)."""
     keep_index_versions: int = 3
     verify_sample_size: int = 500
     min_verify_recall: float = 0.9
