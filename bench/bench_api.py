@@ -18,6 +18,10 @@ workers) and measures, in one run:
 3. throughput with wrk (if installed; else Python threads) at a few concurrencies;
 4. search by uploaded image, split into decode / embed / search / metadata;
 5. each worker's memory from /proc/<pid>/smaps_rollup, and its share of the index file.
+
+With ``--lists`` the index gets its precomputed neighbour lists (core/index/neighbours.py,
+computed once and cached with the dataset) and steps 2-3 run twice, side by side:
+``LOOKALIKE_SERVE_NEIGHBOUR_LISTS=false`` (today's Annoy path) and ``true`` (the lists).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from sqlalchemy import insert
 from core.config import Settings
 from core.db import IndexStatus, IndexVersion, Item, ItemImage, make_engine, make_session_factory, session_scope
 from core.embedding import ModelSpec, build_model, save_checkpoint
-from core.index import Metric, VectorIndex, build_index
+from core.index import IndexManifest, Metric, VectorIndex, build_index
+from core.index.neighbours import add_neighbour_lists
 from core.registry import activate_model, get_model, register_model
 from migrations import alembic_config
 from service.filters import Filters
@@ -106,9 +111,21 @@ def build_dataset(home: Path, n: int) -> dict:
                            build_seconds=build_s, max_embedding_created_at=now, published_at=now))
     info = {"n": n, "sql_seconds": round(sql_s, 1), "build_seconds": round(build_s, 1),
             "index_mb": round((directory / "index.ann").stat().st_size / 2**20)}
+    np.save(home / "vectors.npy", vectors)  # the neighbour lists are computed from them (--lists)
     marker.write_text(json.dumps(info))
     engine.dispose()
     return info
+
+
+def ensure_lists(home: Path, settings: Settings) -> IndexManifest:
+    """The bench index with its neighbour lists (computed once, at the settings' K and method)."""
+    directory = home / "artifacts" / "indexes" / "i-bench"
+    manifest = IndexManifest.read(directory)
+    if manifest.neighbours_k:
+        return manifest
+    vectors = np.load(home / "vectors.npy", mmap_mode="r")
+    return add_neighbour_lists(directory, np.asarray(vectors), k=settings.neighbour_list_k,
+                               exact_limit=settings.neighbour_exact_limit, search_k=settings.neighbour_search_k)
 
 
 # ----------------------------------------------------------------------------- parts
@@ -150,6 +167,48 @@ def multipart(photo: bytes) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
+def similar_by_id(port: int, workers: list[int], sample: list[int], n: int, args: argparse.Namespace,
+                  annoy: tuple[list[float], list[float]] | None) -> list[float]:
+    """Sequential similar-by-id requests, split by phase, then the load runs; the index phase ms."""
+    sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample[:200]])  # warm-up
+    cpu0 = cpu_seconds(workers)
+    client, phases = sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample])
+    sequential_cpu_ms = (cpu_seconds(workers) - cpu0) * 1000 / len(sample)
+    index_ms = [p.get("index", 0.0) for p in phases]
+    meta_ms = [p.get("meta", 0.0) for p in phases]
+    ser_ms = [p.get("ser", 0.0) for p in phases]
+    app_ms = [p.get("app", 0.0) for p in phases]
+    print(f"### Similar-by-id, sequential ({args.requests} requests, one keep-alive connection, k={K})\n")
+    print("| part | p50 ms | p99 ms | goal |\n|---|---|---|---|")
+    if annoy is not None:
+        print(phase_row("Annoy alone in the bench process: vector(id) + query", annoy[0]))
+        print(phase_row("Annoy alone: query only", annoy[1]))
+    print(phase_row("index query in the server (`index`)", index_ms))
+    print(phase_row("metadata fetch, 2 SQL queries (`meta`)", meta_ms))
+    print(phase_row("serialisation (`ser`)", ser_ms))
+    print(phase_row("framework inside Flask (app - index - meta - ser)",
+                    [a - i - m - s for a, i, m, s in zip(app_ms, index_ms, meta_ms, ser_ms)]))
+    print(phase_row("HTTP + gunicorn + client (client - app)", [c - a for c, a in zip(client, app_ms)]))
+    print(phase_row("**everything outside the index query** (client - index)",
+                    [c - i for c, i in zip(client, index_ms)], "≤ 2 ms at p50"))
+    print(phase_row("**total, client side**", client, "p99 ≤ 20 ms"))
+    print(f"\nserver CPU (both workers, user + system): {sequential_cpu_ms:.2f} ms per request; "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    load = wrk_run if shutil.which("wrk") else python_load
+    print(f"\n### Similar-by-id under load (gunicorn 2 workers x 4 threads, {args.seconds} s each)\n")
+    print("| tool | connections | requests/s | p50 ms | p99 ms | errors | server CPU ms/request | "
+          "req/s if the server had both cores | load avg |\n|---|---|---|---|---|---|---|---|---|")
+    for c in args.concurrency:
+        cpu0 = cpu_seconds(workers)
+        r = load(port, n, c, args.seconds)
+        cpu_ms = (cpu_seconds(workers) - cpu0) * 1000 / max(1.0, r["rps"] * args.seconds)
+        print(f"| {r['tool']} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
+              f"{cpu_ms:.2f} | {2000 / cpu_ms:.0f} | {os.getloadavg()[0]:.1f} |")
+
+    return index_ms
+
+
 def phase_row(name: str, values: list[float], goal: str = "") -> str:
     return f"| {name} | {pct(values, 50):.3f} | {pct(values, 99):.3f} | {goal} |"
 
@@ -162,6 +221,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--lists", action="store_true",
+                        help="add neighbour lists; compare the Annoy path and the lists path side by side")
     parser.add_argument("--search-k", type=int, default=None,
                         help="serve with this LOOKALIKE_ANNOY_SEARCH_K (default: the setting's default, 10000)")
     args = parser.parse_args()
@@ -177,45 +238,27 @@ def main() -> None:
 
     rng = np.random.default_rng(1)
     sample = [int(i) for i in rng.integers(0, n, args.requests)]
+    env = {"LOOKALIKE_ANNOY_SEARCH_K": str(settings.annoy_search_k)}
+    if args.lists:
+        lists = ensure_lists(home, settings)
+        print(f"neighbour lists: K={lists.neighbours_k} ({lists.neighbours_method}), computed in "
+              f"{lists.neighbours_seconds:.1f} s, recall@10 {lists.neighbours_recall:.4f}\n")
+        for serve in ("false", "true"):
+            print(f"## LOOKALIKE_SERVE_NEIGHBOUR_LISTS={serve}\n")
+            proc, port = start_server(home, 2, home / f"server-lists-{serve}.log",
+                                      {**env, "LOOKALIKE_SERVE_NEIGHBOUR_LISTS": serve})
+            try:
+                workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+                similar_by_id(port, workers, sample, n, args, None)
+            finally:
+                stop_server(proc)
+        return
     log = home / "server.log"
-    proc, port = start_server(home, 2, log, {"LOOKALIKE_ANNOY_SEARCH_K": str(settings.annoy_search_k)})
+    proc, port = start_server(home, 2, log, env)
     try:
         workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample[:200]])  # warm-up
         annoy_both, annoy_query = annoy_alone(home, [i + 1 for i in sample], settings.annoy_search_k)
-        cpu0 = cpu_seconds(workers)
-        client, phases = sequential(port, [f"/api/v1/items/b{i:07d}/similar?k={K}" for i in sample])
-        sequential_cpu_ms = (cpu_seconds(workers) - cpu0) * 1000 / len(sample)
-        index_ms = [p.get("index", 0.0) for p in phases]
-        meta_ms = [p.get("meta", 0.0) for p in phases]
-        ser_ms = [p.get("ser", 0.0) for p in phases]
-        app_ms = [p.get("app", 0.0) for p in phases]
-        print(f"### Similar-by-id, sequential ({args.requests} requests, one keep-alive connection, k={K})\n")
-        print("| part | p50 ms | p99 ms | goal |\n|---|---|---|---|")
-        print(phase_row("Annoy alone in the bench process: vector(id) + query", annoy_both))
-        print(phase_row("Annoy alone: query only", annoy_query))
-        print(phase_row("index query in the server (`index`)", index_ms))
-        print(phase_row("metadata fetch, 2 SQL queries (`meta`)", meta_ms))
-        print(phase_row("serialisation (`ser`)", ser_ms))
-        print(phase_row("framework inside Flask (app - index - meta - ser)",
-                        [a - i - m - s for a, i, m, s in zip(app_ms, index_ms, meta_ms, ser_ms)]))
-        print(phase_row("HTTP + gunicorn + client (client - app)", [c - a for c, a in zip(client, app_ms)]))
-        print(phase_row("**everything outside the index query** (client - index)",
-                        [c - i for c, i in zip(client, index_ms)], "≤ 2 ms at p50"))
-        print(phase_row("**total, client side**", client, "p99 ≤ 20 ms"))
-        print(f"\nserver CPU (both workers, user + system): {sequential_cpu_ms:.2f} ms per request; "
-              f"load average {os.getloadavg()[0]:.1f}")
-
-        load = wrk_run if shutil.which("wrk") else python_load
-        print(f"\n### Similar-by-id under load (gunicorn 2 workers x 4 threads, {args.seconds} s each)\n")
-        print("| tool | connections | requests/s | p50 ms | p99 ms | errors | server CPU ms/request | "
-              "req/s if the server had both cores | load avg |\n|---|---|---|---|---|---|---|---|---|")
-        for c in args.concurrency:
-            cpu0 = cpu_seconds(workers)
-            r = load(port, n, c, args.seconds)
-            cpu_ms = (cpu_seconds(workers) - cpu0) * 1000 / max(1.0, r["rps"] * args.seconds)
-            print(f"| {r['tool']} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
-                  f"{cpu_ms:.2f} | {2000 / cpu_ms:.0f} | {os.getloadavg()[0]:.1f} |")
+        index_ms = similar_by_id(port, workers, sample, n, args, (annoy_both, annoy_query))
 
         body, headers = multipart(query_photo())
         client_img, phases_img = sequential(port, ["/api/v1/search"] * 60, "POST", body, headers)

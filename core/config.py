@@ -95,6 +95,16 @@ class Settings:
     annoy_trees: int = 50
     annoy_search_k: int = 10_000
     """Nodes Annoy inspects per query; -1 means Annoy's default (k * trees), too few for real data."""
+    neighbour_list_k: int = 32
+    """Precomputed nearest images per indexed image (core/index/neighbours.py); 0: build no lists.
+    At least 2x the default k (10) in items, at the catalog's typical two photos per item."""
+    neighbour_exact_limit: int = 200_000
+    """Neighbour lists by exact search up to this many images, by Annoy above it."""
+    neighbour_search_k: int = 100_000
+    """Annoy search_k for neighbour lists above the exact limit (10x a query's: built once)."""
+    serve_neighbour_lists: bool = True
+    """Answer similar-by-id without filters from the served version's lists when it has them
+    (service/searcher/listed.py); false always takes the Annoy path (comparisons, bench_api)."""
     keep_index_versions: int = 3
     verify_sample_size: int = 500
     min_verify_recall: float = 0.9

@@ -273,6 +273,15 @@ class VectorIndex:
             dists = [0.0] + [d for _, d in keep][: max(k - 1, 0)]
         return self._translate(rows, dists)
 
+    def nearest_rows(self, row: int, k: int, *, search_k: int = -1) -> tuple[list[int], list[float]]:
+        """Annoy's ``k`` nearest rows of a stored row and their distances, best first.
+
+        Rows, not external ids: the precomputed neighbour lists (core/index/neighbours.py)
+        store rows, 4 bytes each, and translate through :attr:`ids` only when served.
+        """
+        return self._index.get_nns_by_item(int(row), min(check_positive_int(k, "k"), len(self)),
+                                           search_k=check_search_k(search_k), include_distances=True)
+
     def _translate(self, rows: list[int], dists: list[float]) -> tuple[np.ndarray, np.ndarray]:
         return (self.ids[np.asarray(rows, dtype=np.int64)],
                 np.asarray(dists, dtype=np.float32))

@@ -22,6 +22,10 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ANNOY_FILE = "index.ann"
 IDS_FILE = "ids.npy"
+NEIGHBOURS_FILE = "neighbours.npy"
+"""int32 [count, neighbours_k]: the rows nearest each row, best first (core/index/neighbours.py)."""
+NEIGHBOUR_DISTANCES_FILE = "neighbour_distances.npy"
+"""float32 [count, neighbours_k]: their distances, as Annoy reports them."""
 
 
 class Metric(str, enum.Enum):
@@ -61,6 +65,18 @@ class IndexManifest:
     """sha256 hex digest of ``index.ann``."""
     ids_checksum: str = ""
     """sha256 hex digest of ``ids.npy`` (the row -> external id map)."""
+    neighbours_k: int = 0
+    """Length of each precomputed neighbour list; 0: the version has none (older, or disabled)."""
+    neighbours_method: str = ""
+    """How the lists were computed (``exact`` or ``annoy``; core.index.neighbours.NeighbourMethod)."""
+    neighbours_checksum: str = ""
+    """sha256 hex digest of ``neighbours.npy``."""
+    neighbour_distances_checksum: str = ""
+    """sha256 hex digest of ``neighbour_distances.npy``."""
+    neighbours_recall: float = -1.0
+    """recall@10 of the lists against exact search on a fixed sample; -1 when there are no lists."""
+    neighbours_seconds: float = 0.0
+    """Wall time spent computing and writing the lists."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,6 +107,13 @@ class IndexManifest:
                 build_seconds=float(data["build_seconds"]),
                 checksum=str(data["checksum"]),
                 ids_checksum=str(data.get("ids_checksum", "")),
+                # absent in versions built before neighbour lists existed: they load without
+                neighbours_k=int(data.get("neighbours_k", 0)),
+                neighbours_method=str(data.get("neighbours_method", "")),
+                neighbours_checksum=str(data.get("neighbours_checksum", "")),
+                neighbour_distances_checksum=str(data.get("neighbour_distances_checksum", "")),
+                neighbours_recall=float(data.get("neighbours_recall", -1.0)),
+                neighbours_seconds=float(data.get("neighbours_seconds", 0.0)),
             )
         except KeyError as exc:
             raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc

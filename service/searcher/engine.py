@@ -73,6 +73,8 @@ class SearchResult:
     exact_fallback: bool = False
     query_photos: int = 1
     """How many query vectors were searched with (a similar-by-item query: the item's photos)."""
+    listed: bool = False
+    """Answered from the precomputed neighbour lists (service/searcher/listed.py), not Annoy."""
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -28,6 +28,7 @@ from core.notify import IndexChangeListener
 from service.filters import Filters
 from service.metrics import Metrics
 from service.searcher.engine import MAX_QUERY_PHOTOS, SearchResult, search, search_photos
+from service.searcher.listed import listed_photos, search_listed
 from service.searcher.metadata import Exclusions, lookup_item
 from service.searcher.state import SearchState
 from service.searcher.watcher import Listener, StateHolder, Watcher
@@ -145,8 +146,9 @@ class Searcher:
             item = lookup_item(conn, external_id)
             if item is None:
                 raise ItemNotFound(f"no active item with external id {external_id!r}")
-            vectors = _item_vectors(state, conn, item.image_ids)
-            if not vectors:
+            rows = listed_photos(state, item.image_ids) if filters.empty else None
+            vectors = [] if rows is not None else _item_vectors(state, conn, item.image_ids)
+            if rows is None and not vectors:
                 raise NotEmbedded(f"item {external_id!r} has no vector for model {state.model_version} yet "
                                   "(it is queued for embedding, or has no image)")
             lookup = time.perf_counter() - t0
@@ -154,6 +156,14 @@ class Searcher:
             exclusions = Exclusions(item_id=item.item_id,
                                     group_key=item.group_key if exclude_group else None,
                                     item_ids=tuple(sorted(marked)))
+            # no filters and every query photo indexed: its precomputed lists answer, unless
+            # they were cut off too early (then the Annoy path below, which widens)
+            result = search_listed(state, conn, rows, k=k, exclusions=exclusions) if rows is not None else None
+            if result is not None:
+                result.timings["meta"] += lookup
+                return result
+            if not vectors:
+                vectors = _item_vectors(state, conn, item.image_ids)
             result = search_photos(state, conn, vectors, k=k, filters=filters, exclusions=exclusions,
                                    search_k=self.settings.annoy_search_k)
         result.timings["meta"] += lookup

@@ -23,6 +23,7 @@ from core.db import IndexVersion
 from core.embedding import Embedder, resolve_device
 from core.embeddings_store import FreshBasis
 from core.index import Metric, VectorIndex
+from core.index.neighbours import NeighbourLists
 from core.registry import checkpoint_path, index_directory
 from service.searcher.fresh import FreshSet, follow_fresh
 
@@ -41,6 +42,8 @@ class SearchState:
     embedder_error: str
     fresh: FreshSet
     loaded_at: float
+    neighbours: NeighbourLists | None = None
+    """The version's precomputed neighbour lists; None for a version without (or unreadable)."""
 
     @property
     def metric(self) -> Metric:
@@ -81,14 +84,24 @@ def build_state(settings: Settings, engine: Engine, row: IndexVersion) -> Search
     if embedder is not None and embedder.dim != index.manifest.dim:
         error = f"model {model.version} embeds {embedder.dim}-d vectors, the index holds {index.manifest.dim}-d"
         embedder = None
+    neighbours = load_neighbours(index) if settings.serve_neighbour_lists else None
     fresh = follow_fresh(engine, FreshBasis(model.id, index.manifest.dim, row.max_embedding_created_at, index))
     log.info("loaded index %s (model %s, %d images, %d fresh) in %.2fs", row.version, model.version,
              len(index), len(fresh), time.perf_counter() - started)
     return SearchState(
         index=index, index_version=row.version, model_version=model.version, model_id=model.id,
         newest_in_index=row.max_embedding_created_at, embedder=embedder, embedder_error=error,
-        fresh=fresh, loaded_at=time.time(),
+        fresh=fresh, loaded_at=time.time(), neighbours=neighbours,
     )
+
+
+def load_neighbours(index: VectorIndex) -> NeighbourLists | None:
+    """The index's neighbour lists, memory-mapped; None (the Annoy path serves) if it has none or they are broken."""
+    try:
+        return NeighbourLists.open(index.directory, index.manifest)
+    except (OSError, ValueError) as exc:
+        log.error("neighbour lists of index %s not used: %s", index.manifest.index_version, exc)
+        return None
 
 
 def refresh_fresh(engine: Engine, state: SearchState) -> SearchState:

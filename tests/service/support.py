@@ -18,6 +18,7 @@ from core.config import Settings
 from core.db import Embedding, IndexStatus, IndexVersion, Item, ItemImage, ModelVersion, session_scope
 from core.embeddings_store import put_vectors
 from core.index import Metric, build_index
+from core.index.neighbours import add_neighbour_lists
 from core.media import MediaStore
 from core.publish import publish_index
 from tests.worker.support import TINY_SPEC, register_tiny_model
@@ -88,14 +89,19 @@ def embed(cat: Catalog, image_ids: Sequence[int], vectors: np.ndarray) -> None:
         cat.vectors[int(i)] = np.asarray(v, np.float32)
 
 
-def publish(cat: Catalog, image_ids: Sequence[int], *, metric: Metric = Metric.EUCLIDEAN) -> str:
-    """Build an index over ``image_ids`` (their stored vectors) and publish it."""
+def publish(cat: Catalog, image_ids: Sequence[int], *, metric: Metric = Metric.EUCLIDEAN,
+            lists_k: int = 0) -> str:
+    """Build an index over ``image_ids`` (their stored vectors) and publish it.
+
+    ``lists_k`` > 0 adds exact neighbour lists of that length, as a reindex does."""
     version = f"i-test-{next(_versions):04d}"
     ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
     vectors = np.stack([cat.vectors[int(i)] for i in ids])
     directory = cat.settings.indexes_dir / version
     manifest = build_index(directory, ids, vectors, index_version=version, model_version=cat.model_version,
                            metric=metric, n_trees=10, n_jobs=1)
+    if lists_k:
+        manifest = add_neighbour_lists(directory, vectors, k=lists_k, exact_limit=len(ids), search_k=-1)
     mid = model_id(cat.sessions, cat.model_version)
     with session_scope(cat.sessions) as s:
         newest = s.scalar(select(func.max(Embedding.created_at)).where(

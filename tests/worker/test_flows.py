@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy import event, select, update
@@ -21,7 +23,8 @@ from core.db import (
     session_scope,
 )
 from core.embeddings_store import fresh_image_ids, load_vectors
-from core.index import Metric, exact_search
+from core.index import IndexManifest, Metric, exact_search
+from core.index.neighbours import NeighbourLists
 from core.jobs import create_job, get_job, job_to_dict, list_jobs
 from core.publish import publish_index
 from core.registry import active_index, active_model, list_indexes
@@ -261,3 +264,12 @@ def test_a_reindex_reports_each_phase_it_goes_through(embedded: Embedded) -> Non
     assert [p for i, p in enumerate(phases) if p in order and (i == 0 or phases[i - 1] != p)] == order
     assert (JobPhase.EMBEDDING, 4, 4) in seen  # the new images, counted while embedding
     assert job_to_dict(job)["progress"] == {"done": 1, "total": 1, "phase": "publishing"}
+
+
+def test_every_built_version_carries_checksummed_neighbour_lists(embedded: Embedded) -> None:
+    index = _indexed(embedded, 40)
+    manifest = IndexManifest.read(Path(index.path))
+    assert manifest.neighbours_k == min(embedded.settings.neighbour_list_k, 40)
+    assert manifest.neighbours_method == "exact" and manifest.neighbours_recall == 1.0
+    lists = NeighbourLists.open(Path(index.path), manifest, verify_checksum=True)
+    assert lists is not None and lists.of_row(7)[0][0] == 7

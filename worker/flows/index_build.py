@@ -25,6 +25,7 @@ from core.db import IndexStatus, IndexVersion, ModelVersion, session_scope
 from core.embedding import ModelSpec
 from core.embeddings_store import VectorSnapshot
 from core.index import Metric, VectorIndex, build_index
+from core.index.neighbours import add_neighbour_lists
 from core.index.verify import self_recall
 from core.registry import new_version
 from worker.flows.failures import FlowError
@@ -95,6 +96,12 @@ def build_version(
         started = time.perf_counter()
         build_index(directory, snapshot.image_ids, snapshot.vectors, index_version=version,
                     model_version=model.version, metric=metric, n_trees=settings.annoy_trees)
+        if settings.neighbour_list_k > 0:
+            # before READY, so no process can serve the version while its manifest is rewritten;
+            # in this process for now (chunks are independent: core.index.neighbours.compute_chunk)
+            add_neighbour_lists(directory, snapshot.vectors, k=settings.neighbour_list_k,
+                                exact_limit=settings.neighbour_exact_limit,
+                                search_k=settings.neighbour_search_k)
         build_seconds = time.perf_counter() - started
         if on_verify is not None:
             on_verify()
