@@ -32,7 +32,7 @@ from pathlib import Path
 
 from core.artifacts.store import ArtifactStore, check_key
 from core.artifacts.versions import CorruptVersion, DirectoryVersion, FileEntry
-from core.atomic_files import sha256_file
+from core.atomic_files import replacing, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,17 @@ class ArtifactCache:
         """``with cache.path(key) as p:`` for a short read (a checkpoint load), pinned meanwhile."""
         with self.fetch(key, entry) as cached:
             yield cached.path
+
+    def keep(self, key: str, data: bytes) -> Path:
+        """Keep a local copy of bytes this host just wrote to the store (no download later)."""
+        path = self.objects / check_key(key)
+        with self._key_lock(key):
+            if not path.is_file() or path.stat().st_size != len(data):
+                with replacing(path) as tmp:
+                    tmp.write_bytes(data)
+            self._used(key, len(data))
+        self.evict()
+        return path
 
     # ------------------------------------------------------------------ size
     def size(self) -> int:
