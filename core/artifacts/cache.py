@@ -148,6 +148,11 @@ class ArtifactCache:
         return path
 
     # ------------------------------------------------------------------ size
+    def keys(self) -> list[str]:
+        """The keys this host has cached, least recently used first."""
+        with self._db() as db:
+            return [str(k) for (k,) in db.execute("SELECT key FROM entries ORDER BY last_used")]
+
     def size(self) -> int:
         with self._db() as db:
             return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])

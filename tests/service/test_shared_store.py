@@ -1,11 +1,12 @@
-"""Images through a shared object store: one host writes, another serves them by HTTP.
+"""A shared object store between hosts: one host writes images and index versions, another serves them.
 
-Both "hosts" share only the database and a real SeaweedFS bucket; each has its own
-home and cache (no shared artifacts directory for media).
+The "hosts" share only the database and a real SeaweedFS bucket; each has its own
+home, artifacts directory and cache.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +16,16 @@ from alembic import command
 from flask import Flask
 from sqlalchemy import select
 
-from core.artifacts import StoreUnavailable, open_store
+from core.artifacts import ArtifactCache, StoreUnavailable, open_store, published_versions
 from core.config import Settings
 from core.db import ItemImage, session_scope
+from core.index_store import INDEXES_PREFIX, version_prefix
 from core.media import MEDIA_PREFIX, MediaStore
 from migrations import alembic_config
 from service.app import create_app
-from tests.service.support import Catalog, png_bytes
+from tests.service.support import Catalog, png_bytes, publish
 from tests.support.servers import ObjectStoreServer
+from worker.flows.retire import retire_old_indexes
 
 pytestmark = pytest.mark.objectstore
 _prefixes = itertools.count()
@@ -36,14 +39,15 @@ def on_store(settings: Settings, server: ObjectStoreServer, prefix: str) -> Sett
 @pytest.fixture
 def service_settings(tmp_path: Path, object_store_server: ObjectStoreServer) -> Settings:
     """Host A: the service tests' settings with the media in the object store."""
-    base = Settings(home=tmp_path / "host-a", index_poll_seconds=0.2, torch_threads=1, annoy_trees=10,
+    # host A's home is the one the migrated test database lives in (the ``settings`` fixture's)
+    base = Settings(home=tmp_path / "home", index_poll_seconds=0.2, torch_threads=1, annoy_trees=10,
                     annoy_search_k=100_000, max_k=50)
     return on_store(base, object_store_server, f"media-test-{next(_prefixes)}")
 
 
 def host_b(catalog: Catalog, tmp_path: Path) -> Settings:
-    """Another host: same database and store, its own home (and so its own cache)."""
-    return catalog.settings.replace(home=tmp_path / "host-b", artifacts_dir=catalog.settings.resolved_artifacts_dir)
+    """Another host: same database and store, its own home (its own artifacts and cache)."""
+    return catalog.settings.replace(home=tmp_path / "host-b")
 
 
 @pytest.fixture
@@ -98,3 +102,38 @@ def test_with_the_store_down_cached_images_are_served_and_the_rest_is_a_503(tmp_
         assert not writer.path(writer.describe(png_bytes(3)).key).exists()  # no local copy of an unsaved image
     finally:
         server.close()
+
+
+def test_an_index_built_on_one_host_is_served_by_another_and_follows_its_publishes(
+        catalog: Catalog, app_b: Flask, tmp_path: Path) -> None:
+    store = open_store(catalog.settings)
+    first = catalog.index_version
+    assert published_versions(store, INDEXES_PREFIX) == [version_prefix(first)]
+    b_home = tmp_path / "host-b"
+    assert not (b_home / "artifacts" / "indexes").exists()  # B builds nothing and shares no folder
+    client_b = app_b.test_client()
+    answer = client_b.get("/api/v1/items/sku-001/similar?k=5")
+    assert answer.status_code == 200 and answer.json["index_version"] == first
+    # The same answer host A gives from its own directory.
+    app_a = create_app(catalog.settings)
+    try:
+        assert app_a.test_client().get("/api/v1/items/sku-001/similar?k=5").json["results"] == answer.json["results"]
+    finally:
+        app_a.extensions["lookalike"].close()
+    cache_b = ArtifactCache(store, b_home / "cache", max_bytes=0)
+    served = sorted(cache_b.keys())
+    assert served == sorted(version_prefix(first) + name for name in ("ids.npy", "index.ann", "manifest.json"))
+    assert cache_b.evict() == []  # everything cached is mapped by the served index: pinned
+
+    # Host A publishes a new version; B follows (the watcher's poll or notification), downloads, swaps.
+    second = publish(catalog, [i for item in catalog.items.values() for i in item["image_ids"]][:100])
+    app_b.extensions["lookalike"].searcher.refresh_now()
+    assert client_b.get("/api/v1/items/sku-001/similar?k=5").json["index_version"] == second
+    gc.collect()  # the old state is gone with its last reference, and so is its pin
+    evicted = cache_b.evict()
+    assert sorted(evicted) == sorted(version_prefix(first) + n for n in ("ids.npy", "index.ann", "manifest.json"))
+
+    # Retention removes a retired version from the store whole.
+    retire_old_indexes(catalog.settings.replace(keep_index_versions=1), catalog.sessions)
+    assert published_versions(store, INDEXES_PREFIX) == [version_prefix(second)]
+    assert list(store.list_keys(version_prefix(first))) == []
