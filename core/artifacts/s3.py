@@ -159,8 +159,8 @@ class S3Store:
     def local_path(self, key: str) -> Path | None:
         return None
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist (for a fresh SeaweedFS / MinIO; AWS buckets are made by ops)."""
+    def prepare(self) -> None:
+        """Create the bucket if it does not exist (a fresh SeaweedFS / MinIO; AWS buckets are made by ops)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:

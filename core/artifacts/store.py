@@ -95,6 +95,9 @@ class ArtifactStore(Protocol):
     def local_path(self, key: str) -> Path | None:
         """A path a reader may open directly (the local store), or None (it must download)."""
 
+    def prepare(self) -> None:
+        """Make a fresh store usable: its folder, or its bucket (MinIO, SeaweedFS) if missing."""
+
 
 class LocalStore:
     """Keys as files under one directory: the embedded default, no copy needed to read."""
@@ -155,3 +158,6 @@ class LocalStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
