@@ -13,6 +13,7 @@ from cli.indexes import indexes
 from cli.proxy import proxy
 from cli.serve import keys, serve
 from cli.stack import stack
+from cli.store import store
 from cli.train import evaluate, models, train
 from cli.worker import beat, jobs, reindex, retrain, worker
 from core.config import ConfigError
@@ -48,6 +49,7 @@ lookalike.add_command(train)
 lookalike.add_command(evaluate)
 lookalike.add_command(models)
 lookalike.add_command(indexes)
+lookalike.add_command(store)
 lookalike.add_command(feedback)
 lookalike.add_command(demo)
 lookalike.add_command(stack)

@@ -30,15 +30,20 @@ PORT = click.IntRange(1, 65535)
 @click.option("--api-workers", type=click.IntRange(1, 64), default=StackConfig.api_workers, show_default=True)
 @click.option("--worker-concurrency", type=click.IntRange(1, 64), default=StackConfig.worker_concurrency,
               show_default=True)
+@click.option("--object-store/--no-object-store", default=False, show_default=True,
+              help="Also run SeaweedFS and share images, checkpoints and indexes through it, as docker-compose does.")
+@click.option("--object-store-port", type=PORT, default=StackConfig.object_store_port, show_default=True,
+              help="SeaweedFS's S3 port (it also takes the next three, and each + 10000).")
 @click.pass_obj
 def stack(ctx: CliContext, api_port: int, gunicorn_port: int, postgres_port: int, redis_port: int, api_workers: int,
-          worker_concurrency: int) -> None:
+          worker_concurrency: int, object_store: bool, object_store_port: int) -> None:
     """PostgreSQL, Redis, migration, API behind nginx, worker and beat on loopback, until Ctrl-C."""
     if gunicorn_port == api_port:
         raise click.BadParameter("must differ from --api-port (nginx listens there)", param_hint="--gunicorn-port")
     config = StackConfig(home=ctx.settings.home, api_port=api_port, gunicorn_port=gunicorn_port,
                          postgres_port=postgres_port,
-                         redis_port=redis_port, api_workers=api_workers, worker_concurrency=worker_concurrency)
+                         redis_port=redis_port, api_workers=api_workers, worker_concurrency=worker_concurrency,
+                         object_store=object_store, object_store_port=object_store_port)
     supervisor = Stack(config, ctx.settings, console=click.echo)
     done = threading.Event()
 
@@ -66,7 +71,8 @@ def stack(ctx: CliContext, api_port: int, gunicorn_port: int, postgres_port: int
 def _print_summary(supervisor: Stack) -> None:
     config, settings = supervisor.config, supervisor.settings
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in settings.to_env().items()
-                   if key in {"LOOKALIKE_HOME", "LOOKALIKE_DATABASE_URL", "LOOKALIKE_BROKER_URL"})
+                   if key in {"LOOKALIKE_HOME", "LOOKALIKE_DATABASE_URL", "LOOKALIKE_BROKER_URL",
+                              "LOOKALIKE_ARTIFACT_STORE", "LOOKALIKE_S3_ENDPOINT_URL"} and value)
     lines = [
         "",
         f"stack: up. API {config.api_url}/api/v1 (OpenAPI: {config.api_url}/api/v1/openapi.json), "

@@ -23,6 +23,7 @@ from core.registry import (
     RegistryError,
     activate_model,
     active_model,
+    checkpoint_path,
     get_model,
     list_models,
     new_version,
@@ -166,7 +167,8 @@ def evaluate(ctx: CliContext, version: str, config_path: Path | None, overrides:
 
 
 def _query_reference(ctx: CliContext, version: str, queries: Path, references: Path, device: Any) -> RetrievalMetrics:
-    model, _ = load_model(Path(get_model(ctx.sessions, version).checkpoint_path))
+    record = get_model(ctx.sessions, version)
+    model, _ = load_model(checkpoint_path(ctx.settings, record.checkpoint_path, record.version))
     s = ctx.settings
     sets = [ImageDataset(scan_folder(p, max_pixels=s.max_image_pixels, max_bytes=s.max_image_bytes),
                          eval_pipeline(model.spec)) for p in (queries, references)]

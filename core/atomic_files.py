@@ -33,6 +33,21 @@ def replacing(path: Path, *, fsync: bool = False) -> Iterator[Path]:
     A failure (or a crash) leaves ``path`` as it was and removes the temporary file.
     With ``fsync`` the file's bytes are on disk before the rename makes them visible.
     """
+    with _writing(path, fsync=fsync, replace=True) as tmp:
+        yield tmp
+
+
+@contextmanager
+def creating(path: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Like :func:`replacing`, but only if ``path`` does not exist yet: FileExistsError otherwise
+    (raised at the end, after the write, and the temporary file is removed). For keys that are
+    written once (core/artifacts/store.py)."""
+    with _writing(path, fsync=fsync, replace=False) as tmp:
+        yield tmp
+
+
+@contextmanager
+def _writing(path: Path, *, fsync: bool, replace: bool) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -42,7 +57,10 @@ def replacing(path: Path, *, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             fsync_path(tmp)
         os.chmod(tmp, READABLE)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            rename_no_replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -71,6 +71,19 @@ class Settings:
     """SQLAlchemy URL. Empty means ``sqlite:///<home>/lookalike.db``."""
     artifacts_dir: Path | None = None
     """Media, model checkpoints and index directories. Empty means ``<home>/artifacts``."""
+    artifact_store: str = ""
+    """Where artifacts are shared between hosts: empty for the local ``artifacts_dir``, or
+    ``s3://bucket/prefix`` (core/artifacts; docs/OPERATIONS.md "An object store")."""
+    s3_endpoint_url: str = ""
+    """S3 API endpoint (MinIO, SeaweedFS: ``http://host:port``); empty for AWS's own."""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    """Empty uses boto3's own chain (environment, ~/.aws, instance role)."""
+    s3_secret_access_key: str = ""
+    cache_dir: Path | None = None
+    """This host's read-through cache of store objects. Empty means ``<home>/cache``."""
+    cache_max_bytes: int = 20 * 1024**3
+    """Bound of the cache; least recently used objects go first, never one in use."""
 
     broker_url: str = ""
     """Celery broker (Redis). Empty means the embedded mode: tasks run in-process."""
@@ -176,6 +189,10 @@ class Settings:
         return (self.artifacts_dir or self.home / "artifacts").resolve()
 
     @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.home / "cache").resolve()
+
+    @property
     def media_dir(self) -> Path:
         return self.resolved_artifacts_dir / "media"
 
@@ -248,6 +265,11 @@ class Settings:
         for name in ("proxy_client_header_timeout", "proxy_client_body_timeout", "proxy_send_timeout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1 (seconds)")
+        if self.artifact_store and not self.artifact_store.startswith("s3://"):
+            raise ConfigError(f"LOOKALIKE_ARTIFACT_STORE={self.artifact_store!r}: expected empty (the local "
+                              "artifacts directory) or s3://bucket/prefix")
+        if self.cache_max_bytes < 0:
+            raise ConfigError(f"LOOKALIKE_CACHE_MAX_BYTES={self.cache_max_bytes} must be >= 0")
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)

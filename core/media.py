@@ -49,6 +49,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.artifacts import ArtifactCache, ArtifactExists, ArtifactNotFound, open_cache
 from core.config import Settings
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -293,11 +294,22 @@ def is_media_key(value: object) -> bool:
     return isinstance(value, str) and _KEY_RE.fullmatch(value) is not None
 
 
-class MediaStore:
-    """Original image bytes on local disk, addressed by their SHA-256."""
+MEDIA_PREFIX = "media/"
+"""Where images live in the artifact store (core/artifacts): ``media/ab/cd/<key>``."""
 
-    def __init__(self, root: Path, *, max_pixels: int, max_bytes: int, fsync: bool = True) -> None:
+
+class MediaStore:
+    """Original image bytes addressed by their SHA-256: on local disk, or in a shared object store.
+
+    With ``shared`` (an object store is configured), every image is uploaded before
+    ``put_bytes`` returns (so a row that points at it may commit) and ``root`` is this
+    host's cache of them: any host reads any image, downloading it once.
+    """
+
+    def __init__(self, root: Path, *, max_pixels: int, max_bytes: int, fsync: bool = True,
+                 shared: ArtifactCache | None = None) -> None:
         self.root = Path(root)
+        self.shared = shared
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -306,17 +318,38 @@ class MediaStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, fsync: bool = True) -> MediaStore:
-        return cls(settings.media_dir, max_pixels=settings.max_image_pixels,
-                   max_bytes=settings.max_image_bytes, fsync=fsync)
+        shared = open_cache(settings) if settings.artifact_store else None
+        root = shared.objects / MEDIA_PREFIX if shared is not None else settings.media_dir
+        return cls(root, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
+                   fsync=fsync, shared=shared)
 
     def path(self, key: str) -> Path:
-        """Where ``key`` lives (whether or not it exists); refuses anything but a SHA-256 hex key."""
+        """Where ``key`` lives on this host (whether or not it is there); refuses anything but a key."""
+        return self.root / self._relative(key)
+
+    @staticmethod
+    def _relative(key: str) -> str:
         if not is_media_key(key):
             raise ValueError(f"invalid media key {key!r}: expected 64 lower-case hex characters")
-        return self.root / f"{key[:2]}/{key[2:4]}/{key}"
+        return f"{key[:2]}/{key[2:4]}/{key}"
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        if self.path(key).is_file():
+            return True
+        return self.shared is not None and self.shared.store.exists(MEDIA_PREFIX + self._relative(key))
+
+    def local_file(self, key: str) -> Path:
+        """A file on this host holding ``key``'s bytes (downloaded once from the store if need be)."""
+        path = self.path(key)
+        if path.is_file() or self.shared is None:
+            if not path.is_file():
+                raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}")
+            return path
+        try:
+            with self.shared.fetch(MEDIA_PREFIX + self._relative(key)) as cached:
+                return cached.path
+        except ArtifactNotFound:
+            raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}") from None
 
     def describe(self, data: bytes) -> StoredImage:
         """Validate ``data`` like :meth:`put_bytes` would, without storing anything.
@@ -337,6 +370,13 @@ class MediaStore:
                 return stored
         except FileNotFoundError:
             pass
+        if self.shared is not None:  # uploaded first: the local copy is only this host's cache of it
+            try:
+                self.shared.store.put_bytes(MEDIA_PREFIX + self._relative(stored.key), data)
+            except ArtifactExists:  # content-addressed: the same bytes are there already
+                pass
+            self.shared.keep(MEDIA_PREFIX + self._relative(stored.key), data)
+            return stored
         # Missing, or a short file left by a crash before it reached the disk: (re)write it.
         self._write_atomically(target, data)
         return stored
@@ -350,7 +390,9 @@ class MediaStore:
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
-            raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}") from None
+            if self.shared is None:
+                raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}") from None
+        return self.local_file(key).read_bytes()
 
     def open(self, key: str) -> Image.Image:
         """The stored image, decoded to RGB with EXIF orientation applied."""

@@ -22,10 +22,12 @@ import logging
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.artifacts import CorruptVersion
 from core.config import Settings
 from core.db import IndexStatus, IndexVersion, session_scope
 from core.db.types import utcnow
 from core.index import IndexMismatchError, ManifestError, VectorIndex
+from core.index_store import served_index_files, share_index_version
 from core.notify import IndexChanged, publish_index_changed
 from core.registry import RegistryError, activate_model_in, checkpoint_path, get_index, index_directory
 
@@ -61,7 +63,15 @@ class IndexNotPublishable(RegistryError):
 
 
 def publish_index(settings: Settings, sessions: sessionmaker[Session], version: str) -> IndexChanged:
-    """Activate index ``version`` (READY, or already ACTIVE) and notify the API processes."""
+    """Activate index ``version`` (READY, or already ACTIVE) and notify the API processes.
+
+    With an object store, the version's files are uploaded first (core/index_store.py): a
+    host that follows the publish can always fetch what it is told to serve. A store that
+    is down fails the publish (StoreUnavailable) and the active index stays.
+    """
+    row = get_index(sessions, version)
+    if row is not None and row.status in PUBLISHABLE:
+        share_index_version(settings, row)
     with session_scope(sessions) as s:
         index = s.scalar(select(IndexVersion).where(IndexVersion.version == version).with_for_update())
         if index is None:
@@ -127,7 +137,15 @@ def check_republishable(settings: Settings, sessions: sessionmaker[Session], ver
         raise _not_ready(row)
     directory = index_directory(settings, row)
     try:
-        VectorIndex.load(directory, expected_model_version=row.model.version, verify_checksum=True).close()
+        directory, pinned = served_index_files(settings, row)  # with a store: fetched, checked by its file list
+        try:
+            VectorIndex.load(directory, expected_model_version=row.model.version, verify_checksum=True).close()
+        finally:
+            if pinned is not None:
+                pinned.close()
+    except CorruptVersion as exc:
+        raise IndexNotPublishable(version, Refusal.FILES_CORRUPT,
+                                  f"index {version} cannot be published: {exc}") from exc
     except (FileNotFoundError, IndexMismatchError, ManifestError) as exc:
         reason = Refusal.FILES_MISSING if isinstance(exc, FileNotFoundError) else Refusal.FILES_CORRUPT
         # the API returns this message: name the version's directory, not where it lives on the server

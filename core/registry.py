@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
+from core.artifacts import ArtifactExists, open_cache, open_store
 from core.config import Settings
 from core.db import IndexStatus, IndexVersion, ModelStatus, ModelVersion, session_scope
 from core.db.types import utcnow
@@ -137,14 +138,42 @@ def index_directory(settings: Settings, row: IndexVersion) -> Path:
     return Path(row.path) if row.path else settings.indexes_dir / row.version
 
 
+MODELS_PREFIX = "models/"
+"""Where checkpoints live in the artifact store (core/artifacts): ``models/<version>.pt``."""
+
+
+def checkpoint_key(model_version: str) -> str:
+    return f"{MODELS_PREFIX}{model_version}.pt"
+
+
+def share_checkpoint(settings: Settings, model_version: str, path: Path) -> None:
+    """Upload a new model's checkpoint to the object store, if one is configured.
+
+    Called before the model's row is written, so no host ever sees a model whose
+    checkpoint it cannot fetch. An existing key (a retried registration) is kept as is.
+    """
+    if not settings.artifact_store:
+        return
+    try:
+        open_store(settings).put_file(checkpoint_key(model_version), path)
+    except ArtifactExists:
+        pass
+
+
 def checkpoint_path(settings: Settings, checkpoint: str, model_version: str) -> Path:
-    """The recorded checkpoint path, or the conventional ``models/<version>.pt``."""
+    """A local file with the model's checkpoint: the recorded path, the conventional
+    ``models/<version>.pt``, or (with an object store) this host's cached copy, fetched once."""
     recorded = Path(checkpoint) if checkpoint else None
     if recorded is not None and recorded.is_absolute() and recorded.exists():
         return recorded
     if recorded is not None and not recorded.is_absolute() and (settings.models_dir / recorded).exists():
         return settings.models_dir / recorded
-    return settings.models_dir / f"{model_version}.pt"
+    conventional = settings.models_dir / f"{model_version}.pt"
+    if conventional.exists() or not settings.artifact_store:
+        return conventional
+    # The caller loads it at once; the pin ends here (a checkpoint is read whole into memory).
+    with open_cache(settings).fetch(checkpoint_key(model_version)) as cached:
+        return cached.path
 
 
 def model_to_dict(model: ModelVersion) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from core.artifacts import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
@@ -42,6 +44,7 @@ class ErrorCode(str, enum.Enum):
     BROKER_UNAVAILABLE = "broker_unavailable"
     INDEX_UNAVAILABLE = "index_unavailable"
     MODEL_UNAVAILABLE = "model_unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL = "internal"
 
 
@@ -129,6 +132,16 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(status, _DEFAULT_CODES.get(status, ErrorCode.BAD_REQUEST
                                                          if status < 500 else ErrorCode.INTERNAL),
                               message, headers=headers)
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable) -> Response:
+        # The store's URL and the cause go to the log, not to the client (no infrastructure details).
+        log.warning("artifact store unavailable on %s %s: %s", request.method, request.path, exc)
+        message = ("the artifact store cannot be reached: nothing of this request was committed "
+                   "(what this host has cached is still served); retry later")
+        if not _is_api_request():
+            return _html(503, message)
+        return error_response(503, ErrorCode.STORE_UNAVAILABLE, message, headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

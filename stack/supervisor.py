@@ -1,6 +1,7 @@
 """Start the full stack in order, keep it running, stop it cleanly.
 
-Start order: PostgreSQL (cluster created on first use) -> Redis -> the migration
+Start order: PostgreSQL (cluster created on first use) -> Redis -> (with
+``object_store``: SeaweedFS, until its bucket exists -> ``lookalike store init``) -> the migration
 (must exit 0) -> the API (until gunicorn's ``/healthz`` answers) -> nginx (until
 ``/healthz`` answers through it) -> a worker -> beat. A
 service that exits on its own is restarted with a backoff (1 s doubling to 30 s),
@@ -22,6 +23,7 @@ from collections.abc import Callable
 
 import redis
 
+from core.artifacts import ArtifactError, open_store
 from core.config import Settings
 from stack.process import ConsoleSink, ManagedProcess
 from stack.services import (
@@ -122,6 +124,7 @@ class Stack:
         checks: dict[str, Callable[[], bool]] = {
             "postgres": self._postgres_ready, "redis": self._redis_ready,
             "api": lambda: self._healthy(self.config.gunicorn_url), "nginx": lambda: self._healthy(self.config.api_url),
+            "seaweedfs": self._store_ready,
         }
         check = checks.get(name)
         if check is None:
@@ -150,6 +153,14 @@ class Stack:
             return False
         finally:
             client.close()
+
+    def _store_ready(self) -> bool:
+        """SeaweedFS's S3 port opens before its filer is up: ready once the bucket can be made."""
+        try:
+            open_store(self.settings).prepare()
+        except ArtifactError:
+            return False
+        return True
 
     @staticmethod
     def _healthy(base_url: str) -> bool:
@@ -191,7 +202,7 @@ class Stack:
     # ------------------------------------------------------------------ files
     def _prepare_dirs(self) -> None:
         root = self.config.root
-        for sub in ("redis", "run", "logs"):
+        for sub in ("redis", "run", "logs", "objects"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         user = postgres_user()
         if user:

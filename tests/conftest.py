@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from migrations import alembic_config
-from tests.support.servers import PostgresServer, RedisServer
+from tests.support.servers import ObjectStoreServer, PostgresServer, RedisServer
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -28,6 +28,13 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def object_store_server() -> Iterator[ObjectStoreServer]:
+    server = ObjectStoreServer.start()
     yield server
     server.close()
 

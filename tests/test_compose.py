@@ -11,11 +11,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
 from cli.main import lookalike
-from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, PROXY_ARGS, WORKER_ARGS
+from stack.services import API_ARGS, BEAT_ARGS, MIGRATE_COMMAND, PROXY_ARGS, STORE_INIT_ARGS, WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,13 +41,29 @@ def _resolved_config() -> dict:
 
 def test_compose_file_is_valid_and_complete() -> None:
     config = _resolved_config()
-    assert set(config["services"]) == {"postgres", "redis", "migrate", "api", "nginx", "worker", "beat"}
-    for name in ("api", "worker", "beat", "migrate"):
+    assert set(config["services"]) == {"postgres", "redis", "seaweedfs", "migrate", "store-init", "api", "nginx",
+                                       "worker", "beat"}
+    for name in ("api", "worker", "beat", "migrate", "store-init"):
         env = config["services"][name]["environment"]
         assert env["LOOKALIKE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["LOOKALIKE_BROKER_URL"] == "redis://redis:6379/0"
-    for name in ("postgres", "redis", "api", "nginx"):
+        assert env["LOOKALIKE_ARTIFACT_STORE"].startswith("s3://")
+        assert env["LOOKALIKE_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    for name in ("postgres", "redis", "seaweedfs", "api", "nginx"):
         assert "healthcheck" in config["services"][name]
+
+
+def test_compose_services_share_no_artifacts_volume() -> None:
+    """Hosts share PostgreSQL, Redis and the object store only: no app volume is mounted twice."""
+    services = _resolved_config()["services"]
+    mounts: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]  # long or short form
+            mounts.setdefault(source, []).append(name)
+    assert {source: users for source, users in mounts.items() if len(users) > 1} == {}
+    for name in ("api", "worker", "beat"):
+        assert services[name]["depends_on"]["store-init"]["condition"] == "service_completed_successfully"
 
 
 def test_compose_puts_nginx_in_front_of_the_api_and_trusts_only_its_network() -> None:
@@ -68,10 +85,12 @@ def test_compose_puts_nginx_in_front_of_the_api_and_trusts_only_its_network() ->
 
 def test_compose_commands_exist_in_the_cli() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    for name in ("api", "nginx", "worker", "beat"):
+    for name in ("api", "nginx", "worker", "beat", "store-init"):
         argv = services[name]["command"]
         assert argv[0] == "lookalike"
         command = lookalike.commands[argv[1]]
+        if isinstance(command, click.Group):
+            command, argv = command.commands[argv[2]], argv[1:]
         known = {opt for p in command.params for opt in getattr(p, "opts", [])}
         flags = [a for a in argv[2:] if a.startswith("--")]
         assert set(flags) <= known, (name, set(flags) - known)
@@ -87,6 +106,7 @@ def test_make_stack_runs_the_same_commands_as_compose() -> None:
                                             "--upstream", "api:8000"]
     assert services["worker"]["command"] == ["lookalike", *WORKER_ARGS]
     assert services["beat"]["command"] == ["lookalike", *BEAT_ARGS]
+    assert services["store-init"]["command"] == ["lookalike", *STORE_INIT_ARGS]
 
 
 def test_every_variable_the_compose_file_reads_is_documented() -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from core.config import Settings
 from core.embedding import EmbeddingNet, Pretrained, build_model, save_checkpoint
-from core.registry import register_model
+from core.registry import register_model, share_checkpoint
 from trainer.augment import eval_pipeline, normalize_batch
 from trainer.config import TrainConfig
 from trainer.data import DataContext, ImageDataset, build_training_data
@@ -81,6 +81,7 @@ def register_pretrained_baseline(sessions: sessionmaker[Session], settings: Sett
     """
     destination = model_checkpoint_path(settings, version)
     save_checkpoint(destination, model, extra={"untrained": True, "head": "pca"})
+    share_checkpoint(settings, version, destination)
     return register_model(sessions, checkpoint_path=destination, spec=model.spec.to_dict(),
                           train_config=cfg.to_dict(), metrics={}, version=version,
                           notes=notes or f"frozen {model.spec.backbone.value} ImageNet features, PCA head")

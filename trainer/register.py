@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.atomic_files import replacing
 from core.config import Settings
 from core.embedding import Backbone, ModelSpec, Pretrained, build_model, load_model, save_checkpoint
-from core.registry import get_model, new_version, register_model
+from core.registry import checkpoint_path, get_model, new_version, register_model, share_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import DataContext, build_eval_data
 from trainer.evaluate import evaluate_holdout
@@ -45,6 +45,7 @@ def register_trained(
     destination = model_checkpoint_path(settings, version)
     _copy_atomically(result.checkpoint, destination)
     metrics = {**result.final_metrics, "holdout": result.summary, "run_dir": str(result.run_dir)}
+    share_checkpoint(settings, version, destination)
     return register_model(
         sessions, checkpoint_path=destination, spec=result.spec.to_dict(), train_config=result.config.to_dict(),
         metrics=metrics, version=version, notes=notes or result.config.notes,
@@ -94,6 +95,7 @@ def register_untrained(
     destination = model_checkpoint_path(settings, version)
     save_checkpoint(destination, model, extra={"untrained": True})
     kind = "random weights" if spec.pretrained is Pretrained.NONE else f"{spec.pretrained.value} features"
+    share_checkpoint(settings, version, destination)
     return register_model(
         sessions, checkpoint_path=destination, spec=spec.to_dict(), train_config={},
         metrics={}, version=version, notes=notes or f"untrained {spec.backbone.value} ({kind})",
@@ -107,7 +109,7 @@ def evaluate_version(
     """Leave-one-out holdout metrics of ``version`` on ``config``'s holdout (default: its own)."""
     record = get_model(sessions, version)
     cfg = config or _config_of(record.train_config, version)
-    model, _ = load_model(Path(record.checkpoint_path))
+    model, _ = load_model(checkpoint_path(settings, record.checkpoint_path, record.version))
     data = build_eval_data(cfg.data, model.spec, DataContext(settings, sessions))
     if data is None:
         raise NoHoldoutError(f"the config of {version} yields no holdout (no held-out classes and no data.eval_path)")

@@ -13,7 +13,6 @@ import logging
 import threading
 from collections import OrderedDict
 from functools import cached_property
-from pathlib import Path
 
 import torch
 from sqlalchemy import Engine
@@ -24,7 +23,7 @@ from core.db import ModelVersion, make_engine, make_session_factory
 from core.dispatch import TaskDispatcher
 from core.embedding import Embedder, ModelSpec, resolve_device
 from core.media import MediaStore
-from core.registry import get_model
+from core.registry import checkpoint_path, get_model
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class Runtime:
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
             embedder = Embedder.from_checkpoint(
-                Path(model.checkpoint_path),
+                checkpoint_path(self.settings, model.checkpoint_path, model.version),
                 device=resolve_device(self.settings.device),
                 batch_size=self.settings.embed_batch_size,
                 expected_spec=ModelSpec.from_dict(model.spec),

@@ -42,6 +42,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.artifacts import StoreUnavailable
 from core.catalog.plan import ItemPlan, KnownImage, KnownItem, Outcome, PlacedImage, item_values, plan_item
 from core.catalog.queries import soft_delete_missing
 from core.catalog.rows import CatalogRow, ImportReport, RowError
@@ -226,6 +227,8 @@ def _store_images(row: CatalogRow, item: KnownItem | None, store: MediaStore, ro
                 width, height = stored.width, stored.height
         except MediaError as exc:
             return f"image {ref.uri!r}: {exc}"
+        except StoreUnavailable:
+            raise  # not this row's fault: the request answers 503, an import job fails and can be retried
         except OSError as exc:  # writing to the media store (a full disk)
             return f"image {ref.uri!r}: cannot be stored: {exc.strerror or type(exc).__name__}"
         images.append(PlacedImage(key, width, height, ref.uri, len(images)))

@@ -159,9 +159,10 @@ def media(key: str) -> Response:
     if not is_media_key(key):
         raise not_found(f"no image with key {key!r} (keys are 64 lower-case hex characters)")
     ctx = service_context()
-    path = ctx.media.path(key)
-    if not path.is_file():
-        raise not_found(f"no image with key {key}")
+    try:
+        path = ctx.media.local_file(key)  # with an object store: downloaded into this host's cache once
+    except MediaError:
+        raise not_found(f"no image with key {key}") from None
     with open(path, "rb") as fh:
         head = fh.read(16)
     response = send_file(path, mimetype=_sniff(head), conditional=True, etag=key, max_age=31536000)
@@ -269,6 +270,6 @@ def _current_images(external_id: str) -> list[ImageRef]:
         raise ApiError(409, ErrorCode.CONFLICT,
                        f"item {external_id!r} has no images yet: send multipart/form-data with "
                        "'metadata' and at least one 'image' file")
-    return [ImageRef(uri=uri or f"media:{key}", data=ctx.media.path(key).read_bytes()) for uri, key in keys]
+    return [ImageRef(uri=uri or f"media:{key}", data=ctx.media.read_bytes(key)) for uri, key in keys]
 
 

@@ -4,7 +4,8 @@ A :class:`SearchState` is immutable and built completely before it is swapped in
 (see :mod:`service.searcher.watcher`); a request takes one reference at its start
 and uses it to the end, so a swap never changes anything under a running query.
 The old state is not closed explicitly: when the last request holding it ends,
-dropping the reference unmaps the old index file.
+dropping the reference unmaps the old index file (and, with an object store, releases
+its pin on the cached files: core/index_store.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +26,8 @@ from core.embedding import Embedder, resolve_device
 from core.embeddings_store import FreshBasis
 from core.index import Metric, VectorIndex
 from core.index.neighbours import NeighbourLists
-from core.registry import checkpoint_path, index_directory
+from core.index_store import served_index_files
+from core.registry import checkpoint_path
 from service.searcher.fresh import FreshSet, follow_fresh
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,15 @@ def build_state(settings: Settings, engine: Engine, row: IndexVersion) -> Search
     """Load everything a search needs for the index ``row`` (raises if the index is unusable)."""
     started = time.perf_counter()
     model = row.model
-    index = VectorIndex.load(index_directory(settings, row), expected_model_version=model.version)
+    directory, pinned = served_index_files(settings, row)
+    try:
+        index = VectorIndex.load(directory, expected_model_version=model.version)
+    except BaseException:
+        if pinned is not None:
+            pinned.close()
+        raise
+    if pinned is not None:  # cached files stay pinned (never evicted) for as long as this index maps them
+        weakref.finalize(index, pinned.close)
     embedder, error = load_embedder(settings, model.checkpoint_path, model.version)
     if embedder is not None and embedder.dim != index.manifest.dim:
         error = f"model {model.version} embeds {embedder.dim}-d vectors, the index holds {index.manifest.dim}-d"

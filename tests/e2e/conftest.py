@@ -27,7 +27,7 @@ from core.catalog.sample import CLASSES, Split, load_split
 from core.config import LogLevel, Settings
 from stack import Stack, StackConfig
 from tests.conftest import FASHION_MNIST_DIR
-from tests.support.servers import free_port
+from tests.support.servers import free_port, weed_ports
 
 ADMIN_KEY = "e2e-admin-key"
 WRITE_HEADERS = {"X-API-Key": ADMIN_KEY}
@@ -113,7 +113,9 @@ def e2e() -> Iterator[E2E]:
     root = Path(tempfile.mkdtemp(prefix="lookalike-e2e-"))
     root.chmod(0o755)
     config = StackConfig(home=root / "home", api_port=free_port(), gunicorn_port=free_port(),
-                         postgres_port=free_port(), redis_port=free_port(), api_workers=2, worker_concurrency=2)
+                         postgres_port=free_port(), redis_port=free_port(), api_workers=2, worker_concurrency=2,
+                         # As docker-compose runs it: the services share an object store, no folder.
+                         object_store=True, object_store_port=weed_ports(4))
     base = Settings(
         import_roots=(root / "incoming",),  # where the tests write catalog images (E2E.home is root)
         admin_api_key=ADMIN_KEY, annoy_trees=20, verify_sample_size=200, torch_threads=1,

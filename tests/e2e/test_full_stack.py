@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from core.artifacts import open_store
 from core.catalog.sample import CLASSES, Split, load_split
+from core.media import MEDIA_PREFIX
 from tests.conftest import FASHION_MNIST_DIR
 from tests.e2e.conftest import E2E, png_bytes, write_catalog_csv
 
@@ -196,6 +198,29 @@ def test_with_redis_down_queries_are_served_and_writes_answer_503(e2e: E2E) -> N
         assert time.monotonic() < deadline, response.text
         time.sleep(1)
     _wait_found(e2e, png, "after-redis", timeout=90)  # the worker reconnected and embedded it
+
+
+def test_with_the_object_store_down_queries_are_served_and_new_images_answer_503(e2e: E2E) -> None:
+    store = open_store(e2e.stack.settings)
+    assert len(list(store.list_keys(MEDIA_PREFIX))) >= len(CATALOG_IDS)  # the catalog went through it
+    api_home = e2e.stack.config.root / "hosts" / "api"
+    assert not (api_home / "artifacts" / "indexes").exists()  # the API host built nothing: it fetched
+    png, category = _test_images(20, 1)[0]
+    e2e.stack.stop_service("seaweedfs")
+    try:
+        for external_id in CATALOG_IDS[:20]:
+            assert e2e.api.similar(external_id).status_code == 200  # the served index is in the API's cache
+        response = e2e.api.put_item("while-store-down", png, category)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "store_unavailable"
+        assert e2e.api.get("/api/v1/items/while-store-down").status_code == 404  # nothing committed
+    finally:
+        e2e.stack.start_service("seaweedfs")
+    deadline = time.monotonic() + 30
+    while (response := e2e.api.put_item("after-store", png, category)).status_code != 201:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(1)
+    _wait_found(e2e, png, "after-store", timeout=90)
 
 
 def test_the_api_recovers_from_a_postgres_restart_without_restarting(e2e: E2E) -> None:

@@ -9,6 +9,7 @@ user because it refuses to run as root.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.services import pg_binary
+from stack.services import pg_binary, weed_server_args
 
 
 def free_port() -> int:
@@ -156,6 +157,93 @@ class RedisServer:
             self.process.terminate()
             try:
                 self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self._spawn()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def weed_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports whose gRPC twins (weed listens on each
+    port + 10000 too) are free as well."""
+    for _ in range(1000):
+        port = random.randint(20000, 45000)
+        if all(_port_free(p) and _port_free(p + 10000) for p in range(port, port + count)):
+            return port
+    raise RuntimeError("no free ports for SeaweedFS")
+
+
+@dataclass
+class ObjectStoreServer:
+    """SeaweedFS (master, volume, filer and its S3 gateway) on loopback, data in a temp dir.
+
+    Anonymous access (no identities configured); ``bucket`` exists once ``start`` returns.
+    """
+
+    root: Path
+    s3_port: int
+    bucket: str = "lookalike-test"
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls) -> ObjectStoreServer:
+        server = cls(root=Path(tempfile.mkdtemp(prefix="lookalike-weed-")), s3_port=weed_ports())
+        server._spawn()
+        return server
+
+    def _spawn(self) -> None:
+        ports = {name: weed_ports() for name in ("master", "volume", "filer")}
+        self.process = subprocess.Popen(
+            weed_server_args(self.root, self.s3_port, (ports["master"], ports["volume"], ports["filer"])),
+            stdout=open(self.root / "weed.log", "ab"), stderr=subprocess.STDOUT, cwd=self.root,
+        )
+        wait_for_port(self.s3_port, timeout=60)
+        self._wait_bucket()
+
+    def _wait_bucket(self, timeout: float = 60.0) -> None:
+        """The S3 port opens before the filer is ready: retry creating the bucket until it works."""
+        import boto3  # a test-support helper; only the object-store tests pay for the import
+
+        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                return
+            except Exception:  # noqa: BLE001 - not ready yet, or no bucket yet
+                try:
+                    client.create_bucket(Bucket=self.bucket)
+                except Exception:  # noqa: BLE001
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.3)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # weed takes its time to stop cleanly; its data is a temp dir
+            try:
+                self.process.wait(3)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import IndexStatus, IndexVersion, session_scope
+from core.index_store import delete_shared_version, version_prefix
 from core.publish import retire_beyond_keep
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,12 @@ def retire_old_indexes(settings: Settings, sessions: sessionmaker[Session]) -> d
     """RETIRE_OLD_INDEXES: enforce ``keep_index_versions`` and delete unneeded directories."""
     with session_scope(sessions) as s:
         retire_beyond_keep(s, settings.keep_index_versions)  # the rule publish applies (core/publish.py)
-        doomed = [Path(p) for p in s.scalars(
-            select(IndexVersion.path).where(IndexVersion.status.in_([IndexStatus.RETIRED, IndexStatus.FAILED]))
-        ) if p]
-    removed = [str(p) for p in doomed if remove_index_dir(p)]
+        doomed = s.execute(select(IndexVersion.version, IndexVersion.path).where(
+            IndexVersion.status.in_([IndexStatus.RETIRED, IndexStatus.FAILED]))).all()
+    removed = [str(p) for _, p in doomed if p and remove_index_dir(Path(p))]
+    for version, _ in doomed:  # with an object store, the whole version goes from there too
+        if delete_shared_version(settings, version):
+            removed.append(version_prefix(version))
     removed += _remove_orphans(settings.indexes_dir)
     if removed:
         log.info("removed %d old index directories", len(removed))
