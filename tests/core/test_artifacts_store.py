@@ -27,7 +27,7 @@ _prefixes = itertools.count()
 def s3_store(server: ObjectStoreServer, prefix: str | None = None) -> S3Store:
     return S3Store(server.bucket, prefix if prefix is not None else f"t{next(_prefixes)}/",
                    endpoint_url=server.endpoint_url, region="us-east-1",
-                   access_key_id="test", secret_access_key="test", timeout_seconds=2, attempts=1)
+                   access_key_id="test", secret_access_key="test", timeout_seconds=10, attempts=2)
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.objectstore)])

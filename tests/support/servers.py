@@ -217,23 +217,23 @@ class ObjectStoreServer:
         self._wait_bucket()
 
     def _wait_bucket(self, timeout: float = 60.0) -> None:
-        """The S3 port opens before the filer is ready: retry creating the bucket until it works."""
-        import boto3  # a test-support helper; only the object-store tests pay for the import
+        """The S3 port opens before the filer and a volume are ready: until a write goes through,
+        retry making the bucket and writing (then deleting) a probe object."""
+        from core.artifacts.s3 import S3Store  # boto3: only the object-store tests pay for the import
 
-        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
+        store = S3Store(self.bucket, "", endpoint_url=self.endpoint_url, region="us-east-1",
+                        access_key_id="test", secret_access_key="test", timeout_seconds=5, attempts=1)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                client.head_bucket(Bucket=self.bucket)
+                store.prepare()
+                store.client.put_object(Bucket=self.bucket, Key="ready-probe", Body=b"ok")
+                store.client.delete_object(Bucket=self.bucket, Key="ready-probe")
                 return
-            except Exception:  # noqa: BLE001 - not ready yet, or no bucket yet
-                try:
-                    client.create_bucket(Bucket=self.bucket)
-                except Exception:  # noqa: BLE001
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.3)
+            except Exception:  # noqa: BLE001 - not ready yet (botocore's errors or the store's own)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
 
     @property
     def endpoint_url(self) -> str:
