@@ -192,6 +192,17 @@ def search(state: SearchState, conn: Connection, vector: np.ndarray, *, k: int, 
     return result
 
 
+def merge_photo_lists(lists: Sequence[tuple[np.ndarray, np.ndarray, bool, float]],
+                      metric: Metric) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """One candidate list from the query photos' (ids, distances, exhausted, reach) lists: all
+    candidates nearest first (stable: equal distances keep the photo order), exhausted only if
+    every list is, and the nearest of their reaches (beyond it, a list may have missed images)."""
+    ids = np.concatenate([c[0] for c in lists])
+    dists = np.concatenate([c[1] for c in lists])
+    order = _order(dists, metric)
+    return ids[order], dists[order], all(c[2] for c in lists), min(c[3] for c in lists)
+
+
 def search_photos(state: SearchState, conn: Connection, vectors: Sequence[np.ndarray], *, k: int,
                   filters: Filters, exclusions: Exclusions, search_k: int = -1) -> SearchResult:
     """The ``k`` best items for the photos of one query item (unit vectors, display order).
@@ -221,13 +232,8 @@ def search_photos(state: SearchState, conn: Connection, vectors: Sequence[np.nda
     while True:
         result.rounds += 1
         t0 = time.perf_counter()
-        lists = [candidates(state, q, n, search_k) for q in queries]
-        ids = np.concatenate([c[0] for c in lists])
-        dists = np.concatenate([c[1] for c in lists])
-        order = _order(dists, metric)  # stable: equal distances keep the photo order
-        ids, dists = ids[order], dists[order]
-        exhausted = all(c[2] for c in lists)
-        reach = min(c[3] for c in lists)
+        ids, dists, exhausted, reach = merge_photo_lists(
+            [candidates(state, q, n, search_k) for q in queries], metric)
         t1 = time.perf_counter()
         new = [i for i in dict.fromkeys(ids.tolist()) if i not in checked]
         meta.update(fetch_metadata(conn, new, filters=filters, exclusions=exclusions))

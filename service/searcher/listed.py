@@ -24,7 +24,15 @@ from sqlalchemy import Connection
 
 from core.index import exact_search
 from service.filters import Filters
-from service.searcher.engine import MAX_QUERY_PHOTOS, SearchResult, _key, _order, _reach, group_by_item
+from service.searcher.engine import (
+    MAX_QUERY_PHOTOS,
+    SearchResult,
+    _key,
+    _order,
+    _reach,
+    group_by_item,
+    merge_photo_lists,
+)
 from service.searcher.metadata import Exclusions, fetch_metadata
 from service.searcher.state import SearchState
 
@@ -74,13 +82,7 @@ def search_listed(state: SearchState, conn: Connection, rows: np.ndarray, *, k: 
     result = SearchResult(matches=[], index_version=state.index_version, model_version=state.model_version,
                           query_photos=len(rows), rounds=1, listed=True)
     t0 = time.perf_counter()
-    lists = [_photo_candidates(state, int(row)) for row in rows]
-    ids = np.concatenate([c[0] for c in lists])
-    dists = np.concatenate([c[1] for c in lists])
-    order = _order(dists, metric)  # stable: equal distances keep the photo order
-    ids, dists = ids[order], dists[order]
-    exhausted = all(c[2] for c in lists)
-    reach = min(c[3] for c in lists)
+    ids, dists, exhausted, reach = merge_photo_lists([_photo_candidates(state, int(row)) for row in rows], metric)
     t1 = time.perf_counter()
     unique = list(dict.fromkeys(ids.tolist()))
     meta = fetch_metadata(conn, unique, filters=Filters(), exclusions=exclusions)

@@ -153,13 +153,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 10)
 
     def restart(self) -> None:
         self.stop()
@@ -168,6 +162,17 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, wait_seconds: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``wait_seconds``."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(wait_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _port_free(port: int) -> bool:
@@ -240,13 +245,7 @@ class ObjectStoreServer:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # weed takes its time to stop cleanly; its data is a temp dir
-            try:
-                self.process.wait(3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 3)  # weed takes its time to stop cleanly; its data is a temp dir
 
     def restart(self) -> None:
         self.stop()
