@@ -125,8 +125,31 @@ class PostgresServer:
         )
 
 
+class _SpawnedServer:
+    """Stop (SIGTERM, then SIGKILL after ``stop_wait_seconds``), restart, and close (stop and
+    remove the temp dir) for a server that ``_spawn`` starts as ``process`` in ``root``."""
+
+    root: Path
+    process: subprocess.Popen[bytes] | None
+    stop_wait_seconds = 10.0
+
+    def _spawn(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _terminate(self.process, self.stop_wait_seconds)
+
+    def restart(self) -> None:
+        self.stop()
+        self._spawn()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @dataclass
-class RedisServer:
+class RedisServer(_SpawnedServer):
     """A redis-server without persistence in a temp dir."""
 
     root: Path
@@ -152,16 +175,6 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def stop(self) -> None:
-        _terminate(self.process, 10)
-
-    def restart(self) -> None:
-        self.stop()
-        self._spawn()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, wait_seconds: float) -> None:
@@ -195,7 +208,7 @@ def weed_ports(count: int = 1) -> int:
 
 
 @dataclass
-class ObjectStoreServer:
+class ObjectStoreServer(_SpawnedServer):
     """SeaweedFS (master, volume, filer and its S3 gateway) on loopback, data in a temp dir.
 
     Anonymous access (no identities configured); ``bucket`` exists once ``start`` returns.
@@ -205,6 +218,7 @@ class ObjectStoreServer:
     s3_port: int
     bucket: str = "lookalike-test"
     process: subprocess.Popen[bytes] | None = None
+    stop_wait_seconds = 3.0  # weed takes its time to stop cleanly; its data is a temp dir
 
     @classmethod
     def start(cls) -> ObjectStoreServer:
@@ -244,13 +258,3 @@ class ObjectStoreServer:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def stop(self) -> None:
-        _terminate(self.process, 3)  # weed takes its time to stop cleanly; its data is a temp dir
-
-    def restart(self) -> None:
-        self.stop()
-        self._spawn()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
