@@ -333,23 +333,26 @@ class MediaStore:
             raise ValueError(f"invalid media key {key!r}: expected 64 lower-case hex characters")
         return f"{key[:2]}/{key[2:4]}/{key}"
 
+    def _store_key(self, key: str) -> str:
+        return MEDIA_PREFIX + self._relative(key)
+
     def exists(self, key: str) -> bool:
         if self.path(key).is_file():
             return True
-        return self.shared is not None and self.shared.store.exists(MEDIA_PREFIX + self._relative(key))
+        return self.shared is not None and self.shared.store.exists(self._store_key(key))
 
     def local_file(self, key: str) -> Path:
         """A file on this host holding ``key``'s bytes (downloaded once from the store if need be)."""
         path = self.path(key)
-        if path.is_file() or self.shared is None:
-            if not path.is_file():
-                raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}")
+        if path.is_file():
             return path
-        try:
-            with self.shared.fetch(MEDIA_PREFIX + self._relative(key)) as cached:
-                return cached.path
-        except ArtifactNotFound:
-            raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}") from None
+        if self.shared is not None:
+            try:
+                with self.shared.fetch(self._store_key(key)) as cached:
+                    return cached.path
+            except ArtifactNotFound:
+                pass
+        raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}")
 
     def describe(self, data: bytes) -> StoredImage:
         """Validate ``data`` like :meth:`put_bytes` would, without storing anything.
@@ -372,10 +375,10 @@ class MediaStore:
             pass
         if self.shared is not None:  # uploaded first: the local copy is only this host's cache of it
             try:
-                self.shared.store.put_bytes(MEDIA_PREFIX + self._relative(stored.key), data)
+                self.shared.store.put_bytes(self._store_key(stored.key), data)
             except ArtifactExists:  # content-addressed: the same bytes are there already
                 pass
-            self.shared.keep(MEDIA_PREFIX + self._relative(stored.key), data)
+            self.shared.keep(self._store_key(stored.key), data)
             return stored
         # Missing, or a short file left by a crash before it reached the disk: (re)write it.
         self._write_atomically(target, data)
@@ -390,9 +393,8 @@ class MediaStore:
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
-            if self.shared is None:
-                raise MediaError(MediaErrorReason.NOT_FOUND, f"no image stored under key {key}") from None
-        return self.local_file(key).read_bytes()
+            pass
+        return self.local_file(key).read_bytes()  # from the store, if there is one; else NOT_FOUND
 
     def open(self, key: str) -> Image.Image:
         """The stored image, decoded to RGB with EXIF orientation applied."""
