@@ -10,6 +10,7 @@ files. Without a store nothing changes: versions are read in place from
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from core.artifacts import (
@@ -75,8 +76,18 @@ def served_index_files(settings: Settings, row: IndexVersion) -> tuple[Path, Pin
     return pinned.paths[MANIFEST_FILE].parent, pinned
 
 
-def delete_shared_version(settings: Settings, version: str) -> int:
-    """Retention: remove a version from the store whole (its file list first); objects removed."""
-    if not settings.artifact_store:
-        return 0
-    return delete_directory(open_store(settings), version_prefix(version))
+def delete_shared_versions(settings: Settings, versions: Collection[str]) -> list[str]:
+    """Retention: remove these versions from the store, each whole (its file list first).
+
+    One listing of ``indexes/`` finds which of them still have objects (a retired version
+    stays in SQL for good: probing each one on every run would grow without end); the
+    prefixes deleted now are returned.
+    """
+    if not settings.artifact_store or not versions:
+        return []
+    store = open_store(settings)
+    present = {key[len(INDEXES_PREFIX):].split("/", 1)[0] for key in store.list_keys(INDEXES_PREFIX)}
+    doomed = [version_prefix(v) for v in sorted(present & set(versions))]
+    for prefix in doomed:
+        delete_directory(store, prefix)
+    return doomed

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import IndexStatus, IndexVersion, session_scope
-from core.index_store import delete_shared_version, version_prefix
+from core.index_store import delete_shared_versions
 from core.publish import retire_beyond_keep
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ def retire_old_indexes(settings: Settings, sessions: sessionmaker[Session]) -> d
         doomed = s.execute(select(IndexVersion.version, IndexVersion.path).where(
             IndexVersion.status.in_([IndexStatus.RETIRED, IndexStatus.FAILED]))).all()
     removed = [str(p) for _, p in doomed if p and remove_index_dir(Path(p))]
-    for version, _ in doomed:  # with an object store, the whole version goes from there too
-        if delete_shared_version(settings, version):
-            removed.append(version_prefix(version))
+    removed += delete_shared_versions(settings, [version for version, _ in doomed])  # with an object store
     removed += _remove_orphans(settings.indexes_dir)
     if removed:
         log.info("removed %d old index directories", len(removed))
