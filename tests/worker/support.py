@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,7 +19,10 @@ from core.jobs import get_job
 from core.media import MediaStore
 from core.registry import activate_model, register_model
 
-REPO = Path(__file__).resolve().parents[2]
+# Re-exported: the worker tests import these from here (tests/support/processes.py owns them).
+from tests.support.processes import WorkerProcess as WorkerProcess
+from tests.support.processes import wait_until as wait_until
+
 TINY_SPEC = ModelSpec(input_size=32, embedding_dim=32)
 TINY_TRAINING = [
     "model.input_size=32", "model.embedding_dim=32", "epochs=1", "steps_per_epoch=2",
@@ -89,71 +87,3 @@ def wait_for_job(sessions: sessionmaker[Session], job_id: int, timeout: float = 
             return job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s: {get_job(sessions, job_id).status}")
-
-
-def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached in {timeout}s")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """A minimal environment for a child process that reproduces ``settings``."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(settings.home),
-           "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736", "LANG": "C.UTF-8"}
-    return {**env, **settings.to_env()}
-
-
-@dataclass
-class WorkerProcess:
-    """``lookalike worker`` as a real subprocess (prefork, one child)."""
-
-    settings: Settings
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    concurrency: int = 1
-    extra_args: list[str] = field(default_factory=list)
-    _ready_before: int = 0
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Start the process without waiting for it (it takes seconds to import torch)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._ready_before = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker", "-c", str(self.concurrency), "--pool", "prefork",
-             *self.extra_args],
-            cwd=REPO, env=settings_env(self.settings), start_new_session=True,
-            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        assert self.process is not None
-        wait_until(lambda: self.log_path.read_bytes().count(b" ready.") > self._ready_before
-                   or self.process.poll() is not None, timeout, 0.1, "celery worker ready")
-        if self.process.poll() is not None:
-            raise RuntimeError("celery worker exited:\n" + self.log_path.read_text(errors="replace")[-4000:])
-
-    def child_pids(self) -> list[int]:
-        assert self.process is not None
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return [int(c) for c in children]
-
-    def stop(self) -> None:
-        """SIGKILL the whole process group: nothing a test looks at later depends on it."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL)  # start_new_session: it leads its own group
-        self.process.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-

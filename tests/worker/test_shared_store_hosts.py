@@ -25,6 +25,7 @@ from core.registry import activate_model, active_index
 from core.reindex_requests import submit_reindex
 from migrations import alembic_config
 from service.app import create_app
+from tests.support.processes import cached_media
 from tests.support.servers import ObjectStoreServer, PostgresServer, RedisServer
 from tests.worker.conftest import tuned
 from tests.worker.support import TINY_SPEC, WorkerProcess, import_fmnist, wait_for_job
@@ -34,11 +35,6 @@ from worker.celery_app import CeleryTaskSender, make_celery
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.objectstore, pytest.mark.slow]
 _prefixes = itertools.count()
 CATALOG = 1500
-
-
-def cached_media(home: Path) -> set[str]:
-    folder = home / "cache" / "objects" / MEDIA_PREFIX
-    return {p.name for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
 
 
 def test_two_worker_hosts_share_the_embedding_and_a_third_serves_the_index(
@@ -74,7 +70,7 @@ def test_two_worker_hosts_share_the_embedding_and_a_third_serves_the_index(
         assert job.status is JobStatus.SUCCEEDED, job.error
 
         # Both worker hosts embedded some of the catalog: each fetched those images into its own cache.
-        fetched = {name: cached_media(host[name].home) for name in "ac"}
+        fetched = {name: cached_media(host[name]) for name in "ac"}
         assert fetched["a"] and fetched["c"], {k: len(v) for k, v in fetched.items()}
         index = active_index(sessions)
         assert index is not None and index.image_count == CATALOG
