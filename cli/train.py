@@ -30,6 +30,7 @@ from core.registry import (
     set_model_metrics,
 )
 from core.rerank import Rerank
+from core.runs import publish_run
 from trainer.augment import eval_pipeline
 from trainer.config import ConfigError, DataSource, TrainConfig
 from trainer.data import DataContext, ImageDataset
@@ -104,6 +105,9 @@ def train(ctx: CliContext, config_path: Path | None, overrides: tuple[str, ...],
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"run directory: {result.run_dir}")
+    published = publish_run(ctx.settings, Path(result.run_dir))
+    if published:
+        click.echo(f"published to the artifact store as {published}")
     click.echo(_metrics_line(result.final_metrics) or "no holdout evaluation")
     if register:
         registered = register_trained(ctx.sessions, ctx.settings, result, version=version)

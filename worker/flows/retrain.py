@@ -28,6 +28,7 @@ from core.db import Job
 from core.embedding import resolve_device
 from core.jobs import update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
+from core.runs import publish_run
 from trainer.baseline import NoBaselineError, pretrained_baseline, register_pretrained_baseline
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataContext
@@ -152,6 +153,7 @@ def _retrain(rt: Runtime, job_id: int, state: RetrainState, config: dict[str, An
                                     sessions, job_id, searched + int(record["epoch"])))
             except ValueError as exc:  # the catalog does not fit the config (ConfigError is one too)
                 raise RetrainError(f"training could not start: {exc}") from exc
+            publish_run(settings, run_dir)  # finished: to the store (if any), for every host to read
             register_trained(sessions, settings, trained, version=candidate, notes=f"retrain job {job_id} ({reason})")
             state.run_dir = str(run_dir)
             save_state(sessions, job_id, state)
