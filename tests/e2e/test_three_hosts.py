@@ -29,6 +29,7 @@ from core.config import LogLevel, Settings
 from core.db import make_engine, make_session_factory
 from core.index_store import INDEXES_PREFIX
 from core.registry import activate_model
+from core.runs import open_run
 from migrations import alembic_config
 from tests.conftest import FASHION_MNIST_DIR
 from tests.e2e.conftest import ADMIN_KEY, Api, png_bytes, write_catalog_csv
@@ -182,6 +183,8 @@ def test_retrain_and_publish_while_b_is_queried_fail_no_request(hosts: Hosts) ->
         assert response.status_code == 202, response.text
         retrain = hosts.api.wait_job(response.json()["job"]["id"], timeout=300)
         assert retrain["status"] == "succeeded", retrain
+        with open_run(hosts.settings["b"], f"retrain-{retrain['id']}") as run:  # trained on A or C, read on B
+            assert {"config.yaml", "metrics.jsonl", "checkpoint.pt"} <= set(run)
         response = hosts.api.post("/api/v1/reindex", json={"force": True})
         reindex = hosts.api.wait_job(response.json()["job"]["id"], timeout=240)
         assert reindex["status"] == "succeeded", reindex
