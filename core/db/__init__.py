@@ -19,6 +19,7 @@ from core.db.models import (
     JobStatus,
     ModelStatus,
     ModelVersion,
+    QueryLog,
 )
 from core.db.session import make_engine, make_session_factory, session_scope
 
@@ -26,5 +27,6 @@ __all__ = [
     "ApiKey", "Base", "Embedding", "Feedback", "FeedbackJudgement", "FeedbackSource",
     "ImageStatus", "IndexStatus", "IndexVersion", "Item",
     "ItemImage", "ItemStatus", "Job", "JobKind", "JobPhase", "JobStatus", "ModelStatus", "ModelVersion",
+    "QueryLog",
     "make_engine", "make_session_factory", "session_scope",
 ]

@@ -273,3 +273,19 @@ class Feedback(Base):
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class QueryLog(Base):
+    """A sampled similar-by-id request: the query item, its k, when (core/query_log.py).
+
+    The item is kept by external id, not by foreign key: the hot path inserts without a
+    lookup, and a replay simply skips ids that no longer name an active item. Bounded by
+    deleting the oldest rows (the primary key is the age order).
+    """
+
+    __tablename__ = "query_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255))
+    k: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -17,6 +17,7 @@ from core.config import MAX_UPLOAD_IMAGES, MULTIPART_OVERHEAD
 from core.db import Item, ItemStatus, session_scope
 from core.db.backend import backend_of
 from core.media import MediaError, is_media_key
+from core.query_log import log_query, sampled
 from service.api.common import (
     elapsed_ms,
     record_search_timings,
@@ -95,7 +96,12 @@ def similar(external_id: str) -> Response:
     ctx.metrics.queries.labels("item").inc()
     record_search_timings(result)
     query = {"external_id": external_id, "exclude_group": exclude_group, "filters": filters.to_dict()}
-    return timed_json(results_json(result, k=k, query=query, took_ms=elapsed_ms()))
+    response = timed_json(results_json(result, k=k, query=query, took_ms=elapsed_ms()))
+    settings = ctx.settings
+    if sampled(settings.query_log_sample_rate):
+        # after the response is sent: the client never waits for the log, and a failed write is only logged
+        response.call_on_close(lambda: log_query(ctx.sessions, external_id, k, settings.query_log_max_rows))
+    return response
 
 
 @bp.put("/items/<external_id>")
