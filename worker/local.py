@@ -56,18 +56,24 @@ class InProcessDispatcher:
         return task_id
 
     def _drain(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return
+                    task_id, task, kwargs = self._queue.popleft()
+                try:
+                    run_task(self.runtime, task, kwargs)
+                except Exception as exc:  # the job row records it; one task must not stop the queue
+                    log.exception("task %s (%s) failed", task.value, task_id)
+                    self.failures.append((task, f"{type(exc).__name__}: {exc}"))
+        finally:
+            # also when a task raises BaseException (KeyboardInterrupt, a test's stand-in for a
+            # killed worker): it propagates, but wait() and close() must not hang on the flag.
+            # Tasks still queued stay queued; the next send() drains them.
             with self._lock:
-                if not self._queue:
-                    self._draining = False
-                    self._idle.notify_all()
-                    return
-                task_id, task, kwargs = self._queue.popleft()
-            try:
-                run_task(self.runtime, task, kwargs)
-            except Exception as exc:  # the job row records it; one task must not stop the queue
-                log.exception("task %s (%s) failed", task.value, task_id)
-                self.failures.append((task, f"{type(exc).__name__}: {exc}"))
+                self._draining = False
+                self._idle.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the queue is empty; False if ``timeout`` passed first."""
