@@ -70,6 +70,25 @@ def fail_interrupted_builds(sessions: sessionmaker[Session]) -> list[str]:
     return list(rows)
 
 
+def retire_unpublished_builds(sessions: sessionmaker[Session]) -> list[str]:
+    """Mark RETIRED the READY versions that were never published (only the reindex-lock holder calls this).
+
+    Such a version is a build whose publish never happened (the worker died between the two,
+    or the publish failed); the retry builds afresh. Left READY, it would count as the newest
+    rollback target (retention orders never-published versions by build time) and push out
+    the version that was actually served before; the retire step that follows deletes it.
+    """
+    with session_scope(sessions) as s:
+        rows = s.scalars(
+            update(IndexVersion).where(IndexVersion.status == IndexStatus.READY, IndexVersion.published_at.is_(None))
+            .values(status=IndexStatus.RETIRED, error="built but never published: its publish was interrupted")
+            .returning(IndexVersion.version)
+        ).all()
+    if rows:
+        log.warning("retired index builds that were never published: %s", ", ".join(rows))
+    return list(rows)
+
+
 def _set_status(sessions: sessionmaker[Session], version: str, expected: IndexStatus, **values: object) -> None:
     with session_scope(sessions) as s:
         changed = s.execute(

@@ -26,7 +26,7 @@ from core.publish import publish_index
 from core.registry import active_index
 from worker.flows.catchup import embed_missing
 from worker.flows.failures import FlowError
-from worker.flows.index_build import build_version, fail_interrupted_builds
+from worker.flows.index_build import build_version, fail_interrupted_builds, retire_unpublished_builds
 from worker.flows.jobstate import touch_job
 from worker.flows.model_choice import reindex_model
 from worker.flows.retire import retire_old_indexes
@@ -61,6 +61,7 @@ def reindex_locked(rt: Runtime, job_id: int | None, *, force: bool, model_versio
     settings, sessions = rt.settings, rt.sessions
     model = reindex_model(sessions, model_version)
     fail_interrupted_builds(sessions)
+    retire_unpublished_builds(sessions)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
