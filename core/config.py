@@ -59,6 +59,25 @@ class RerankMode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class ShadowRule:
+    """How a retrain's shadow evaluation decides (``LOOKALIKE_SHADOW_*``; worker/flows/promotion.py).
+
+    Refused: a candidate that ranks fewer feedback pairs correctly than the active model
+    minus ``feedback_tolerance`` x the pairs, or whose mean top-k overlap with the active
+    model is below ``min_overlap`` while its holdout gain is below ``low_overlap_gain``.
+    Skipped (the holdout alone decides) with fewer than ``min_queries`` replayable queries.
+    """
+
+    queries: int
+    """The most recent logged queries replayed."""
+    min_queries: int
+    k: int
+    min_overlap: float
+    low_overlap_gain: float
+    feedback_tolerance: float
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable, with embedded-setup defaults.
 
@@ -147,6 +166,23 @@ class Settings:
     retrain_search: str = "default"
     """Recipe search of every retrain: ``default`` (trainer/search/default.yaml), a YAML
     file of the same form, or ``off`` (train the config as given)."""
+    shadow_queries: int = 500
+    """Shadow evaluation (worker/flows/shadow.py): the most recent logged queries replayed
+    against the candidate and the active model before a promotion."""
+    shadow_min_queries: int = 50
+    """Fewer distinct logged query items than this: the shadow check is skipped (and says so)."""
+    shadow_k: int = 10
+    """Top-k of the shadow replay: overlap@k, and where feedback pairs must (not) rank."""
+    shadow_min_overlap: float = 0.2
+    """Mean top-k overlap (intersection / k) below which a candidate is "suspiciously different"."""
+    shadow_low_overlap_gain: float = 0.05
+    """A suspiciously different candidate is promoted only with at least this holdout MAP@R gain."""
+    shadow_feedback_tolerance: float = 0.05
+    """The candidate may rank at most this share of the feedback pairs fewer correctly than the active model."""
+    query_log_sample_rate: float = 0.01
+    """Share of similar-by-id requests whose query item, k and time are logged (0 disables)."""
+    query_log_max_rows: int = 100_000
+    """Bound of the query log: the oldest rows are deleted past it."""
     reindex_cron: str = "0 3 * * *"
     retrain_cron: str = "0 4 * * 0"
     job_heartbeat_seconds: float = 10.0
@@ -203,6 +239,13 @@ class Settings:
     @property
     def indexes_dir(self) -> Path:
         return self.resolved_artifacts_dir / "indexes"
+
+    @property
+    def shadow(self) -> ShadowRule:
+        """The shadow-evaluation settings as one value (the promotion rule reads only these)."""
+        return ShadowRule(queries=self.shadow_queries, min_queries=self.shadow_min_queries, k=self.shadow_k,
+                          min_overlap=self.shadow_min_overlap, low_overlap_gain=self.shadow_low_overlap_gain,
+                          feedback_tolerance=self.shadow_feedback_tolerance)
 
     @property
     def resolved_redis_url(self) -> str:
@@ -276,6 +319,12 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"LOOKALIKE_TRUSTED_PROXIES: {entry!r} is not an IP address or network "
                                   "(CIDR)") from exc
+        for name in ("shadow_queries", "shadow_min_queries", "shadow_k", "query_log_max_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1")
+        for name in ("query_log_sample_rate", "shadow_min_overlap", "shadow_feedback_tolerance"):
+            if not 0 <= getattr(self, name) <= 1:  # also refuses NaN
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be between 0 and 1")
         if self.rerank_neighbours < 1:
             raise ConfigError(f"LOOKALIKE_RERANK_NEIGHBOURS={self.rerank_neighbours} must be at least 1")
         if not self.rerank_alpha >= 0:  # also refuses NaN

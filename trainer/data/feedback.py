@@ -56,7 +56,8 @@ class StoredJudgement:
 
 @dataclass(frozen=True)
 class FeedbackPair:
-    """The resolved judgement of an unordered pair of items (``a < b``, external ids)."""
+    """The resolved judgement of an unordered pair of items (``a < b``, external ids), or of a
+    query ``a`` and its result ``b`` (``resolve(ordered=True)``)."""
 
     a: str
     b: str
@@ -66,15 +67,21 @@ class FeedbackPair:
     weight: float
 
 
-def resolve(judgements: Iterable[StoredJudgement], weights: SourceWeights) -> list[FeedbackPair]:
+def resolve(judgements: Iterable[StoredJudgement], weights: SourceWeights, *,
+            ordered: bool = False) -> list[FeedbackPair]:
     """One :class:`FeedbackPair` per unordered pair of items, by the rules of the module docstring;
-    sorted by (a, b), so the same rows always give the same pairs in the same order."""
+    sorted by (a, b), so the same rows always give the same pairs in the same order.
+
+    ``ordered=True`` resolves each direction on its own instead (``a`` the query, ``b`` the
+    result): what a ranked answer is judged by (the shadow evaluation, worker/flows/shadow.py).
+    """
     rank = {source: i for i, source in enumerate(SOURCE_RANK)}
     by_pair: dict[tuple[str, str], list[StoredJudgement]] = {}
     for j in judgements:
         if j.query == j.result or source_weight(weights, j.source) <= 0:
             continue
-        by_pair.setdefault((min(j.query, j.result), max(j.query, j.result)), []).append(j)
+        key = (j.query, j.result) if ordered else (min(j.query, j.result), max(j.query, j.result))
+        by_pair.setdefault(key, []).append(j)
     pairs = []
     for (a, b), rows in sorted(by_pair.items()):
         source = min((r.source for r in rows), key=rank.__getitem__)

@@ -142,15 +142,17 @@ class RetrainState:
     run_dir: str | None = None
     """The training's run directory, set once the candidate is registered."""
     trained: TrainedStep | None = None
+    feedback: JSON | None = None
+    """The feedback the trained candidate saw (counts by judgement and source, the weights); with ``trained``."""
     baseline: BaselineStep | None = None
     gate: GateStep | None = None
     reindex: ReindexStep | None = None
     extra: JSON = field(default_factory=dict)
 
     _KEYS: ClassVar[tuple[str, ...]] = (
-        "config", "search", "recipe", "run_dir", "candidate", "candidate_metrics", "baseline", "baseline_metrics",
-        "baseline_note", "active", "active_metrics", "decision", "promoted", "promoted_version", "reindex",
-        "index_version")
+        "config", "search", "recipe", "run_dir", "candidate", "candidate_metrics", "feedback", "baseline",
+        "baseline_metrics", "baseline_note", "active", "active_metrics", "decision", "promoted", "promoted_version",
+        "reindex", "index_version")
 
     @classmethod
     def from_json(cls, data: JSON) -> RetrainState:
@@ -161,6 +163,7 @@ class RetrainState:
             run_dir=data.get("run_dir"),
             trained=(TrainedStep(data["candidate"], data["candidate_metrics"])
                      if "candidate_metrics" in data else None),
+            feedback=data.get("feedback"),
             baseline=(BaselineStep(data["baseline"], data.get("baseline_metrics"), data.get("baseline_note"))
                       if "baseline" in data else None),
             gate=(GateStep(data.get("active"), data.get("active_metrics"), data["decision"],
@@ -180,6 +183,8 @@ class RetrainState:
             out["run_dir"] = self.run_dir
         if self.trained is not None:
             out.update(candidate=self.trained.candidate, candidate_metrics=self.trained.metrics)
+        if self.feedback is not None:
+            out["feedback"] = self.feedback
         if self.baseline is not None:
             out.update(baseline=self.baseline.version, baseline_metrics=self.baseline.metrics)
             if self.baseline.note is not None:

@@ -7,8 +7,10 @@ holdout -> promote the best if it beats the active model -> reindex -> publish.
 2. **Train** the winning recipe on every training class and register it.
 3. **Baseline**: the backbone's frozen ImageNet features under a PCA head
    (trainer/baseline.py), registered too; none for a backbone without pretrained weights.
-4. **Gate** (worker/flows/promotion.py): trained vs baseline vs active, every comparison
-   recorded in the job result and with the models.
+4. **Gate** (worker/flows/promotion.py): trained vs baseline vs active on the holdout, then
+   the shadow check (worker/flows/shadow.py: the logged queries and the feedback pairs
+   replayed on the challenger and the active model); every comparison recorded in the
+   job result and with the models. The gate is decided once: a retry carries it out.
 
 Every step records itself in the job's result, so the decision and the metrics are kept
 whatever happens, and a retry (the worker was killed) skips what is already done: search
@@ -22,9 +24,10 @@ reindex fails they simply stay.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
-from core.db import Job
+from core.db import Job, ModelVersion
 from core.embedding import resolve_device
 from core.jobs import update_progress
 from core.registry import RegistryError, active_model, get_model, set_model_metrics
@@ -48,9 +51,10 @@ from worker.flows.jobstate import (
     save_state,
     touch_job,
 )
-from worker.flows.promotion import Contender, decide
+from worker.flows.promotion import Contender, decide, with_shadow
 from worker.flows.reindex import reindex_locked
 from worker.flows.runner import run_job_flow
+from worker.flows.shadow import shadow_evaluate
 from worker.lock import holding, reindex_lock
 from worker.runtime import Runtime
 
@@ -158,6 +162,7 @@ def _retrain(rt: Runtime, job_id: int, state: RetrainState, config: dict[str, An
             state.run_dir = str(run_dir)
             save_state(sessions, job_id, state)
         state.trained = TrainedStep(candidate, holdout_metrics(rt, candidate, cfg))
+        state.feedback = feedback_used(rt, candidate, recipe)
         save_state(sessions, job_id, state)
 
     # ---- 3. the frozen pretrained baseline it has to beat
@@ -165,32 +170,61 @@ def _retrain(rt: Runtime, job_id: int, state: RetrainState, config: dict[str, An
         state.baseline = _baseline(rt, recipe, ctx, baseline, cfg, job_id)
         save_state(sessions, job_id, state)
 
-    # ---- 4. the gate
+    # ---- 4. the gate, decided once: a retry carries out a saved promotion, it never decides again
+    if state.gate is None:
+        state.gate = _gate(rt, state, cfg, recipe, incumbent, candidate, baseline)
+        save_state(sessions, job_id, state)
+    decision = state.gate.decision
+    log.info("retrain job %d: %s -> %s", job_id, candidate, decision["reason"])
+    if not decision["promote"]:
+        return state.to_json()
+
+    lock = reindex_lock(settings, owner=f"retrain-job-{job_id}")
+    with holding(lock, wait_seconds=PROMOTION_LOCK_WAIT_SECONDS, on_beat=lambda: touch_job(sessions, job_id)) as held:
+        reindexed = reindex_locked(rt, None, force=True, model_version=decision["chosen"],
+                                   lock_lost=lambda: held.lost)
+    state.gate.promoted, state.gate.promoted_version = True, decision["chosen"]
+    state.reindex = ReindexStep(reindexed, reindexed.get("index_version"))
+    save_state(sessions, job_id, state)
+    return state.to_json()
+
+
+def feedback_used(rt: Runtime, version: str, recipe: TrainConfig) -> dict[str, Any]:
+    """The feedback the trained ``version`` saw: pair counts by judgement and source (the run's data
+    summary, docs/ARCHITECTURE.md "Feedback in training") and the weights it was given."""
+    summary = get_model(rt.sessions, version).metrics.get("holdout", {}).get("feedback")
+    fb = recipe.feedback
+    return {"enabled": bool(fb.enabled and summary is not None), **(summary or {"pairs": 0}),
+            "weight": fb.weight, "source_weights": asdict(fb.sources)}
+
+
+def _gate(rt: Runtime, state: RetrainState, cfg: TrainConfig, recipe: TrainConfig, incumbent: ModelVersion | None,
+          candidate: str, baseline: str) -> GateStep:
+    """Holdout comparison, then the shadow check of a challenger that would replace the active model;
+    the decision is also recorded with the contenders (``metrics.promotion``, GET /api/v1/models)."""
+    assert state.trained is not None and state.baseline is not None
+    settings, sessions = rt.settings, rt.sessions
     active_metrics = None
     if incumbent is not None and incumbent.version not in (candidate, baseline):
         active_metrics = holdout_metrics(rt, incumbent.version, cfg)
     decision = decide(
         Contender(candidate, "trained", state.trained.metrics),
-        Contender(incumbent.version, "active", active_metrics) if active_metrics is not None else None,
+        Contender(incumbent.version, "active", active_metrics) if incumbent and active_metrics is not None else None,
         settings.promotion_margin,
         baseline=Contender(baseline, "pretrained", state.baseline.metrics) if state.baseline.version else None,
     )
+    rule = settings.shadow
+    if not decision.promote:
+        decision = with_shadow(decision, rule, skipped="the holdout comparison already keeps the active model")
+    elif incumbent is None or active_metrics is None or decision.chosen is None:
+        decision = with_shadow(decision, rule, skipped="no active model to compare with")
+    else:
+        report = shadow_evaluate(rt, get_model(sessions, decision.chosen), incumbent, rule, recipe.feedback.sources)
+        decision = with_shadow(decision, rule, report.to_dict())
     for version in (candidate, state.baseline.version):
         if version:
             set_model_metrics(sessions, version, {"promotion": decision.to_dict()})
-    state.gate = GateStep(incumbent.version if incumbent else None, active_metrics, decision.to_dict())
-    save_state(sessions, job_id, state)
-    log.info("retrain job %d: %s -> %s", job_id, candidate, decision.reason)
-    if not decision.promote:
-        return state.to_json()
-
-    lock = reindex_lock(settings, owner=f"retrain-job-{job_id}")
-    with holding(lock, wait_seconds=PROMOTION_LOCK_WAIT_SECONDS, on_beat=lambda: touch_job(sessions, job_id)) as held:
-        reindexed = reindex_locked(rt, None, force=True, model_version=decision.chosen, lock_lost=lambda: held.lost)
-    state.gate.promoted, state.gate.promoted_version = True, decision.chosen
-    state.reindex = ReindexStep(reindexed, reindexed.get("index_version"))
-    save_state(sessions, job_id, state)
-    return state.to_json()
+    return GateStep(incumbent.version if incumbent else None, active_metrics, decision.to_dict())
 
 
 def _baseline(rt: Runtime, recipe: TrainConfig, ctx: DataContext, version: str, holdout: TrainConfig,
