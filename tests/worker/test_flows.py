@@ -22,7 +22,7 @@ from core.db import (
     ModelVersion,
     session_scope,
 )
-from core.embeddings_store import fresh_image_ids, load_vectors
+from core.embeddings_store import fresh_image_ids, load_vectors, snapshot_vectors
 from core.index import IndexManifest, Metric, exact_search
 from core.index.neighbours import NeighbourLists
 from core.jobs import create_job, get_job, job_to_dict, list_jobs
@@ -36,6 +36,7 @@ from service.searcher import Searcher
 from tests.worker.conftest import Embedded
 from tests.worker.support import TINY_TRAINING, import_fmnist, register_tiny_model
 from trainer.config import DataSource, LabelKind
+from worker.flows.index_build import build_version
 from worker.flows.retrain import retrain_config
 
 
@@ -147,6 +148,27 @@ def test_a_killed_build_is_marked_failed_by_the_next_reindex(embedded: Embedded)
     rows = _rows(env)
     assert rows["i-killed"] is IndexStatus.FAILED and rows[served.version] is IndexStatus.READY
     assert list(rows.values()).count(IndexStatus.ACTIVE) == 1
+
+
+def test_a_build_never_published_is_retired_before_the_next_one(embedded: Embedded) -> None:
+    env = embedded
+    env.dispatcher.runtime.settings = env.settings = env.settings.replace(keep_index_versions=2)
+    first = _indexed(env, 20).version
+    submit_reindex(env.settings, env.sessions, env.dispatcher, force=True)
+    served = active_index(env.sessions).version
+    # what a worker killed between build and publish leaves: a verified READY version, never served
+    model = active_model(env.sessions)
+    with session_scope(env.sessions) as s:
+        snapshot = snapshot_vectors(s, model.id)
+    stale = build_version(env.settings, env.sessions, model, snapshot).version
+    assert _rows(env)[stale] is IndexStatus.READY
+    job = get_job(env.sessions, submit_reindex(env.settings, env.sessions, env.dispatcher, force=True).job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    rows = _rows(env)
+    # the version served before stays the rollback target; the never-served build is gone
+    assert rows[served] is IndexStatus.READY and rows[stale] is IndexStatus.RETIRED
+    assert rows[first] is IndexStatus.RETIRED and list(rows.values()).count(IndexStatus.ACTIVE) == 1
+    assert not (env.settings.indexes_dir / stale).exists()
 
 
 def test_publish_keeps_the_newest_versions_and_retire_deletes_the_rest(embedded: Embedded) -> None:

@@ -34,3 +34,10 @@ def test_a_retrain_records_the_feedback_it_trained_on(embedded: Embedded) -> Non
     feedback = get_model(env.sessions, job.result["candidate"]).metrics["holdout"]["feedback"]
     assert feedback["pairs"] == 2 and feedback["dropped"] == 1
     assert feedback["by_source"] == {"merchandiser": 1, "click": 1, "skip": 0}
+    # the job result says the same, with the weights the run gave the feedback
+    used = job.result["feedback"]
+    assert used["enabled"] is True and used["weight"] == 1.0
+    assert used["source_weights"] == {"merchandiser": 1.0, "click": 0.3, "skip": 0.1}
+    assert {k: used[k] for k in ("pairs", "similar", "dissimilar", "by_source", "dropped")} == {
+        "pairs": 2, "similar": 1, "dissimilar": 1, "by_source": {"merchandiser": 1, "click": 1, "skip": 0},
+        "dropped": 1}
