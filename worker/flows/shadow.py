@@ -19,6 +19,7 @@ done. The promotion rule that reads the report is in worker/flows/promotion.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,6 +70,9 @@ class ShadowReport:
         return asdict(self)
 
 
+_BLOCK_SCORES = 1 << 24
+
+
 class _Ranker:
     """Item-level exact search over one model's servable vectors."""
 
@@ -86,19 +90,30 @@ class _Ranker:
         self.position = {name: p for p, name in enumerate(self.items)}
         self.bounds = np.r_[self.starts, len(item_ids)]
 
-    def distances(self, item: str) -> np.ndarray:
-        """Per catalog item (``self.items`` order): its nearest photo's distance to the query's photos
-        (a monotone form of the model's metric); the query item itself is +inf."""
-        p = self.position[item]
-        query = self.vectors[self.bounds[p]:self.bounds[p + 1]]
-        dots = query @ self.vectors.T
-        if self.metric is Metric.EUCLIDEAN:
-            cost = self.sq[None, :] - 2.0 * dots  # |q|^2 is the same for every column
-        else:  # angular (normalised) or dot: larger products are nearer
-            cost = -dots
-        per_item = np.minimum.reduceat(cost.min(axis=0), self.starts)
-        per_item[p] = np.inf
-        return per_item
+    def distances_of(self, items: list[str]) -> Iterator[np.ndarray]:
+        """Per query item, in order: every catalog item's (``self.items`` order) nearest-photo distance
+        to the query's photos, in a monotone form of the model's metric; the query item itself +inf.
+
+        A block of query items shares one matrix product (the catalog's vectors are read once per
+        block, ~16M scores of it at a time, so memory stays ~64 MB whatever the catalog's size).
+        """
+        block = max(1, min(256, _BLOCK_SCORES // max(len(self.vectors), 1)))
+        for start in range(0, len(items), block):
+            chunk = [self.position[item] for item in items[start:start + block]]
+            rows = np.concatenate([np.arange(self.bounds[p], self.bounds[p + 1]) for p in chunk])
+            dots = self.vectors[rows] @ self.vectors.T
+            if self.metric is Metric.EUCLIDEAN:  # |q|^2 - 2 q.r + |r|^2: |q|^2 differs between a query's photos
+                dots *= -2.0
+                dots += self.sq[None, :]
+                cost = np.add(dots, self.sq[rows][:, None], out=dots)
+            else:  # angular (normalised) or dot: larger products are nearer
+                cost = np.negative(dots, out=dots)
+            per_item = np.minimum.reduceat(cost, self.starts, axis=1)  # each item at its nearest photo
+            first = np.r_[0, np.cumsum([self.bounds[p + 1] - self.bounds[p] for p in chunk])[:-1]]
+            per_query = np.minimum.reduceat(per_item, first, axis=0)  # each query at its nearest photo
+            for row, p in zip(per_query, chunk, strict=True):
+                row[p] = np.inf
+                yield row
 
     def top(self, distances: np.ndarray, k: int) -> set[str]:
         k = min(k, len(self.items) - 1)
@@ -146,8 +161,9 @@ def _replay(report: ShadowReport, rankers: dict[str, _Ranker], queries: list[str
             pairs: list[FeedbackPair]) -> None:
     k = report.k
     overlaps, jaccards = [], []
-    for item in queries:
-        a, b = (rankers[role].top(rankers[role].distances(item), k) for role in ("candidate", "active"))
+    rows = zip(rankers["candidate"].distances_of(queries), rankers["active"].distances_of(queries), strict=True)
+    for cand_row, active_row in rows:
+        a, b = rankers["candidate"].top(cand_row, k), rankers["active"].top(active_row, k)
         overlaps.append(len(a & b) / k)
         jaccards.append(len(a & b) / len(a | b) if a | b else 1.0)
     report.queries = len(queries)
@@ -156,9 +172,11 @@ def _replay(report: ShadowReport, rankers: dict[str, _Ranker], queries: list[str
     by_query: dict[str, list[FeedbackPair]] = {}
     for pair in pairs:
         by_query.setdefault(pair.a, []).append(pair)
-    for query, its_pairs in by_query.items():
-        distances = {role: r.distances(query) for role, r in rankers.items()}
-        for pair in its_pairs:
+    queried = list(by_query)
+    per_role = {role: r.distances_of(queried) for role, r in rankers.items()}
+    for query in queried:
+        distances = {role: next(rows) for role, rows in per_role.items()}
+        for pair in by_query[query]:
             counts = report.by_judgement["similar" if pair.y == 0 else "dissimilar"]
             counts.pairs += 1
             for role, ranker in rankers.items():
