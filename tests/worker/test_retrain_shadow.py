@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 
-from core.db import FeedbackJudgement, FeedbackSource, JobKind, JobStatus, session_scope
+from core.db import FeedbackJudgement, FeedbackSource, Job, JobKind, JobStatus, session_scope
 from core.embeddings_store import snapshot_vectors
 from core.feedback import Judgement, record_feedback
-from core.jobs import create_job, get_job
+from core.jobs import create_job, get_job, list_jobs
 from core.query_log import log_query
-from core.registry import active_model, get_model
+from core.registry import active_index, active_model, get_model
 from core.task_names import TaskName
 from service.app import create_app
 from tests.worker.conftest import Embedded
@@ -134,3 +135,25 @@ def test_too_few_logged_queries_skip_the_shadow_check_and_say_so(embedded: Embed
     assert "LOOKALIKE_SHADOW_MIN_QUERIES=50" in shadow["skipped"]
     assert decision["promote"] and "shadow check skipped" in decision["reason"]
     assert active_model(env.sessions).version == result["candidate"] != old
+
+
+def test_a_retry_carries_out_the_saved_decision_instead_of_deciding_again(embedded: Embedded) -> None:
+    env = embedded
+    _, items, _ = _catalog(env, 40)
+    _log(env, items)
+    result = _retrain(env, shadow_min_queries=20, shadow_min_overlap=0.0)
+    assert result["decision"]["promote"] and result["decision"]["shadow"]["passed"] is True
+    # What a worker killed after the publish but before the job saved its reindex leaves: the job
+    # running, its result up to the decision, and the candidate already the active model.
+    job_id = next(j.id for j in list_jobs(env.sessions, kind=JobKind.RETRAIN))
+    saved = {k: v for k, v in result.items() if k not in ("reindex", "index_version")}
+    with session_scope(env.sessions) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(
+            status=JobStatus.RUNNING, finished_at=None, result={**saved, "promoted": False}))
+    env.dispatcher.send(TaskName.RETRAIN, job_id=job_id, overrides=NO_FEEDBACK_TRAINING, search="off")
+    job = get_job(env.sessions, job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    # deciding again would compare the now-active candidate with nothing and drop the shadow numbers
+    assert job.result["decision"] == result["decision"]
+    assert job.result["promoted"] is True and job.result["index_version"] != result["index_version"]
+    assert active_index(env.sessions).version == job.result["index_version"]
