@@ -85,7 +85,7 @@ class _Ranker:
             self.vectors = np.divide(self.vectors, norms, out=np.zeros_like(self.vectors), where=norms > 0)
         self.metric = metric
         self.sq = np.einsum("ij,ij->i", self.vectors, self.vectors)
-        self.starts = np.flatnonzero(np.r_[True, item_ids[1:] != item_ids[:-1]])
+        self.starts = np.flatnonzero(np.r_[True, item_ids[1:] != item_ids[:-1]]) if len(item_ids) else item_ids
         self.items = [external_of[int(i)] for i in snapshot.image_ids[order][self.starts]]
         self.position = {name: p for p, name in enumerate(self.items)}
         self.bounds = np.r_[self.starts, len(item_ids)]
