@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, DeviceChoice, LogLevel, Settings
+from core.config import ConfigError, DeviceChoice, LogLevel, Settings, ShadowRule
 
 
 def test_defaults_give_the_embedded_setup() -> None:
@@ -97,3 +97,15 @@ def test_the_largest_request_is_an_import_or_a_full_item_upload() -> None:
 def test_a_bad_choice_lists_the_choices() -> None:
     with pytest.raises(ConfigError, match="LOOKALIKE_DEVICE: 'tpu' is not one of auto, cpu, cuda"):
         Settings.from_env({"LOOKALIKE_DEVICE": "tpu"})
+
+
+def test_the_shadow_rule_and_the_query_log_settings() -> None:
+    s = Settings.from_env({"LOOKALIKE_SHADOW_MIN_OVERLAP": "0.4", "LOOKALIKE_SHADOW_FEEDBACK_TOLERANCE": "0",
+                           "LOOKALIKE_SHADOW_MIN_QUERIES": "7", "LOOKALIKE_QUERY_LOG_SAMPLE_RATE": "1"})
+    assert s.shadow == ShadowRule(queries=500, min_queries=7, k=10, min_overlap=0.4, low_overlap_gain=0.05,
+                                  feedback_tolerance=0.0)
+    assert s.query_log_sample_rate == 1.0 and s.query_log_max_rows == 100_000
+    for key, value in (("LOOKALIKE_QUERY_LOG_SAMPLE_RATE", "1.5"), ("LOOKALIKE_SHADOW_MIN_OVERLAP", "nan"),
+                       ("LOOKALIKE_SHADOW_K", "0"), ("LOOKALIKE_QUERY_LOG_MAX_ROWS", "0")):
+        with pytest.raises(ConfigError, match=key):
+            Settings.from_env({key: value})

@@ -31,6 +31,18 @@ def test_the_merchandiser_outranks_clicks_whatever_the_weights() -> None:
     ]
 
 
+def test_ordered_resolution_keeps_each_direction_apart() -> None:
+    """What the shadow evaluation judges rankings by: a mark is about the query's answer."""
+    weights = SourceWeights(merchandiser=1.0, click=5.0, skip=0.5)
+    rows = [StoredJudgement("a", "b", 0, C, 3.0), StoredJudgement("b", "a", 1, M, 2.0),
+            StoredJudgement("a", "b", 1, S, 1.0), StoredJudgement("c", "a", 0, C, 1.0)]
+    assert resolve(rows, weights, ordered=True) == [
+        FeedbackPair("a", "b", 0, C, 5.0 * 3.0),  # a -> b: the click outranks the skip
+        FeedbackPair("b", "a", 1, M, 1.0 * 2.0),  # b -> a: its own mark
+        FeedbackPair("c", "a", 0, C, 5.0 * 1.0),  # query first, whatever the names' order
+    ]
+
+
 def test_dissimilar_wins_within_the_deciding_source_and_a_zero_weight_source_is_left_out() -> None:
     rows = [StoredJudgement("a", "b", 0, M, 3.0), StoredJudgement("b", "a", 1, M, 1.5),
             StoredJudgement("a", "c", 1, M, 1.0), StoredJudgement("a", "c", 0, C, 1.0)]
