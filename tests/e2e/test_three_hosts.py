@@ -111,11 +111,21 @@ def _served_version(hosts: Hosts) -> str:
 
 
 def _wait_served(hosts: Hosts, version: str, timeout: float = 30.0) -> None:
-    """Until B answers from ``version`` (its gunicorn workers poll for a new one every 0.5 s)."""
-    def serving() -> bool:
-        response = hosts.api.similar(hosts.catalog[0])
-        return response.status_code == 200 and response.json()["index_version"] == version
-    wait_until(serving, timeout, 0.2, f"B serving {version}")
+    """Until *every* gunicorn worker of B answers from ``version``.
+
+    Each worker follows the publish on its own (notification, else a 0.5 s poll), so one
+    answer proves only the worker that gave it. Sixteen answers in a row, each on a new
+    connection (the kernel hands each to either worker), all from ``version``: a worker
+    still loading would be hit with probability 1 - 2^-16.
+    """
+    def every_worker_serving() -> bool:
+        for _ in range(16):
+            response = requests.get(f"{hosts.api.base}/api/v1/items/{hosts.catalog[0]}/similar",
+                                    params={"k": 5}, headers={"Connection": "close"}, timeout=30)
+            if response.status_code != 200 or response.json()["index_version"] != version:
+                return False
+        return True
+    wait_until(every_worker_serving, timeout, 0.2, f"every worker of B serving {version}")
 
 
 def _published(hosts: Hosts) -> list[str]:
