@@ -8,17 +8,23 @@ retry, nothing half-done is left behind.
 
 from __future__ import annotations
 
-import secrets
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from core.atomic_files import replacing
-from core.catalog import ImportFormat
+from core.artifacts import ArtifactStore, StoreUnavailable, open_store
+from core.catalog import CatalogFormatError, ImportFormat
+from core.catalog.imports import host_bound_rows
 from core.config import IMPORT_MAX_BYTES, MULTIPART_OVERHEAD
 from core.db import JobKind, JobStatus
 from core.dispatch import DispatchUnavailable
+from core.import_uploads import save_upload
 from core.jobs import JobNotFound, create_job, fail_job, get_job, job_to_dict, list_jobs, set_task_id
 from core.registry import (
     RegistryError,
@@ -39,7 +45,11 @@ from service.uploads import BodyKind, allow_body, body_kind, json_object, upload
 from trainer.config import ConfigError
 from trainer.retrain_config import retrain_config
 
+log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__)
+
+UPLOAD_CHECK_ROWS = 10_000
+"""Rows of an upload read at request time for image references no worker can resolve (about 0.2 s)."""
 
 _SUFFIX_FORMATS = {".csv": ImportFormat.CSV, ".jsonl": ImportFormat.JSONL, ".ndjson": ImportFormat.JSONL}
 
@@ -87,8 +97,12 @@ def _optional_json() -> dict[str, Any]:
 @requires(Access.WRITE)
 def create_import() -> Response:
     """Upload a CSV or JSONL catalog file; it is imported by a job. Image paths in it are
-    paths on the server inside ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an import
-    may read images")."""
+    absolute paths inside the workers' ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an
+    import may read images"); a relative one is refused here (an upload has no folder).
+
+    The file goes to the artifact store (core/import_uploads.py) before the job row is
+    written, and the job names its key: any worker host can fetch it.
+    """
     ctx = service_context()
     check_params(())
     body_kind(BodyKind.MULTIPART)
@@ -100,11 +114,20 @@ def create_import() -> Response:
     upload = uploaded_file("file")
     fmt = _import_format(request.form.get("format"), upload.filename or "")
     delete_missing = _form_bool("delete_missing")
-    path = _save_upload(ctx, upload.stream, fmt)
+    with _received(ctx, upload.stream) as received:
+        _refuse_host_bound_rows(received, fmt)
+        try:
+            stored = save_upload(_store(ctx), received, fmt.value)
+        except StoreUnavailable as exc:
+            log.warning("import upload not stored: %s", exc)  # the store's address: the log only
+            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE,
+                           "the artifact store cannot be reached: the import file was not saved and no job "
+                           "was created; send it again later", headers={"Retry-After": "5"}) from exc
     job_id = create_job(ctx.sessions, JobKind.IMPORT,
-                        {"path": str(path), "format": fmt.value, "filename": upload.filename or "",
+                        {"upload": stored.to_dict(), "format": fmt.value, "filename": upload.filename or "",
                          "delete_missing": delete_missing})
-    _send(ctx, job_id, TaskName.IMPORT_CATALOG, path=str(path), format=fmt.value, delete_missing=delete_missing)
+    _send(ctx, job_id, TaskName.IMPORT_CATALOG, upload=stored.to_dict(), format=fmt.value,
+          delete_missing=delete_missing)
     return _accepted(job_id)
 
 
@@ -131,14 +154,21 @@ def _import_format(given: str | None, filename: str) -> ImportFormat:
     return fmt_or_none
 
 
-def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
-    """Copy the upload under ``<artifacts>/imports`` (temp name, then renamed into place)."""
+def _store(ctx: ServiceContext) -> ArtifactStore:
+    """The store uploads go to: the media store's client where it has one (S3), else the local one."""
+    return ctx.media.shared.store if ctx.media.shared is not None else open_store(ctx.settings)
+
+
+@contextmanager
+def _received(ctx: ServiceContext, stream: Any) -> Iterator[Path]:
+    """The upload in a temporary file on this host (removed afterwards, whatever happens)."""
     directory = ctx.settings.resolved_artifacts_dir / "imports"
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{secrets.token_hex(8)}.{fmt.value}"
-    written = 0
-    with replacing(final, fsync=True) as tmp:  # a refused upload leaves nothing behind
-        with open(tmp, "wb") as fh:
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".upload-")  # hidden: never listed as a key
+    path = Path(name)
+    try:
+        written = 0
+        with os.fdopen(fd, "wb") as fh:
             while chunk := stream.read(1 << 20):
                 written += len(chunk)
                 if written > IMPORT_MAX_BYTES:
@@ -147,7 +177,20 @@ def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
                 fh.write(chunk)
         if written == 0:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "the uploaded file is empty")
-    return final
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _refuse_host_bound_rows(path: Path, fmt: ImportFormat) -> None:
+    """400 if the first rows name images by relative path, which no worker host can resolve."""
+    try:
+        bad = host_bound_rows(path, fmt, max_rows=UPLOAD_CHECK_ROWS)
+    except CatalogFormatError:
+        return  # the file as a whole is unreadable: the job says why, as for any import
+    if bad:
+        rows = "; ".join(f"line {e.line}: {e.reason}" for e in bad)
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"the catalog cannot be imported as uploaded: {rows}")
 
 
 # --------------------------------------------------------------------------- reindex / retrain
