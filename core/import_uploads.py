@@ -112,10 +112,13 @@ def fetched_upload(cache: ArtifactCache, upload: ImportUpload) -> Iterator[Path]
         yield cached.path
 
 
-def delete_upload(store: ArtifactStore, upload: ImportUpload) -> bool:
-    """Delete a finished job's upload; False (logged) if the store cannot do it now (prune retries)."""
+def delete_upload(cache: ArtifactCache, upload: ImportUpload) -> bool:
+    """Delete a finished job's upload from the store and from this host's cache; False (logged)
+    if the store cannot do it now (:func:`prune_uploads` will)."""
+    if cache.store.local_path(upload.key) is None:  # a local store's file is its own "cache"
+        cache.discard(upload.key)
     try:
-        store.delete([upload.key])
+        cache.store.delete([upload.key])
     except ArtifactError as exc:
         log.warning("could not delete the import upload %s now (the next prune will): %s", upload.key, exc)
         return False

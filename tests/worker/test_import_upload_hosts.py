@@ -109,9 +109,10 @@ def test_an_upload_to_b_is_fetched_by_a_through_its_cache_and_deleted_once_impor
     assert key.startswith(UPLOADS_PREFIX) and "path" not in params  # a store key, no host path
     job = hosts.wait_job(response.json()["job"]["id"])
     assert job["status"] == "succeeded" and job["result"]["created"] == 4, job
-    assert (hosts.a.resolved_cache_dir / "objects" / key).is_file()  # A read it through its own cache
     assert not [p for p in (hosts.b.resolved_artifacts_dir / "imports").iterdir()]  # B kept no copy
     wait_until(lambda: key not in hosts.uploads(), 10, 0.1, "the upload deleted")  # retention: job done
+    assert f"fetched import upload {key}" in hosts.worker_a.log()  # A read it through its own cache,
+    assert not (hosts.a.resolved_cache_dir / "objects" / key).exists()  # and dropped its copy with the job
 
 
 def test_a_relative_image_path_is_refused_at_request_time(hosts: Hosts) -> None:

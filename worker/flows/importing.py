@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import ArtifactNotFound, StoreUnavailable, open_cache, open_store
+from core.artifacts import ArtifactNotFound, StoreUnavailable, open_cache
 from core.catalog.imports import import_catalog
 from core.catalog.rows import CatalogFormatError, ImportReport
 from core.db import Job, session_scope
@@ -74,7 +74,7 @@ def run_import(rt: Runtime, job_id: int, path: str | None = None, format: str | 
     finally:
         # Only once the job is settled: a run that died before that is run again and reads it.
         if stored is not None and get_job(rt.sessions, job_id).status.finished:
-            delete_upload(open_store(rt.settings), stored)
+            delete_upload(open_cache(rt.settings), stored)
 
 
 @contextmanager
@@ -93,6 +93,7 @@ def _fetched(rt: Runtime, upload: ImportUpload) -> Iterator[Path]:
         except UploadCorrupt as exc:
             raise FlowError(f"the uploaded catalog file is damaged in the store ({exc}): nothing was imported") \
                 from exc
+        log.info("fetched import upload %s (%d bytes, sha256 checked) to %s", upload.key, upload.size, local)
         yield local
 
 
