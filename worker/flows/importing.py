@@ -15,13 +15,15 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from core.artifacts import ArtifactNotFound, StoreUnavailable, open_cache
 from core.catalog.imports import import_catalog
 from core.catalog.rows import CatalogFormatError, ImportReport
 from core.db import Job, session_scope
 from core.embeddings_store import missing_image_ids
 from core.import_uploads import ImportUpload, UploadCorrupt, delete_upload, fetched_upload
-from core.jobs import get_job, update_progress
+from core.jobs import JobNotFound, get_job, update_progress
 from core.media import MediaStore
 from core.task_names import TaskName
 from core.text import safe_text
@@ -72,9 +74,20 @@ def run_import(rt: Runtime, job_id: int, path: str | None = None, format: str | 
     try:
         return run_job_flow(rt.sessions, job_id, body, expected=(CatalogFormatError,))  # an unknown format too
     finally:
-        # Only once the job is settled: a run that died before that is run again and reads it.
-        if stored is not None and get_job(rt.sessions, job_id).status.finished:
-            delete_upload(open_cache(rt.settings), stored)
+        if stored is not None:
+            _delete_if_finished(rt, job_id, stored)
+
+
+def _delete_if_finished(rt: Runtime, job_id: int, upload: ImportUpload) -> None:
+    """Retention: delete the upload once its job is settled, never before (a run that died
+    before that is run again and reads it). Whatever fails here, beat's sweep repeats it."""
+    try:
+        finished = get_job(rt.sessions, job_id).status.finished
+    except (SQLAlchemyError, JobNotFound) as exc:  # must not hide what the flow raised
+        log.warning("import upload %s kept for now: job %d unreadable: %s", upload.key, job_id, exc)
+        return
+    if finished:
+        delete_upload(open_cache(rt.settings), upload)
 
 
 @contextmanager
