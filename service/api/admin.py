@@ -20,6 +20,7 @@ from flask import Blueprint, Response, request
 
 from core.artifacts import ArtifactStore, StoreUnavailable, open_store
 from core.catalog import CatalogFormatError, ImportFormat
+from core.catalog.archives import ARCHIVE_FORMAT, ARCHIVE_SUFFIX, check_archive
 from core.catalog.imports import host_bound_rows
 from core.config import IMPORT_MAX_BYTES, MULTIPART_OVERHEAD
 from core.db import JobKind, JobStatus
@@ -51,7 +52,9 @@ bp = Blueprint("admin", __name__)
 UPLOAD_CHECK_ROWS = 1_000
 """Rows of an upload read at request time for image references no worker can resolve (20-60 ms)."""
 
-_SUFFIX_FORMATS = {".csv": ImportFormat.CSV, ".jsonl": ImportFormat.JSONL, ".ndjson": ImportFormat.JSONL}
+_UPLOAD_FORMATS = (ImportFormat.CSV.value, ImportFormat.JSONL.value, ARCHIVE_FORMAT)
+_SUFFIX_FORMATS = {".csv": ImportFormat.CSV.value, ".jsonl": ImportFormat.JSONL.value,
+                   ".ndjson": ImportFormat.JSONL.value, ARCHIVE_SUFFIX: ARCHIVE_FORMAT}
 
 
 def _accepted(job_id: int, extra: dict[str, Any] | None = None) -> Response:
@@ -96,9 +99,10 @@ def _optional_json() -> dict[str, Any]:
 @bp.post("/imports")
 @requires(Access.WRITE)
 def create_import() -> Response:
-    """Upload a CSV or JSONL catalog file; it is imported by a job. Image paths in it are
-    absolute paths inside the workers' ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an
-    import may read images"); a relative one is refused here (an upload has no folder).
+    """Upload a CSV or JSONL catalog file, or a zip of one with its images; a job imports it.
+    Image paths in a CSV or JSONL are absolute paths inside the workers'
+    ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an import may read images"); a relative
+    one is refused here (an upload has no folder). In a zip they are relative to the archive.
 
     The file goes to the artifact store (core/import_uploads.py) before the job row is
     written, and the job names its key: any worker host can fetch it.
@@ -115,19 +119,21 @@ def create_import() -> Response:
     fmt = _import_format(request.form.get("format"), upload.filename or "")
     delete_missing = _form_bool("delete_missing")
     with _received(ctx, upload.stream) as received:
-        _refuse_host_bound_rows(received, fmt)
+        if fmt == ARCHIVE_FORMAT:
+            _check_archive(received)
+        else:
+            _refuse_host_bound_rows(received, ImportFormat(fmt))
         try:
-            stored = save_upload(_store(ctx), received, fmt.value)
+            stored = save_upload(_store(ctx), received, fmt)
         except StoreUnavailable as exc:
             log.warning("import upload not stored: %s", exc)  # the store's address: the log only
             raise ApiError(503, ErrorCode.STORE_UNAVAILABLE,
                            "the artifact store cannot be reached: the import file was not saved and no job "
                            "was created; send it again later", headers={"Retry-After": "5"}) from exc
     job_id = create_job(ctx.sessions, JobKind.IMPORT,
-                        {"upload": stored.to_dict(), "format": fmt.value, "filename": upload.filename or "",
+                        {"upload": stored.to_dict(), "format": fmt, "filename": upload.filename or "",
                          "delete_missing": delete_missing})
-    _send(ctx, job_id, TaskName.IMPORT_CATALOG, upload=stored.to_dict(), format=fmt.value,
-          delete_missing=delete_missing)
+    _send(ctx, job_id, TaskName.IMPORT_CATALOG, upload=stored.to_dict(), format=fmt, delete_missing=delete_missing)
     return _accepted(job_id)
 
 
@@ -138,20 +144,29 @@ def _form_bool(name: str) -> bool:
     return raw == "true"
 
 
-def _import_format(given: str | None, filename: str) -> ImportFormat:
+def _import_format(given: str | None, filename: str) -> str:
+    """``csv``, ``jsonl`` or ``zip`` (:data:`ARCHIVE_FORMAT`: a catalog with its images)."""
     if given:
-        try:
-            fmt = ImportFormat(given.strip().lower())
-        except ValueError:
-            raise bad_param("format", f"must be csv or jsonl, got {given!r}") from None
-        if fmt is ImportFormat.FOLDER:
-            raise bad_param("format", "a folder cannot be uploaded: use csv or jsonl")
+        fmt = given.strip().lower()
+        if fmt == ImportFormat.FOLDER.value:
+            raise bad_param("format", "a folder cannot be uploaded: use csv or jsonl, or zip the folder "
+                            "with a catalog file")
+        if fmt not in _UPLOAD_FORMATS:
+            raise bad_param("format", f"must be csv, jsonl or zip, got {given!r}")
         return fmt
     fmt_or_none = _SUFFIX_FORMATS.get(Path(filename).suffix.lower())
     if fmt_or_none is None:
-        raise bad_param("format", f"cannot tell the format of {filename!r}: name it .csv or .jsonl, "
-                        "or send format=csv|jsonl")
+        raise bad_param("format", f"cannot tell the format of {filename!r}: name it .csv, .jsonl or .zip, "
+                        "or send format=csv|jsonl|zip")
     return fmt_or_none
+
+
+def _check_archive(path: Path) -> None:
+    """400 unless the zip holds one catalog and safe member names (core/catalog/archives.py)."""
+    try:
+        check_archive(path)
+    except CatalogFormatError as exc:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
 
 
 def _store(ctx: ServiceContext) -> ArtifactStore:

@@ -8,7 +8,9 @@ upload can only have reached A through the store.
 
 from __future__ import annotations
 
+import io
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,28 @@ def test_an_upload_to_b_is_fetched_by_a_through_its_cache_and_deleted_once_impor
     wait_until(lambda: key not in hosts.uploads(), 10, 0.1, "the upload deleted")  # retention: job done
     assert f"fetched import upload {key}" in hosts.worker_a.log()  # A read it through its own cache,
     assert not (hosts.a.resolved_cache_dir / "objects" / key).exists()  # and dropped its copy with the job
+
+
+def test_a_zip_carries_its_images_to_a_which_has_none_of_them(hosts: Hosts) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("catalog.csv", "external_id,title,images\n" + "".join(
+            f"zip-{i},Zipped {i},photos/{i}.png\n" for i in range(3)))
+        for i in range(3):
+            z.writestr(f"photos/{i}.png", png_bytes(900 + i))
+    response = requests.post(f"{hosts.api_b.url}/api/v1/imports", headers={"X-API-Key": KEY}, timeout=30,
+                             files={"file": ("shop.zip", archive.getvalue(), "application/zip")})
+    assert response.status_code == 202, response.text
+    job = hosts.wait_job(response.json()["job"]["id"])
+    assert job["status"] == "succeeded" and job["result"]["created"] == 3, job
+    assert job["params"]["format"] == "zip"
+    wait_until(lambda: job["params"]["upload"]["key"] not in hosts.uploads(), 10, 0.1, "the zip deleted")
+    url = requests.get(f"{hosts.api_b.url}/api/v1/items/zip-2", timeout=30).json()["images"][0]["url"]
+    assert requests.get(hosts.api_b.url + url, timeout=30).content == png_bytes(902)  # A put it in the store
+    assert not list(hosts.a.resolved_cache_dir.glob(".archive-*"))  # the unpacked copy is gone
+    bad = requests.post(f"{hosts.api_b.url}/api/v1/imports", headers={"X-API-Key": KEY}, timeout=30,
+                        files={"file": ("shop.zip", b"not a zip", "application/zip")})
+    assert bad.status_code == 400 and "not a readable zip archive" in bad.json()["error"]["message"], bad.text
 
 
 def test_a_relative_image_path_is_refused_at_request_time(hosts: Hosts) -> None:

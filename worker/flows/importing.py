@@ -10,6 +10,7 @@ added (on the retry those images are no longer "new").
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.artifacts import ArtifactNotFound, StoreUnavailable, open_cache
+from core.catalog.archives import ARCHIVE_FORMAT, extract_archive
 from core.catalog.imports import import_catalog
 from core.catalog.rows import CatalogFormatError, ImportReport
 from core.db import Job, session_scope
@@ -69,7 +71,12 @@ def run_import(rt: Runtime, job_id: int, path: str | None = None, format: str | 
         if stored is None:
             return _import(rt, job_id, Path(str(path)), format, delete_missing, uploaded=False)
         with _fetched(rt, stored) as local:
-            return _import(rt, job_id, local, format, delete_missing, uploaded=True)
+            if format != ARCHIVE_FORMAT:
+                return _import(rt, job_id, local, format, delete_missing, uploaded=True)
+            # A zip carries its images: unpacked here, its folder is the catalog's own (core/catalog/archives.py).
+            with tempfile.TemporaryDirectory(dir=rt.settings.resolved_cache_dir, prefix=".archive-") as unpacked:
+                catalog, fmt = extract_archive(local, Path(unpacked))
+                return _import(rt, job_id, catalog, fmt.value, delete_missing, uploaded=False)
 
     try:
         return run_job_flow(rt.sessions, job_id, body, expected=(CatalogFormatError,))  # an unknown format too
