@@ -1,5 +1,9 @@
 """IMPORT_CATALOG: read a CSV / JSONL / folder into the catalog, then queue the embedding.
 
+The source is a path on this host, or (from ``POST /api/v1/imports``) an upload in the
+artifact store, fetched through this host's cache and checked (core/import_uploads.py);
+an uploaded zip is unpacked here first (core/catalog/archives.py).
+
 The upsert is idempotent (rows are keyed by external id, images by content), so a
 redelivered import changes nothing the second time. What it queues for embedding
 is the new images *plus* any active image the query model still lacks: a retry
