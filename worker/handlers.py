@@ -8,10 +8,13 @@ two setups run exactly the same code.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from core.artifacts import ArtifactError, open_store
 from core.db import JobKind
+from core.import_uploads import prune_uploads
 from core.jobs import create_job, fail_job
 from core.registry import active_index
 from core.reindex_requests import submit_reindex
@@ -30,6 +33,8 @@ from worker.flows.reindex import catalog_changed_since_active, run_reindex
 from worker.flows.retire import retire_old_indexes
 from worker.flows.retrain import run_retrain
 from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def scheduled_reindex(rt: Runtime) -> dict[str, Any]:
@@ -51,8 +56,15 @@ def retire(rt: Runtime) -> dict[str, Any]:
 
 
 def recover_jobs(rt: Runtime) -> dict[str, Any]:
-    """RECOVER_JOBS (beat): send again the jobs whose worker died under them."""
-    return recover_orphaned_jobs(rt.sessions, rt.dispatcher, rt.settings.orphaned_job_seconds)
+    """RECOVER_JOBS (beat): send again the jobs whose worker died under them, and delete the
+    import uploads no job will read again (core/import_uploads.py; normally the import's
+    worker already did, unless the store was down then)."""
+    result = recover_orphaned_jobs(rt.sessions, rt.dispatcher, rt.settings.orphaned_job_seconds)
+    try:
+        result["import_uploads_deleted"] = len(prune_uploads(open_store(rt.settings), rt.sessions))
+    except ArtifactError as exc:  # the store is down: the next sweep tries again
+        log.warning("import uploads not pruned: %s", exc)
+    return result
 
 
 HANDLERS: dict[TaskName, Callable[..., Any]] = {

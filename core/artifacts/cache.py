@@ -189,6 +189,10 @@ class ArtifactCache:
                         self.root, total - self.max_bytes, self.max_bytes)
         return removed
 
+    def discard(self, key: str) -> bool:
+        """Remove ``key``'s copy now (it will not be read again here) unless it is in use; True if gone."""
+        return self._try_remove(check_key(key))
+
     def _try_remove(self, key: str) -> bool:
         lock_fd = os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT, 0o644)
         try:

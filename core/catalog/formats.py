@@ -58,8 +58,13 @@ _JSON_ERRORS = (ValueError, RecursionError)
 integer over Python's digit limit; nesting deeper than the stack is a RecursionError."""
 
 
-def open_source(path: Path, fmt: ImportFormat | str | None = None) -> CatalogSource:
-    """Open ``path`` in format ``fmt`` (detected from the path when None)."""
+def open_source(path: Path, fmt: ImportFormat | str | None = None, *, uploaded: bool = False) -> CatalogSource:
+    """Open ``path`` in format ``fmt`` (detected from the path when None).
+
+    ``uploaded``: the file came through the API (core/import_uploads.py), so it has no
+    folder of its own: a relative image reference is a row error saying so, not a path
+    below wherever this host keeps the copy.
+    """
     path = Path(path)
     try:
         exists = path.exists()
@@ -69,13 +74,16 @@ def open_source(path: Path, fmt: ImportFormat | str | None = None) -> CatalogSou
         raise CatalogFormatError(f"{path} does not exist")
     fmt = ImportFormat.detect(path) if fmt is None else _format(fmt)
     if fmt is ImportFormat.FOLDER:
+        if uploaded:
+            raise CatalogFormatError("a folder cannot be uploaded: use csv or jsonl")
         return read_folder(path)
     if path.is_dir():
         raise CatalogFormatError(f"{path} is a directory; use the folder format for a folder of images")
     _check_not_wide(path)
+    base_dir = None if uploaded else path.parent
     if fmt is ImportFormat.CSV:
-        return read_csv(path)
-    return read_jsonl(path)
+        return read_csv(path, base_dir)
+    return read_jsonl(path, base_dir)
 
 
 def _format(value: ImportFormat | str) -> ImportFormat:
@@ -101,8 +109,12 @@ def _count_lines(path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- CSV
-def read_csv(path: Path) -> CatalogSource:
-    """Read a CSV catalog; the header is checked now, the rows lazily."""
+def read_csv(path: Path, base_dir: Path | None) -> CatalogSource:
+    """Read a CSV catalog; the header is checked now, the rows lazily.
+
+    ``base_dir`` is the catalog's folder, which relative image references are below
+    (None: it has none, see :func:`open_source`).
+    """
     fh = path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
     try:
         lines = _RecordLines(fh)
@@ -116,8 +128,7 @@ def read_csv(path: Path) -> CatalogSource:
             raise CatalogFormatError(f"{path}: unreadable CSV header: {exc}") from exc
         raise
     total = max(_count_lines(path) - 1, 0)
-    return CatalogSource(rows=_csv_rows(fh, lines, reader, header, path.parent), total_hint=total,
-                         folder=path.parent)
+    return CatalogSource(rows=_csv_rows(fh, lines, reader, header, base_dir), total_hint=total, folder=base_dir)
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -184,7 +195,7 @@ class _RecordLines:
 
 
 def _csv_rows(fh: IO[str], lines: _RecordLines, reader: "csv._reader", header: list[str],
-              base_dir: Path) -> Iterator[CatalogRow | RowError]:
+              base_dir: Path | None) -> Iterator[CatalogRow | RowError]:
     with fh:
         while True:
             first = lines.start
@@ -207,7 +218,8 @@ def _csv_rows(fh: IO[str], lines: _RecordLines, reader: "csv._reader", header: l
             yield _csv_record(first, last, header, cells, base_dir)
 
 
-def _csv_record(line: int, last: int, header: list[str], cells: list[str], base_dir: Path) -> CatalogRow | RowError:
+def _csv_record(line: int, last: int, header: list[str], cells: list[str],
+                base_dir: Path | None) -> CatalogRow | RowError:
     record = dict(zip(header, cells))
     hint = record.get("external_id", "").strip() or None
     if len(cells) != len(header):
@@ -237,12 +249,12 @@ def _json_problem(exc: ValueError | RecursionError) -> str:
 
 
 # ----------------------------------------------------------------------------- JSONL
-def read_jsonl(path: Path) -> CatalogSource:
-    """Read a JSON-lines catalog (one object per line)."""
-    return CatalogSource(rows=_jsonl_rows(path), total_hint=_count_lines(path), folder=path.parent)
+def read_jsonl(path: Path, base_dir: Path | None) -> CatalogSource:
+    """Read a JSON-lines catalog (one object per line); ``base_dir`` as for :func:`read_csv`."""
+    return CatalogSource(rows=_jsonl_rows(path, base_dir), total_hint=_count_lines(path), folder=base_dir)
 
 
-def _jsonl_rows(path: Path) -> Iterator[CatalogRow | RowError]:
+def _jsonl_rows(path: Path, base_dir: Path | None) -> Iterator[CatalogRow | RowError]:
     with path.open("rb") as fh:
         for line, raw in enumerate(fh, start=1):
             try:
@@ -261,7 +273,7 @@ def _jsonl_rows(path: Path) -> Iterator[CatalogRow | RowError]:
                 yield RowError(line, None, f"expected a JSON object, got {type(record).__name__}")
                 continue
             known, extras = split_known_fields(record)
-            yield make_row(line, known, base_dir=path.parent, extras=extras)
+            yield make_row(line, known, base_dir=base_dir, extras=extras)
 
 
 # ----------------------------------------------------------------------------- folder

@@ -12,7 +12,8 @@ the fields make an item:
   into the attributes too (CSV cells as strings, empty cells left out; JSONL values
   as they are). A key given both ways is an error rather than a silent choice;
 * ``images`` lists 1 to :data:`MAX_IMAGES_PER_ITEM` references: a path relative to
-  the source file's directory, an absolute path, or a ``file://`` URI. ``http(s)``
+  the source file's directory (refused in an uploaded catalog, which has none:
+  :data:`NO_UPLOAD_FOLDER`), an absolute path, or a ``file://`` URI. ``http(s)``
   URLs are refused: an import never touches the network. Whether the file may be read
   (inside the import roots, a regular file) is decided when it is read
   (:func:`core.media.read_import_file`).
@@ -48,6 +49,12 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 (preceded by an even number of backslashes; ``\\\\u0000`` is the text ``\\u0000``)."""
 
 
+NO_UPLOAD_FOLDER = ("is a relative path, and an uploaded catalog has no folder on the server "
+                    "(the worker that imports it may run on another host): use an absolute path or file:// URI "
+                    "inside the workers' LOOKALIKE_IMPORT_ROOTS")
+"""Why a relative image reference cannot work in a catalog uploaded through the API."""
+
+
 class RowInvalid(ValueError):
     """A field breaks a rule; the message is the row error's reason."""
 
@@ -56,11 +63,14 @@ def make_row(
     line: int,
     fields: Mapping[str, Any],
     *,
-    base_dir: Path,
+    base_dir: Path | None,
     extras: Mapping[str, Any] | None = None,
     image_refs: list[ImageRef] | None = None,
 ) -> CatalogRow | RowError:
     """Validate one record's fields; ``extras`` are the unknown fields headed for attributes.
+
+    ``base_dir``: the folder relative image references are below; None for an uploaded
+    catalog, where they are refused (:data:`NO_UPLOAD_FOLDER`).
 
     ``image_refs`` replaces the ``images`` field for sources that already know their
     images (a folder's file, the sample's bytes).
@@ -145,7 +155,7 @@ def _attributes(value: Any, extras: Mapping[str, Any]) -> dict[str, Any]:
     return attributes
 
 
-def resolve_images(value: Any, base_dir: Path) -> list[ImageRef]:
+def resolve_images(value: Any, base_dir: Path | None) -> list[ImageRef]:
     """Turn the ``images`` field (a list of references) into image references."""
     if value is None:
         refs: Sequence[Any] = []
@@ -178,8 +188,8 @@ def _check_reference(ref: str) -> None:
         raise RowInvalid("image reference contains a NUL character")
 
 
-def resolve_image_ref(ref: Any, base_dir: Path) -> ImageRef:
-    """One reference: relative path, absolute path or ``file://`` URI; never a network URL."""
+def resolve_image_ref(ref: Any, base_dir: Path | None) -> ImageRef:
+    """One reference: relative path (below ``base_dir``), absolute path or ``file://`` URI; never a network URL."""
     if not isinstance(ref, str) or not ref.strip():
         raise RowInvalid(f"image reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
@@ -205,6 +215,8 @@ def resolve_image_ref(ref: Any, base_dir: Path) -> ImageRef:
     else:
         path = Path(ref)
     if not path.is_absolute():
+        if base_dir is None:
+            raise RowInvalid(f"image {ref!r} {NO_UPLOAD_FOLDER}")
         path = base_dir / path
     return ImageRef(uri=ref, path=path)
 

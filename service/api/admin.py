@@ -8,17 +8,24 @@ retry, nothing half-done is left behind.
 
 from __future__ import annotations
 
-import secrets
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from core.atomic_files import replacing
-from core.catalog import ImportFormat
+from core.artifacts import ArtifactStore, StoreUnavailable, open_store
+from core.catalog import CatalogFormatError, ImportFormat
+from core.catalog.archives import ARCHIVE_FORMAT, ARCHIVE_SUFFIX, check_archive
+from core.catalog.imports import host_bound_rows
 from core.config import IMPORT_MAX_BYTES, MULTIPART_OVERHEAD
 from core.db import JobKind, JobStatus
 from core.dispatch import DispatchUnavailable
+from core.import_uploads import save_upload
 from core.jobs import JobNotFound, create_job, fail_job, get_job, job_to_dict, list_jobs, set_task_id
 from core.registry import (
     RegistryError,
@@ -39,9 +46,15 @@ from service.uploads import BodyKind, allow_body, body_kind, json_object, upload
 from trainer.config import ConfigError
 from trainer.retrain_config import retrain_config
 
+log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__)
 
-_SUFFIX_FORMATS = {".csv": ImportFormat.CSV, ".jsonl": ImportFormat.JSONL, ".ndjson": ImportFormat.JSONL}
+UPLOAD_CHECK_ROWS = 1_000
+"""Rows of an upload read at request time for image references no worker can resolve (20-60 ms)."""
+
+_UPLOAD_FORMATS = (ImportFormat.CSV.value, ImportFormat.JSONL.value, ARCHIVE_FORMAT)
+_SUFFIX_FORMATS = {".csv": ImportFormat.CSV.value, ".jsonl": ImportFormat.JSONL.value,
+                   ".ndjson": ImportFormat.JSONL.value, ARCHIVE_SUFFIX: ARCHIVE_FORMAT}
 
 
 def _accepted(job_id: int, extra: dict[str, Any] | None = None) -> Response:
@@ -86,9 +99,14 @@ def _optional_json() -> dict[str, Any]:
 @bp.post("/imports")
 @requires(Access.WRITE)
 def create_import() -> Response:
-    """Upload a CSV or JSONL catalog file; it is imported by a job. Image paths in it are
-    paths on the server inside ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an import
-    may read images")."""
+    """Upload a CSV or JSONL catalog file, or a zip of one with its images; a job imports it.
+    Image paths in a CSV or JSONL are absolute paths inside the workers'
+    ``LOOKALIKE_IMPORT_ROOTS`` (docs/CONFIG.md, "Where an import may read images"); a relative
+    one is refused here (an upload has no folder). In a zip they are relative to the archive.
+
+    The file goes to the artifact store (core/import_uploads.py) before the job row is
+    written, and the job names its key: any worker host can fetch it.
+    """
     ctx = service_context()
     check_params(())
     body_kind(BodyKind.MULTIPART)
@@ -100,11 +118,22 @@ def create_import() -> Response:
     upload = uploaded_file("file")
     fmt = _import_format(request.form.get("format"), upload.filename or "")
     delete_missing = _form_bool("delete_missing")
-    path = _save_upload(ctx, upload.stream, fmt)
+    with _received(ctx, upload.stream) as received:
+        if fmt == ARCHIVE_FORMAT:
+            _check_archive(received)
+        else:
+            _refuse_host_bound_rows(received, ImportFormat(fmt))
+        try:
+            stored = save_upload(_store(ctx), received, fmt)
+        except StoreUnavailable as exc:
+            log.warning("import upload not stored: %s", exc)  # the store's address: the log only
+            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE,
+                           "the artifact store cannot be reached: the import file was not saved and no job "
+                           "was created; send it again later", headers={"Retry-After": "5"}) from exc
     job_id = create_job(ctx.sessions, JobKind.IMPORT,
-                        {"path": str(path), "format": fmt.value, "filename": upload.filename or "",
+                        {"upload": stored.to_dict(), "format": fmt, "filename": upload.filename or "",
                          "delete_missing": delete_missing})
-    _send(ctx, job_id, TaskName.IMPORT_CATALOG, path=str(path), format=fmt.value, delete_missing=delete_missing)
+    _send(ctx, job_id, TaskName.IMPORT_CATALOG, upload=stored.to_dict(), format=fmt, delete_missing=delete_missing)
     return _accepted(job_id)
 
 
@@ -115,30 +144,46 @@ def _form_bool(name: str) -> bool:
     return raw == "true"
 
 
-def _import_format(given: str | None, filename: str) -> ImportFormat:
+def _import_format(given: str | None, filename: str) -> str:
+    """``csv``, ``jsonl`` or ``zip`` (:data:`ARCHIVE_FORMAT`: a catalog with its images)."""
     if given:
-        try:
-            fmt = ImportFormat(given.strip().lower())
-        except ValueError:
-            raise bad_param("format", f"must be csv or jsonl, got {given!r}") from None
-        if fmt is ImportFormat.FOLDER:
-            raise bad_param("format", "a folder cannot be uploaded: use csv or jsonl")
+        fmt = given.strip().lower()
+        if fmt == ImportFormat.FOLDER.value:
+            raise bad_param("format", "a folder cannot be uploaded: use csv or jsonl, or zip the folder "
+                            "with a catalog file")
+        if fmt not in _UPLOAD_FORMATS:
+            raise bad_param("format", f"must be csv, jsonl or zip, got {given!r}")
         return fmt
     fmt_or_none = _SUFFIX_FORMATS.get(Path(filename).suffix.lower())
     if fmt_or_none is None:
-        raise bad_param("format", f"cannot tell the format of {filename!r}: name it .csv or .jsonl, "
-                        "or send format=csv|jsonl")
+        raise bad_param("format", f"cannot tell the format of {filename!r}: name it .csv, .jsonl or .zip, "
+                        "or send format=csv|jsonl|zip")
     return fmt_or_none
 
 
-def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
-    """Copy the upload under ``<artifacts>/imports`` (temp name, then renamed into place)."""
+def _check_archive(path: Path) -> None:
+    """400 unless the zip holds one catalog and safe member names (core/catalog/archives.py)."""
+    try:
+        check_archive(path)
+    except CatalogFormatError as exc:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
+
+
+def _store(ctx: ServiceContext) -> ArtifactStore:
+    """The store uploads go to: the media store's client where it has one (S3), else the local one."""
+    return ctx.media.shared.store if ctx.media.shared is not None else open_store(ctx.settings)
+
+
+@contextmanager
+def _received(ctx: ServiceContext, stream: Any) -> Iterator[Path]:
+    """The upload in a temporary file on this host (removed afterwards, whatever happens)."""
     directory = ctx.settings.resolved_artifacts_dir / "imports"
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{secrets.token_hex(8)}.{fmt.value}"
-    written = 0
-    with replacing(final, fsync=True) as tmp:  # a refused upload leaves nothing behind
-        with open(tmp, "wb") as fh:
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".upload-")  # hidden: never listed as a key
+    path = Path(name)
+    try:
+        written = 0
+        with os.fdopen(fd, "wb") as fh:
             while chunk := stream.read(1 << 20):
                 written += len(chunk)
                 if written > IMPORT_MAX_BYTES:
@@ -147,7 +192,20 @@ def _save_upload(ctx: ServiceContext, stream: Any, fmt: ImportFormat) -> Path:
                 fh.write(chunk)
         if written == 0:
             raise ApiError(400, ErrorCode.BAD_REQUEST, "the uploaded file is empty")
-    return final
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _refuse_host_bound_rows(path: Path, fmt: ImportFormat) -> None:
+    """400 if the first rows name images by relative path, which no worker host can resolve."""
+    try:
+        bad = host_bound_rows(path, fmt, max_rows=UPLOAD_CHECK_ROWS)
+    except CatalogFormatError:
+        return  # the file as a whole is unreadable: the job says why, as for any import
+    if bad:
+        rows = "; ".join(f"line {e.line}: {e.reason}" for e in bad)
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"the catalog cannot be imported as uploaded: {rows}")
 
 
 # --------------------------------------------------------------------------- reindex / retrain

@@ -145,6 +145,7 @@ def test_import_through_b_and_a_reindex_embedded_by_both_workers(hosts: Hosts) -
     assert response.status_code == 202, response.text
     job = hosts.api.wait_job(response.json()["job"]["id"])
     assert job["status"] == "succeeded" and job["result"]["created"] == CATALOG, job
+    assert job["params"]["upload"]["key"].startswith("imports/") and "path" not in job["params"]  # via the store
     hosts.catalog[:] = categories
 
     response = hosts.api.post("/api/v1/reindex", json={"force": True})

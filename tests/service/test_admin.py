@@ -16,6 +16,7 @@ from core.task_names import TaskName
 from service.app import create_app
 from service.celery_client import CeleryDispatcher
 from tests.service.support import Catalog, png_bytes
+from tests.support.processes import wait_until
 from trainer.config import TrainConfig
 from worker.local import InProcessDispatcher
 
@@ -52,6 +53,38 @@ def test_import_upload_runs_a_job(client: FlaskClient, catalog: Catalog, auth: d
     anonymous = client.get(f"/api/v1/jobs/{job['id']}").json["result"]["errors"]  # no server paths for them
     assert anonymous == [f"line 3 (imp-2): image '<path>': {outside}", f"line 4 (imp-3): image '<path>': {outside}"]
     assert client.get("/api/v1/items/imp-1").json["title"] == "Imported"
+
+
+def test_an_upload_with_relative_image_paths_is_refused_or_its_rows_are(
+        client: FlaskClient, catalog: Catalog, auth: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload has no folder on any host: a relative image path is refused up front (the
+    rows the API reads) or rejected by the import (the rows further down), saying why."""
+    imports = catalog.settings.resolved_artifacts_dir / "imports"
+    before = {p.name for p in imports.iterdir()} if imports.is_dir() else set()
+    relative = "external_id,title,images\nrel-1,One,images/p.png\n"
+    response = client.post("/api/v1/imports", data={"file": (io.BytesIO(relative.encode()), "catalog.csv")},
+                           content_type="multipart/form-data", headers=auth)
+    assert response.status_code == 400, response.json
+    assert "line 2: image 'images/p.png' is a relative path, and an uploaded catalog has no folder" \
+        in response.json["error"]["message"]
+    assert {p.name for p in imports.iterdir()} == before  # nothing saved
+
+    photo = tmp_path / "import-images" / "ok.png"  # import root: conftest
+    photo.parent.mkdir(exist_ok=True)
+    photo.write_bytes(png_bytes(4242))
+    monkeypatch.setattr("service.api.admin.UPLOAD_CHECK_ROWS", 1)  # the offender lies beyond what the API reads
+    csv = f"external_id,title,images\nok-1,Fine,{photo}\nrel-2,Two,images/p.png\n"
+    response = client.post("/api/v1/imports", data={"file": (io.BytesIO(csv.encode()), "catalog.csv")},
+                           content_type="multipart/form-data", headers=auth)
+    assert response.status_code == 202, response.json
+    done = wait_job(client, response.json["job"]["id"], headers=auth)
+    assert done["status"] == "succeeded" and done["result"]["created"] == 1, done
+    assert done["result"]["errors"] == ["line 3 (rel-2): image 'images/p.png' is a relative path, and an uploaded "
+                                        "catalog has no folder on the server (the worker that imports it may run "
+                                        "on another host): use an absolute path or file:// URI inside the "
+                                        "workers' LOOKALIKE_IMPORT_ROOTS"]
+    wait_until(lambda: {p.name for p in imports.iterdir()} == before, 10, 0.05,  # the local store's copy:
+               "the upload deleted")  # deleted once the job is done
 
 
 def test_import_needs_a_file_of_a_known_format(client: FlaskClient, auth: dict) -> None:

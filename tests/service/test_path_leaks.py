@@ -139,12 +139,17 @@ def test_no_answer_to_an_anonymous_reader_names_a_server_path(served: Served) ->
                     assert token.startswith(SERVICE_URLS), (url, token, text)
 
 
+UPLOAD_KEY = r"imports/\d{8}T\d{6}Z-[0-9a-f]{16}\.csv"
+
+
 def test_the_paths_an_anonymous_reader_would_have_seen_are_marked_hidden(served: Served) -> None:
     client = served.app.test_client()
     model = client.get("/api/v1/models").json["models"][-1]
     assert model["checkpoint_path"] == HIDDEN
     imported = client.get(f"/api/v1/jobs/{served.import_job}").json
-    assert imported["params"]["path"] == HIDDEN and imported["params"]["filename"] == "catalog.csv"
+    # an uploaded catalog is named by its key in the artifact store: no server path to hide
+    assert re.fullmatch(UPLOAD_KEY, imported["params"]["upload"]["key"]) and "path" not in imported["params"]
+    assert imported["params"]["filename"] == "catalog.csv"
     failed = client.get(f"/api/v1/jobs/{served.failed_job}").json
     assert failed["params"]["path"] == HIDDEN
     assert "products.csv" not in failed["error"] and "exports" not in failed["error"]
@@ -157,8 +162,9 @@ def test_a_keyed_caller_sees_artifact_keys_relative_to_the_artifacts_dir(served:
     model = client.get("/api/v1/models", headers=headers).json["models"][-1]
     assert model["checkpoint_path"] == "models/m-test-0.pt"
     assert (artifacts / model["checkpoint_path"]).is_file()
-    upload = client.get(f"/api/v1/jobs/{served.import_job}", headers=headers).json["params"]["path"]
-    assert re.fullmatch(r"imports/[0-9a-f]{16}\.csv", upload) and (artifacts / upload).is_file()
+    upload = client.get(f"/api/v1/jobs/{served.import_job}", headers=headers).json["params"]["upload"]["key"]
+    assert re.fullmatch(UPLOAD_KEY, upload)
+    assert not (artifacts / upload).exists()  # the job has succeeded: its upload is deleted (retention)
     run_dir = client.get(f"/api/v1/jobs/{served.retrain_job}", headers=headers).json["result"]["run_dir"]
     assert run_dir == f"runs/retrain-{served.retrain_job}" and (artifacts / run_dir).is_dir()
     # a path outside the artifacts is the operator's own (the file named on the import): as it is

@@ -7,10 +7,12 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, update
 
+from core.artifacts import open_store
 from core.catalog.sample import Split
 from core.db import Job, JobKind, JobPhase, JobStatus, session_scope
 from core.db.types import utcnow
-from core.jobs import create_job, get_job, start_job
+from core.import_uploads import UPLOADS_PREFIX, save_upload
+from core.jobs import create_job, finish_job, get_job, start_job
 from core.registry import active_index
 from core.reindex_requests import submit_reindex
 from core.task_names import TaskName
@@ -113,3 +115,17 @@ def test_the_scheduled_retrain_gets_a_job_and_records_itself(embedded: Embedded)
     assert job.params["reason"] == "scheduled"
     assert TaskRecord.read(job.params) == TaskRecord(
         TaskName.RETRAIN, {"reason": "scheduled", "overrides": overrides, "job_id": job.id})
+
+
+def test_the_sweep_deletes_the_uploads_of_finished_imports(embedded: Embedded, tmp_path) -> None:
+    """RECOVER_JOBS also prunes import uploads (core/import_uploads.py): those whose delete met a dead store."""
+    store = open_store(embedded.settings)
+    source = tmp_path / "c.csv"
+    source.write_bytes(b"external_id,images\nx,/nowhere.png\n")
+    done, waiting = (save_upload(store, source, "csv") for _ in range(2))
+    for upload, finished in ((done, True), (waiting, False)):
+        job = create_job(embedded.sessions, JobKind.IMPORT, {"upload": upload.to_dict()})
+        if finished:
+            finish_job(embedded.sessions, job, {})
+    embedded.dispatcher.send(TaskName.RECOVER_JOBS)
+    assert list(store.list_keys(UPLOADS_PREFIX)) == [waiting.key]  # the queued job's upload stays
