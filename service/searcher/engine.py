@@ -75,6 +75,8 @@ class SearchResult:
     """How many query vectors were searched with (a similar-by-item query: the item's photos)."""
     listed: bool = False
     """Answered from the precomputed neighbour lists (service/searcher/listed.py), not Annoy."""
+    from_table: bool = False
+    """Its metadata came from the version's metadata table and live set (service/searcher/tabled.py), not SQL."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
