@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +44,8 @@ from core.feedback import dissimilar_mark_clauses
 from core.index import VectorIndex
 from service.searcher.fresh import FreshSet
 from service.searcher.metadata import QueryItem
+
+log = logging.getLogger(__name__)
 
 LIVE_LIMIT = 20_000
 """Changed images a live set holds at most; past it the table is not trusted (SQL serves)."""
@@ -162,6 +165,8 @@ def follow_live(engine: Engine, as_of: dt.datetime, index: VectorIndex, fresh: F
             or_(ItemImage.updated_at > read_from, ItemImage.item_id.in_(changed_items)))).scalars().all()
         wanted = sorted(set(changed) | set(new_fresh))
         if len(known.keys() | set(wanted)) > LIVE_LIMIT:
+            log.warning("live set overflowed: more than %d images changed since the metadata table was "
+                        "read; result metadata comes from SQL until the next index version", LIVE_LIMIT)
             return LiveSet(since=since, probe=probe, overrides={}, overflowed=True)
         overrides: dict[int, ImageMeta | None] = dict(known)
         overrides.update(dict.fromkeys(wanted))
