@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -97,23 +98,71 @@ def read_probe(conn: Connection, since: dt.datetime) -> Probe:
     return Probe(row[0], int(row[1]), row[2], int(row[3]))
 
 
-_LOOKUPS: dict[Backend, Select[Any]] = {}
+class DriverQuery:
+    """A statement compiled once per dialect and run on the DBAPI cursor directly.
+
+    The per-request query runs on every similar-by-id request; SQLAlchemy's execution
+    path around it (cache key, parameter and result processing) cost about four times
+    the query itself on SQLite (measured: ~0.3 vs ~0.07 ms under the shared machine's
+    load). Constant parameters (enum values in the marks and status conditions) are
+    processed once; ``external_id`` needs none; ``since`` is processed with the column's
+    own bind processor. Results come back as the driver returns them (timestamps as
+    SQLite's text or PostgreSQL's datetimes): probes are only ever compared with probes
+    read by this same class.
+    """
+
+    def __init__(self, build: Callable[[Backend], Select[Any]]) -> None:
+        self._build = build
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any], dict[str, Any]]] = {}
+
+    def _compile(self, conn: Connection) -> tuple[str, tuple[str, ...] | None, dict[str, Any], dict[str, Any]]:
+        dialect = conn.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self._build(backend_of(conn)).compile(dialect=dialect)
+            processors = dict(compiled._bind_processors)
+            base = {name: (processors[name](value) if name in processors and value is not None else value)
+                    for name, value in compiled.construct_params({}, _check=False).items()}
+            order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+            found = self._compiled[dialect.name] = (str(compiled), order, base, processors)
+        return found
+
+    def rows(self, conn: Connection, **values: Any) -> list[tuple[Any, ...]]:
+        sql, order, base, processors = self._compile(conn)
+        params = dict(base)
+        for name, value in values.items():
+            processor = processors.get(name)
+            params[name] = processor(value) if processor is not None and value is not None else value
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, tuple(params[n] for n in order) if order is not None else params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+
+_RAW_PROBE = DriverQuery(lambda backend: select(*_probe_columns()))
+
+
+def read_raw_probe(conn: Connection, since: dt.datetime) -> Probe:
+    """The probes as the driver returns them (what :func:`lookup_with_probe` compares)."""
+    row = _RAW_PROBE.rows(conn, since=since)[0]
+    return Probe(row[0], int(row[1]), row[2], int(row[3]))
 
 
 def _lookup_statement(backend: Backend) -> Select[Any]:
     """The item (id, group, active images in display order), its marks and the probes, in one query."""
-    statement = _LOOKUPS.get(backend)
-    if statement is None:
-        aggregate = func.json_group_array if backend is Backend.SQLITE else func.array_agg
-        marks = (select(aggregate(Feedback.result_item_id))
-                 .where(Feedback.query_item_id == Item.id, *dissimilar_mark_clauses())
-                 .correlate(Item).scalar_subquery())
-        statement = _LOOKUPS[backend] = (
-            select(Item.id, Item.group_key, ItemImage.id, marks, *_probe_columns())
+    aggregate = func.json_group_array if backend is Backend.SQLITE else func.array_agg
+    marks = (select(aggregate(Feedback.result_item_id))
+             .where(Feedback.query_item_id == Item.id, *dissimilar_mark_clauses())
+             .correlate(Item).scalar_subquery())
+    return (select(Item.id, Item.group_key, ItemImage.id, marks, *_probe_columns())
             .outerjoin(ItemImage, (ItemImage.item_id == Item.id) & (ItemImage.status == ImageStatus.ACTIVE))
             .where(Item.external_id == bindparam("external_id"), Item.status == ItemStatus.ACTIVE)
             .order_by(ItemImage.position, ItemImage.id))
-    return statement
+
+
+_LOOKUP = DriverQuery(_lookup_statement)
 
 
 def lookup_with_probe(conn: Connection, external_id: str,
@@ -123,8 +172,7 @@ def lookup_with_probe(conn: Connection, external_id: str,
     The item part is :func:`~service.searcher.metadata.lookup_item`'s answer, the marks
     :func:`core.feedback.dissimilar_results`' (the same condition), read in one round trip.
     """
-    backend = backend_of(conn)
-    rows = conn.execute(_lookup_statement(backend), {"external_id": external_id, "since": since}).all()
+    rows = _LOOKUP.rows(conn, external_id=external_id, since=since)
     if not rows:
         return None
     first = rows[0]
@@ -154,7 +202,7 @@ def follow_live(engine: Engine, as_of: dt.datetime, index: VectorIndex, fresh: F
     with engine.connect() as conn:
         newest = _newest(read_probe(conn, read_from), cursor)
         since = newest - COMMIT_SLACK
-        probe = read_probe(conn, since)
+        probe = read_raw_probe(conn, since)
         known = previous.overrides if previous is not None else {}
         unheld = fresh.image_ids[index.rows_of(fresh.image_ids) < 0] if len(fresh) else np.empty(0, np.int64)
         new_fresh = [int(i) for i in unheld.tolist() if int(i) not in known]
