@@ -264,6 +264,10 @@ def main() -> None:
                         help="with --lists: only these of the side-by-side modes (0 today, 1 lists, 2 lists+table)")
     parser.add_argument("--prepare", action="store_true",
                         help="build the dataset (with --lists: lists and table) and stop")
+    parser.add_argument("--neighbour-exact-limit", type=int, default=None,
+                        help="lists by exact search up to this many images (default: the setting's, 200000)")
+    parser.add_argument("--neighbour-search-k", type=int, default=None,
+                        help="Annoy search_k of lists above the exact limit (default: the setting's, 100000)")
     parser.add_argument("--search-k", type=int, default=None,
                         help="serve with this LOOKALIKE_ANNOY_SEARCH_K (default: the setting's default, 10000)")
     args = parser.parse_args()
@@ -272,6 +276,10 @@ def main() -> None:
     settings = Settings(home=home)
     if args.search_k is not None:
         settings = settings.replace(annoy_search_k=args.search_k)
+    if args.neighbour_exact_limit is not None:
+        settings = settings.replace(neighbour_exact_limit=args.neighbour_exact_limit)
+    if args.neighbour_search_k is not None:
+        settings = settings.replace(neighbour_search_k=args.neighbour_search_k)
     info = build_dataset(home, n)
     print(f"dataset: {n:,} items/images, 128-d synthetic vectors; SQL insert {info['sql_seconds']} s, "
           f"index build {info['build_seconds']} s, index file {info['index_mb']} MB "
