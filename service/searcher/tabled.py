@@ -111,5 +111,8 @@ def similar_from_table(state: SearchState, conn: Connection, external_id: str, *
     if result is None:
         return None
     result.from_table = True
+    # Server-Timing ``table``: this answer's metadata came from the table (its decode time;
+    # ``meta`` still holds lookup + metadata, comparable with the SQL path's)
+    result.timings["table"] = result.timings["meta"]
     result.timings["meta"] += lookup
     return result

@@ -4,11 +4,13 @@ A real catalog (items, stored vectors, an index published by the project's code 
 exact lists and its metadata table), served by the real app: the table path must give
 the same bytes as the SQL path for the same request, a deleted item must never appear
 (not even before the watcher's next poll: the probes send that request to SQL), and a
-new title must show on the next request, as on the SQL path.
+new title must show on the next request, as on the SQL path. The last test does the same
+through two real `lookalike serve` processes (gunicorn), table on and off.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import requests
 from alembic import command
 from flask import Flask
 from flask.testing import FlaskClient
@@ -32,6 +35,7 @@ from service.filters import Filters
 from service.searcher import Searcher
 from service.searcher import live as live_module
 from tests.service.conftest import item_specs
+from tests.service.live import LiveServer
 from tests.service.support import Catalog, add_items, embed, new_catalog, publish, unit_rows
 
 TOOK = re.compile(rb'"took_ms":[0-9.e-]+')
@@ -159,3 +163,37 @@ def test_too_many_changes_give_the_answer_back_to_sql(served: Served, monkeypatc
     assert not result.from_table
     url = "/api/v1/items/sku-012/similar?k=5"
     assert _body(served.table.test_client(), url) == _body(served.sql.test_client(), url)
+
+
+def test_real_servers_answer_the_same_bytes_and_never_a_deleted_item(served: Served, tmp_path) -> None:
+    """Two `lookalike serve` (gunicorn, 2 workers each), table on and off, on the same database."""
+    settings = served.cat.settings
+    table = LiveServer(settings, tmp_path / "table.log").start()
+    try:
+        sql = LiveServer(settings.replace(serve_metadata_table=False), tmp_path / "sql.log").start()
+        try:
+            session = requests.Session()
+
+            tabled: list[bool] = []
+
+            def body(server: LiveServer, path: str) -> bytes:
+                response = session.get(server.url + path, timeout=30)
+                assert response.status_code == 200, response.text
+                tabled.append("table;dur=" in response.headers["Server-Timing"])
+                return TOOK.sub(b'"took_ms":0', response.content)
+
+            paths = [f"/api/v1/items/{ext}/similar?k={k}" for ext in list(served.cat.items)[:12] for k in (3, 10)]
+            for path in paths * 2:  # twice: both workers of each server answer some
+                assert body(table, path) == body(sql, path), path
+            assert not any(tabled[1::2]) and sum(tabled[0::2]) >= len(paths)  # most from the table
+            first = json.loads(body(table, "/api/v1/items/sku-005/similar?k=3"))["results"][0]["external_id"]
+            with session_scope(served.cat.sessions) as s:
+                delete_items(s, [first])
+            for _ in range(4):  # no worker of either server may still show it, polled or not
+                for server in (table, sql):
+                    found = json.loads(body(server, "/api/v1/items/sku-005/similar?k=3"))["results"]
+                    assert first not in [r["external_id"] for r in found]
+        finally:
+            sql.stop()
+    finally:
+        table.stop()
