@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Select, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select
 
-from core.catalog.servable import ImageMeta, servable_metadata
+from core.catalog.servable import BUILD_CHUNK, ImageMeta, servable_metadata
 from core.db import Feedback, ImageStatus, Item, ItemImage, ItemStatus
 from core.db.backend import Backend, backend_of
 from core.embeddings_store import COMMIT_SLACK
@@ -208,11 +208,16 @@ def follow_live(engine: Engine, as_of: dt.datetime, index: VectorIndex, fresh: F
         new_fresh = [int(i) for i in unheld.tolist() if int(i) not in known]
         if previous is not None and since == previous.since and probe == previous.probe and not new_fresh:
             return previous
-        changed_items = select(Item.id).where(Item.updated_at > read_from)
-        changed = conn.execute(select(ItemImage.id).where(
-            or_(ItemImage.updated_at > read_from, ItemImage.item_id.in_(changed_items)))).scalars().all()
-        wanted = sorted(set(changed) | set(new_fresh))
-        if len(known.keys() | set(wanted)) > LIVE_LIMIT:
+        # two indexed reads (updated_at, then item_id), not one OR that would scan item_images
+        # (each bounded by the limit: a bulk import gives up after reading LIVE_LIMIT + 1 ids)
+        items = conn.execute(select(Item.id).where(Item.updated_at > read_from).limit(LIVE_LIMIT + 1)).scalars().all()
+        changed = set(conn.execute(select(ItemImage.id).where(ItemImage.updated_at > read_from)
+                                   .limit(LIVE_LIMIT + 1)).scalars())
+        for start in range(0, len(items) if len(items) <= LIVE_LIMIT else 0, BUILD_CHUNK):
+            changed.update(conn.execute(select(ItemImage.id).where(
+                ItemImage.item_id.in_(items[start:start + BUILD_CHUNK]))).scalars())
+        wanted = sorted(changed | set(new_fresh))
+        if len(items) > LIVE_LIMIT or len(known.keys() | set(wanted)) > LIVE_LIMIT:
             log.warning("live set overflowed: more than %d images changed since the metadata table was "
                         "read; result metadata comes from SQL until the next index version", LIVE_LIMIT)
             return LiveSet(since=since, probe=probe, overrides={}, overflowed=True)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 
 from core.index.metadata_table import MetadataTable
 from service.searcher.engine import SearchResult
-from service.searcher.listed import listed_photos, search_listed
+from service.searcher.listed import MetadataSource, listed_photos, search_listed
 from service.searcher.live import LiveSet, lookup_with_probe
 from service.searcher.metadata import Exclusions, ImageMeta
 from service.searcher.state import SearchState
@@ -73,7 +73,7 @@ class TableMetadata(Mapping[int, ImageMeta]):
         return sum(1 for _ in self)
 
 
-def table_metadata(state: SearchState, exclusions: Exclusions):  # type: ignore[no-untyped-def]
+def table_metadata(state: SearchState, exclusions: Exclusions) -> MetadataSource:
     """The metadata source over the table and the live set; raises :class:`Unvouched` for an unknown image."""
     table, live = state.table, state.live
     assert table is not None and live is not None
