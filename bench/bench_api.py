@@ -19,9 +19,11 @@ workers) and measures, in one run:
 4. search by uploaded image, split into decode / embed / search / metadata;
 5. each worker's memory from /proc/<pid>/smaps_rollup, and its share of the index file.
 
-With ``--lists`` the index gets its precomputed neighbour lists (core/index/neighbours.py,
-computed once and cached with the dataset) and steps 2-3 run twice, side by side:
-``LOOKALIKE_SERVE_NEIGHBOUR_LISTS=false`` (today's Annoy path) and ``true`` (the lists).
+With ``--lists`` the index gets its precomputed neighbour lists (core/index/neighbours.py)
+and its metadata table (core/index/metadata_table.py), computed once and cached with the
+dataset, and steps 2-3 and 5 run three times, side by side: today's Annoy path
+(``LOOKALIKE_SERVE_NEIGHBOUR_LISTS=false``), the lists with SQL metadata
+(``LOOKALIKE_SERVE_METADATA_TABLE=false``), and the lists with the table and live set.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from core.config import Settings
 from core.db import IndexStatus, IndexVersion, Item, ItemImage, make_engine, make_session_factory, session_scope
 from core.embedding import ModelSpec, build_model, save_checkpoint
 from core.index import IndexManifest, Metric, VectorIndex, build_index
+from core.index.metadata_table import add_metadata_table
 from core.index.neighbours import add_neighbour_lists
 from core.registry import activate_model, get_model, register_model
 from migrations import alembic_config
@@ -128,6 +131,28 @@ def ensure_lists(home: Path, settings: Settings) -> IndexManifest:
                                exact_limit=settings.neighbour_exact_limit, search_k=settings.neighbour_search_k)
 
 
+def ensure_table(home: Path, settings: Settings) -> IndexManifest:
+    """The bench index with its metadata table (read from the bench database once)."""
+    directory = home / "artifacts" / "indexes" / "i-bench"
+    manifest = IndexManifest.read(directory)
+    if manifest.metadata_checksum:
+        return manifest
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as conn:
+            return add_metadata_table(directory, conn)
+    finally:
+        engine.dispose()
+
+
+SIDE_BY_SIDE = (
+    ("today's path: Annoy + SQL metadata", {"LOOKALIKE_SERVE_NEIGHBOUR_LISTS": "false"}),
+    ("lists + SQL metadata", {"LOOKALIKE_SERVE_NEIGHBOUR_LISTS": "true", "LOOKALIKE_SERVE_METADATA_TABLE": "false"}),
+    ("lists + metadata table + live set", {"LOOKALIKE_SERVE_NEIGHBOUR_LISTS": "true",
+                                           "LOOKALIKE_SERVE_METADATA_TABLE": "true"}),
+)
+
+
 # ----------------------------------------------------------------------------- parts
 def annoy_alone(home: Path, ids: list[int], search_k: int) -> tuple[list[float], list[float]]:
     """(vector + query ms, query-only ms) per id, in this process, like the server's call."""
@@ -184,7 +209,7 @@ def similar_by_id(port: int, workers: list[int], sample: list[int], n: int, args
         print(phase_row("Annoy alone in the bench process: vector(id) + query", annoy[0]))
         print(phase_row("Annoy alone: query only", annoy[1]))
     print(phase_row("index query in the server (`index`)", index_ms))
-    print(phase_row("metadata fetch, 2 SQL queries (`meta`)", meta_ms))
+    print(phase_row("item lookup, marks, metadata (`meta`)", meta_ms))
     print(phase_row("serialisation (`ser`)", ser_ms))
     print(phase_row("framework inside Flask (app - index - meta - ser)",
                     [a - i - m - s for a, i, m, s in zip(app_ms, index_ms, meta_ms, ser_ms)]))
@@ -209,6 +234,18 @@ def similar_by_id(port: int, workers: list[int], sample: list[int], n: int, args
     return index_ms
 
 
+def print_memory(workers: list[int], index_file: Path) -> None:
+    print(f"\n### Memory per API worker (index file {index_file.stat().st_size / 2**20:.0f} MB; "
+          "/proc/<pid>/smaps_rollup, MB)\n")
+    print("| worker | RSS | PSS | shared clean | shared dirty | private clean | private dirty | "
+          "index file resident (shared / private) | goal |\n|---|---|---|---|---|---|---|---|---|")
+    for pid in workers:
+        m = memory_of(pid, index_file)
+        print(f"| {pid} | {m['Rss']:.0f} | {m['Pss']:.0f} | {m['Shared_Clean']:.0f} | {m['Shared_Dirty']:.0f} | "
+              f"{m['Private_Clean']:.0f} | {m['Private_Dirty']:.0f} | {m['index_Rss']:.0f} "
+              f"({m['index_Shared_Clean']:.0f} / {m['index_Private_Clean']:.0f}) | private ≤ 250 |")
+
+
 def phase_row(name: str, values: list[float], goal: str = "") -> str:
     return f"| {name} | {pct(values, 50):.3f} | {pct(values, 99):.3f} | {goal} |"
 
@@ -223,6 +260,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--lists", action="store_true",
                         help="add neighbour lists; compare the Annoy path and the lists path side by side")
+    parser.add_argument("--modes", type=int, nargs="+", default=None,
+                        help="with --lists: only these of the side-by-side modes (0 today, 1 lists, 2 lists+table)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="build the dataset (with --lists: lists and table) and stop")
+    parser.add_argument("--neighbour-exact-limit", type=int, default=None,
+                        help="lists by exact search up to this many images (default: the setting's, 200000)")
+    parser.add_argument("--neighbour-search-k", type=int, default=None,
+                        help="Annoy search_k of lists above the exact limit (default: the setting's, 100000)")
     parser.add_argument("--search-k", type=int, default=None,
                         help="serve with this LOOKALIKE_ANNOY_SEARCH_K (default: the setting's default, 10000)")
     args = parser.parse_args()
@@ -231,25 +276,41 @@ def main() -> None:
     settings = Settings(home=home)
     if args.search_k is not None:
         settings = settings.replace(annoy_search_k=args.search_k)
+    if args.neighbour_exact_limit is not None:
+        settings = settings.replace(neighbour_exact_limit=args.neighbour_exact_limit)
+    if args.neighbour_search_k is not None:
+        settings = settings.replace(neighbour_search_k=args.neighbour_search_k)
     info = build_dataset(home, n)
     print(f"dataset: {n:,} items/images, 128-d synthetic vectors; SQL insert {info['sql_seconds']} s, "
           f"index build {info['build_seconds']} s, index file {info['index_mb']} MB "
           f"({settings.annoy_trees} trees, search_k {settings.annoy_search_k})\n")
 
+    if args.prepare:
+        if args.lists:
+            ensure_lists(home, settings)
+            ensure_table(home, settings)
+        return
     rng = np.random.default_rng(1)
     sample = [int(i) for i in rng.integers(0, n, args.requests)]
     env = {"LOOKALIKE_ANNOY_SEARCH_K": str(settings.annoy_search_k)}
+    index_file = (home / "artifacts" / "indexes" / "i-bench" / "index.ann").resolve()
     if args.lists:
         lists = ensure_lists(home, settings)
         print(f"neighbour lists: K={lists.neighbours_k} ({lists.neighbours_method}), computed in "
-              f"{lists.neighbours_seconds:.1f} s, recall@10 {lists.neighbours_recall:.4f}\n")
-        for serve in ("false", "true"):
-            print(f"## LOOKALIKE_SERVE_NEIGHBOUR_LISTS={serve}\n")
-            proc, port = start_server(home, 2, home / f"server-lists-{serve}.log",
-                                      {**env, "LOOKALIKE_SERVE_NEIGHBOUR_LISTS": serve})
+              f"{lists.neighbours_seconds:.1f} s, recall@10 {lists.neighbours_recall:.4f}")
+        table = ensure_table(home, settings)
+        table_mb = (index_file.parent / "metadata.bin").stat().st_size / 2**20
+        print(f"metadata table: {table_mb:.1f} MB, written in {table.metadata_seconds:.1f} s\n")
+        for number, (name, serve) in enumerate(SIDE_BY_SIDE):
+            if args.modes and number not in args.modes:
+                continue
+            print(f"## {name} ({', '.join(f'{k}={v}' for k, v in serve.items())})\n")
+            proc, port = start_server(home, 2, home / f"server-mode-{number}.log", {**env, **serve})
             try:
                 workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
                 similar_by_id(port, workers, sample, n, args, None)
+                print_memory(workers, index_file)
+                print()
             finally:
                 stop_server(proc)
         return
@@ -270,16 +331,7 @@ def main() -> None:
             print(phase_row(name, [p.get(key, 0.0) for p in phases_img[10:]]))
         print(phase_row("total, client side", client_img[10:]))
 
-        index_file = (home / "artifacts" / "indexes" / "i-bench" / "index.ann").resolve()
-        print(f"\n### Memory per API worker (index file {index_file.stat().st_size / 2**20:.0f} MB; "
-              "/proc/<pid>/smaps_rollup, MB)\n")
-        print("| worker | RSS | PSS | shared clean | shared dirty | private clean | private dirty | "
-              "index file resident (shared / private) | goal |\n|---|---|---|---|---|---|---|---|---|")
-        for pid in workers:
-            m = memory_of(pid, index_file)
-            print(f"| {pid} | {m['Rss']:.0f} | {m['Pss']:.0f} | {m['Shared_Clean']:.0f} | {m['Shared_Dirty']:.0f} | "
-                  f"{m['Private_Clean']:.0f} | {m['Private_Dirty']:.0f} | {m['index_Rss']:.0f} "
-                  f"({m['index_Shared_Clean']:.0f} / {m['index_Private_Clean']:.0f}) | private ≤ 250 |")
+        print_memory(workers, index_file)
         print(f"\nserver log: {log}; median similar-by-id index phase {statistics.median(index_ms):.3f} ms")
     finally:
         stop_server(proc)

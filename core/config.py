@@ -137,6 +137,9 @@ class Settings:
     serve_neighbour_lists: bool = True
     """Answer similar-by-id without filters from the served version's lists when it has them
     (service/searcher/listed.py); false always takes the Annoy path (comparisons, bench_api)."""
+    serve_metadata_table: bool = True
+    """Answer similar-by-id without filters from the lists plus the version's metadata table and the
+    live set, with one SQL query (service/searcher/tabled.py); false reads result metadata from SQL."""
     keep_index_versions: int = 3
     verify_sample_size: int = 500
     min_verify_recall: float = 0.9

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import ColumnElement, Connection, Select, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -177,17 +177,22 @@ def list_feedback(session: Session, *, query: str | None = None, source: Feedbac
     return FeedbackPage(records=records, next_cursor=records[-1].id if more else None)
 
 
-def dissimilar_results(conn: Connection | Session, query_item_ids: Collection[int]) -> dict[int, set[int]]:
-    """For each query item, the result items a merchandiser marked dissimilar (one indexed query).
+def dissimilar_mark_clauses() -> tuple[ColumnElement[bool], ...]:
+    """The condition that makes a feedback row a query-time exclusion: a merchandiser's "dissimilar".
 
     Clicks and skips never filter: they are noisy signals for retraining, not decisions.
+    The one definition, shared by :func:`dissimilar_results` and the searcher's combined
+    per-request query (service/searcher/live.py).
     """
+    return (Feedback.source == FeedbackSource.MERCHANDISER, Feedback.judgement == FeedbackJudgement.DISSIMILAR)
+
+
+def dissimilar_results(conn: Connection | Session, query_item_ids: Collection[int]) -> dict[int, set[int]]:
+    """For each query item, the result items a merchandiser marked dissimilar (one indexed query)."""
     if not query_item_ids:
         return {}
     statement = select(Feedback.query_item_id, Feedback.result_item_id).where(
-        Feedback.query_item_id.in_(sorted(query_item_ids)),
-        Feedback.source == FeedbackSource.MERCHANDISER,
-        Feedback.judgement == FeedbackJudgement.DISSIMILAR)
+        Feedback.query_item_id.in_(sorted(query_item_ids)), *dissimilar_mark_clauses())
     out: dict[int, set[int]] = {}
     for query_id, result_id in conn.execute(statement):
         out.setdefault(query_id, set()).add(result_id)

@@ -34,7 +34,9 @@ import shutil
 import tempfile
 from typing import Any
 
-import core.embedding  # noqa: F401 - shared library pages, see above
+# core.embedding loads torch lazily (its spec is torch-free), so the torch-backed module is
+# named here: without it every worker paid torch's ~280 MB of relocated pages privately
+import core.embedding.embedder  # noqa: F401 - shared library pages, see above
 import core.index  # noqa: F401
 from core.config import Settings
 from core.logs import project_levels, root_level

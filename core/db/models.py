@@ -126,7 +126,8 @@ class Item(Base):
         enum_column(ItemStatus), default=ItemStatus.ACTIVE, index=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+    """Indexed: the searcher's live set probes ``max(updated_at)`` per request (service/searcher/live.py)."""
 
     images: Mapped[list[ItemImage]] = relationship(
         back_populates="item", order_by="ItemImage.position", cascade="all, delete-orphan"
@@ -150,7 +151,8 @@ class ItemImage(Base):
         enum_column(ImageStatus), default=ImageStatus.ACTIVE, index=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+    """Indexed for the same per-request probe as :attr:`Item.updated_at`."""
 
     item: Mapped[Item] = relationship(back_populates="images")
 

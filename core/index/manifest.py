@@ -26,6 +26,8 @@ NEIGHBOURS_FILE = "neighbours.npy"
 """int32 [count, neighbours_k]: the rows nearest each row, best first (core/index/neighbours.py)."""
 NEIGHBOUR_DISTANCES_FILE = "neighbour_distances.npy"
 """float32 [count, neighbours_k]: their distances, as Annoy reports them."""
+METADATA_FILE = "metadata.bin"
+"""What each row's result shows (item, title, image key...), read from SQL at build (core/index/metadata_table.py)."""
 
 
 class Metric(str, enum.Enum):
@@ -77,6 +79,12 @@ class IndexManifest:
     """recall@10 of the lists against exact search on a fixed sample; -1 when there are no lists."""
     neighbours_seconds: float = 0.0
     """Wall time spent computing and writing the lists."""
+    metadata_checksum: str = ""
+    """sha256 hex digest of ``metadata.bin``; empty: the version has no metadata table."""
+    metadata_as_of: str = ""
+    """ISO 8601 UTC time the table was read from SQL: changes after it are the live set's."""
+    metadata_seconds: float = 0.0
+    """Wall time spent reading and writing the table."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -114,6 +122,9 @@ class IndexManifest:
                 neighbour_distances_checksum=str(data.get("neighbour_distances_checksum", "")),
                 neighbours_recall=float(data.get("neighbours_recall", -1.0)),
                 neighbours_seconds=float(data.get("neighbours_seconds", 0.0)),
+                metadata_checksum=str(data.get("metadata_checksum", "")),
+                metadata_as_of=str(data.get("metadata_as_of", "")),
+                metadata_seconds=float(data.get("metadata_seconds", 0.0)),
             )
         except KeyError as exc:
             raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc

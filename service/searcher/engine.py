@@ -33,7 +33,7 @@ a dot-product index the score is the dot product itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +75,8 @@ class SearchResult:
     """How many query vectors were searched with (a similar-by-item query: the item's photos)."""
     listed: bool = False
     """Answered from the precomputed neighbour lists (service/searcher/listed.py), not Annoy."""
+    from_table: bool = False
+    """Its metadata came from the version's metadata table and live set (service/searcher/tabled.py), not SQL."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -142,7 +144,7 @@ def candidates(state: SearchState, vector: np.ndarray, n: int,
     return ids[order], dists[order], exhausted, reach
 
 
-def group_by_item(ids: np.ndarray, dists: np.ndarray, meta: dict[int, ImageMeta], k: int,
+def group_by_item(ids: np.ndarray, dists: np.ndarray, meta: Mapping[int, ImageMeta], k: int,
                   metric: Metric) -> list[Match]:
     """The first ``k`` distinct items in candidate order, each with its best image."""
     seen: set[int] = set()

@@ -10,14 +10,16 @@ The merged top ``k`` is accepted only when its ``k``-th distance is within the
 reach of every list (no list was cut off before it); otherwise — many results
 deleted or marked dissimilar, a fresh query photo, filters, a version without
 lists — :func:`search_listed` returns None and the caller takes the Annoy path,
-which widens as needed. Metadata, deletions and marks still come from the one SQL
-query per request, so they apply exactly as on that path.
+which widens as needed. Metadata, deletions and marks come from the one SQL query per
+request (:func:`sql_metadata`), so they apply exactly as on that path — or from the
+version's metadata table and the live set (service/searcher/tabled.py), which give the
+same answer without it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import Connection
@@ -33,7 +35,7 @@ from service.searcher.engine import (
     group_by_item,
     merge_photo_lists,
 )
-from service.searcher.metadata import Exclusions, fetch_metadata
+from service.searcher.metadata import Exclusions, ImageMeta, fetch_metadata
 from service.searcher.state import SearchState
 
 
@@ -75,8 +77,17 @@ def _photo_candidates(state: SearchState, row: int) -> tuple[np.ndarray, np.ndar
     return ids[order], dists[order], whole and n >= len(fresh), reach
 
 
-def search_listed(state: SearchState, conn: Connection, rows: np.ndarray, *, k: int,
-                  exclusions: Exclusions) -> SearchResult | None:
+MetadataSource = Callable[[list[int]], Mapping[int, ImageMeta]]
+"""The servable, non-excluded images among candidate ids and their metadata (SQL, or the table)."""
+
+
+def sql_metadata(conn: Connection, exclusions: Exclusions) -> MetadataSource:
+    """The metadata source of the SQL path: one query over the candidates."""
+    return lambda ids: fetch_metadata(conn, ids, filters=Filters(), exclusions=exclusions)
+
+
+def search_listed(state: SearchState, rows: np.ndarray, *, k: int,
+                  metadata: MetadataSource) -> SearchResult | None:
     """The ``k`` best items for the query photos at index ``rows``, or None to take the Annoy path."""
     metric = state.metric
     result = SearchResult(matches=[], index_version=state.index_version, model_version=state.model_version,
@@ -85,7 +96,7 @@ def search_listed(state: SearchState, conn: Connection, rows: np.ndarray, *, k: 
     ids, dists, exhausted, reach = merge_photo_lists([_photo_candidates(state, int(row)) for row in rows], metric)
     t1 = time.perf_counter()
     unique = list(dict.fromkeys(ids.tolist()))
-    meta = fetch_metadata(conn, unique, filters=Filters(), exclusions=exclusions)
+    meta = metadata(unique)
     t2 = time.perf_counter()
     result.timings = {"index": t1 - t0, "meta": t2 - t1}
     result.candidates = len(unique)

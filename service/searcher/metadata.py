@@ -28,7 +28,7 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -36,42 +36,24 @@ from sqlalchemy import (
     Connection,
     Select,
     String,
-    Text,
     all_,
     any_,
     bindparam,
-    cast,
     func,
     or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from core.catalog.servable import META_COLUMNS, ImageMeta, meta_of_row, servable_clauses
 from core.db import ImageStatus, Item, ItemImage, ItemStatus
 from core.db.backend import Backend, backend_of
 from service.filters import Filters
 
+__all__ = ["Exclusions", "ImageMeta", "QueryItem", "fetch_metadata", "lookup_item", "matching_images"]
+
 IN_CHUNK = 10_000
 """Ids per query: bounds the size of one bound value (and of an expanding ``IN`` on other databases)."""
-
-
-class ImageMeta(NamedTuple):
-    """What a search answer shows of one image and its item (immutable)."""
-
-    item_id: int
-    external_id: str
-    title: str
-    category: str | None
-    group_key: str | None
-    attributes_json: str | None
-    """The item's attributes as JSON text, as stored."""
-    image_id: int
-    media_key: str
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        """The item's attributes (decoded on each access: an answer reads each once)."""
-        return (json.loads(self.attributes_json) or {}) if self.attributes_json else {}
 
 
 @dataclass(frozen=True)
@@ -93,10 +75,6 @@ class Exclusions:
     item_id: int | None = None
     group_key: str | None = None
     item_ids: tuple[int, ...] = ()
-
-
-_COLUMNS = (Item.id, Item.external_id, Item.title, Item.category, Item.group_key, cast(Item.attributes, Text),
-            ItemImage.id, ItemImage.media_key)
 
 
 def _ids_clause(backend: Backend) -> ColumnElement[bool]:
@@ -129,9 +107,8 @@ def _statement(backend: Backend, filters: Filters, exclude_item: bool, exclude_g
     varying values are bound parameters: ``ids``, ``exclude_item_id``, ``exclude_group``,
     ``exclude_item_ids``.
     """
-    query = (select(*_COLUMNS).join(Item, Item.id == ItemImage.item_id)
-             .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE,
-                    *filters.clauses(backend)))
+    query = (select(*META_COLUMNS).join(Item, Item.id == ItemImage.item_id)
+             .where(*servable_clauses(), *filters.clauses(backend)))
     if exclude_item:
         query = query.where(Item.id != bindparam("exclude_item_id"))
     if exclude_group:
@@ -159,10 +136,6 @@ def _params(backend: Backend, exclusions: Exclusions) -> dict[str, Any]:
     return params
 
 
-def _meta(row: Sequence[Any]) -> ImageMeta:
-    return ImageMeta(row[0], row[1], row[2] or "", row[3], row[4], row[5], row[6], row[7])
-
-
 def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filters,
                    exclusions: Exclusions) -> dict[int, ImageMeta]:
     """Metadata of the servable, matching images among ``image_ids`` (one query per 10k ids)."""
@@ -174,14 +147,14 @@ def fetch_metadata(conn: Connection, image_ids: Sequence[int], *, filters: Filte
     for start in range(0, len(ids), IN_CHUNK):
         params["ids"] = _ids_value(backend, ids[start:start + IN_CHUNK])
         for row in conn.execute(statement, params).all():
-            out[row[6]] = _meta(row)
+            out[row[6]] = meta_of_row(row)
     return out
 def matching_images(conn: Connection, *, filters: Filters, exclusions: Exclusions,
                     limit: int) -> list[ImageMeta] | None:
     """Every servable image matching the filters, or None if there are more than ``limit``."""
     backend = backend_of(conn)
     statement = _statement_for(backend, filters, exclusions, False)
-    rows = [_meta(r) for r in conn.execute(statement.order_by(ItemImage.id).limit(limit + 1),
+    rows = [meta_of_row(r) for r in conn.execute(statement.order_by(ItemImage.id).limit(limit + 1),
                                            _params(backend, exclusions))]
     return None if len(rows) > limit else rows
 

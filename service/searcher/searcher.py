@@ -28,9 +28,10 @@ from core.notify import IndexChangeListener
 from service.filters import Filters
 from service.metrics import Metrics
 from service.searcher.engine import MAX_QUERY_PHOTOS, SearchResult, search, search_photos
-from service.searcher.listed import listed_photos, search_listed
+from service.searcher.listed import listed_photos, search_listed, sql_metadata
 from service.searcher.metadata import Exclusions, lookup_item
 from service.searcher.state import SearchState
+from service.searcher.tabled import similar_from_table
 from service.searcher.watcher import Listener, StateHolder, Watcher
 
 
@@ -143,6 +144,12 @@ class Searcher:
         state = self.require_state()
         t0 = time.perf_counter()
         with self._engine.connect() as conn:
+            if filters.empty and state.live is not None:
+                # lists + metadata table + live set, one SQL query; None when it cannot vouch
+                # for the answer (changes not read yet, a fresh query photo): the path below
+                result = similar_from_table(state, conn, external_id, k=k, exclude_group=exclude_group)
+                if result is not None:
+                    return result
             item = lookup_item(conn, external_id)
             if item is None:
                 raise ItemNotFound(f"no active item with external id {external_id!r}")
@@ -158,7 +165,8 @@ class Searcher:
                                     item_ids=tuple(sorted(marked)))
             # no filters and every query photo indexed: its precomputed lists answer, unless
             # they were cut off too early (then the Annoy path below, which widens)
-            result = search_listed(state, conn, rows, k=k, exclusions=exclusions) if rows is not None else None
+            result = search_listed(state, rows, k=k, metadata=sql_metadata(conn, exclusions)) \
+                if rows is not None else None
             if result is not None:
                 result.timings["meta"] += lookup
                 return result

@@ -25,10 +25,12 @@ from core.db import IndexVersion
 from core.embedding import Embedder, resolve_device
 from core.embeddings_store import FreshBasis
 from core.index import Metric, VectorIndex
+from core.index.metadata_table import MetadataTable
 from core.index.neighbours import NeighbourLists
 from core.index_store import served_index_files
 from core.registry import checkpoint_path
 from service.searcher.fresh import FreshSet, follow_fresh
+from service.searcher.live import LiveSet, follow_live
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ class SearchState:
     loaded_at: float
     neighbours: NeighbourLists | None = None
     """The version's precomputed neighbour lists; None for a version without (or unreadable)."""
+    table: MetadataTable | None = None
+    """The version's metadata table; None for a version without, unreadable, or switched off."""
+    live: LiveSet | None = None
+    """What changed in SQL since the table was read (service/searcher/live.py); None without a table."""
 
     @property
     def metric(self) -> Metric:
@@ -97,12 +103,14 @@ def build_state(settings: Settings, engine: Engine, row: IndexVersion) -> Search
         embedder = None
     neighbours = load_neighbours(index) if settings.serve_neighbour_lists else None
     fresh = follow_fresh(engine, FreshBasis(model.id, index.manifest.dim, row.max_embedding_created_at, index))
+    table = load_table(index) if settings.serve_metadata_table and neighbours is not None else None
+    live = follow_live(engine, table.as_of, index, fresh) if table is not None else None
     log.info("loaded index %s (model %s, %d images, %d fresh) in %.2fs", row.version, model.version,
              len(index), len(fresh), time.perf_counter() - started)
     return SearchState(
         index=index, index_version=row.version, model_version=model.version, model_id=model.id,
         newest_in_index=row.max_embedding_created_at, embedder=embedder, embedder_error=error,
-        fresh=fresh, loaded_at=time.time(), neighbours=neighbours,
+        fresh=fresh, loaded_at=time.time(), neighbours=neighbours, table=table, live=live,
     )
 
 
@@ -115,7 +123,25 @@ def load_neighbours(index: VectorIndex) -> NeighbourLists | None:
         return None
 
 
+def load_table(index: VectorIndex) -> MetadataTable | None:
+    """The index's metadata table, memory-mapped; None (SQL serves the metadata) if it has none or it is broken."""
+    try:
+        return MetadataTable.open(index.directory, index.manifest)
+    except (OSError, ValueError) as exc:
+        log.error("metadata table of index %s not used: %s", index.manifest.index_version, exc)
+        return None
+
+
 def refresh_fresh(engine: Engine, state: SearchState) -> SearchState:
-    """The same state with its fresh set brought up to date (itself if nothing changed)."""
+    """The same state with its fresh set and live set brought up to date (itself if nothing changed).
+
+    Both are swapped in together: a fresh image the table lacks is a candidate only once
+    the live set holds its metadata (until then the table path refuses it: SQL answers).
+    """
     fresh = follow_fresh(engine, state.fresh_basis, previous=state.fresh)
-    return state if fresh is state.fresh else state.with_fresh(fresh)
+    live = state.live
+    if state.table is not None:
+        live = follow_live(engine, state.table.as_of, state.index, fresh, previous=state.live)
+    if fresh is state.fresh and live is state.live:
+        return state
+    return dataclasses.replace(state, fresh=fresh, live=live)

@@ -18,7 +18,8 @@ from tests.support.servers import free_port
 REPO = Path(__file__).resolve().parents[2]
 ENV_FIELDS = ("home", "database_url", "broker_url", "redis_url", "index_poll_seconds", "annoy_search_k",
               "torch_threads", "max_k", "log_level", "verbose", "reads_public", "embed_batch_size", "trusted_proxies",
-              "proxy_client_header_timeout", "proxy_client_body_timeout", "proxy_send_timeout")
+              "proxy_client_header_timeout", "proxy_client_body_timeout", "proxy_send_timeout",
+              "serve_metadata_table")
 
 
 def server_env(settings: Settings) -> dict[str, str]:

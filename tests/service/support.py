@@ -18,6 +18,7 @@ from core.config import Settings
 from core.db import Embedding, IndexStatus, IndexVersion, Item, ItemImage, ModelVersion, session_scope
 from core.embeddings_store import put_vectors
 from core.index import Metric, build_index
+from core.index.metadata_table import add_metadata_table
 from core.index.neighbours import add_neighbour_lists
 from core.media import MediaStore
 from core.publish import publish_index
@@ -90,10 +91,11 @@ def embed(cat: Catalog, image_ids: Sequence[int], vectors: np.ndarray) -> None:
 
 
 def publish(cat: Catalog, image_ids: Sequence[int], *, metric: Metric = Metric.EUCLIDEAN,
-            lists_k: int = 0) -> str:
+            lists_k: int = 0, table: bool = True) -> str:
     """Build an index over ``image_ids`` (their stored vectors) and publish it.
 
-    ``lists_k`` > 0 adds exact neighbour lists of that length, as a reindex does."""
+    ``lists_k`` > 0 adds exact neighbour lists of that length, and (``table``) the metadata
+    table, as a reindex does."""
     version = f"i-test-{next(_versions):04d}"
     ids = np.asarray(sorted(int(i) for i in image_ids), dtype=np.int64)
     vectors = np.stack([cat.vectors[int(i)] for i in ids])
@@ -102,6 +104,9 @@ def publish(cat: Catalog, image_ids: Sequence[int], *, metric: Metric = Metric.E
                            metric=metric, n_trees=10, n_jobs=1)
     if lists_k:
         manifest = add_neighbour_lists(directory, vectors, k=lists_k, exact_limit=len(ids), search_k=-1)
+        if table:
+            with session_scope(cat.sessions) as s:
+                manifest = add_metadata_table(directory, s.connection())
     mid = model_id(cat.sessions, cat.model_version)
     with session_scope(cat.sessions) as s:
         newest = s.scalar(select(func.max(Embedding.created_at)).where(

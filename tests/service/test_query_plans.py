@@ -20,6 +20,7 @@ from core.embeddings_store import FreshBasis, read_fresh
 from core.feedback import dissimilar_results
 from core.index import Metric, VectorIndex, build_index
 from service.filters import Filters
+from service.searcher.live import _LOOKUP
 from service.searcher.metadata import Exclusions, fetch_metadata
 
 
@@ -83,3 +84,18 @@ def test_feedback_marks_of_a_query_item_are_read_through_the_unique_index(sqlite
     # SQLite names the unique constraint's index sqlite_autoindex_feedback_1
     (step,) = plan
     assert step.startswith("SEARCH feedback USING INDEX ") and step.endswith(" (query_item_id=?)"), plan
+
+
+def test_the_table_paths_one_query_probes_through_indexes(sqlite_engine: Engine) -> None:
+    """Item lookup, marks and the live set's four probes: index searches only (migration 0004)."""
+    with sqlite_engine.connect() as conn:
+        sql, order, base, processors = _LOOKUP._compile(conn)
+        since = processors["since"](dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+        params = {**base, "external_id": "x", "since": since}
+        assert order is not None
+        plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql,
+                                                         tuple(params[n] for n in order)).all()]
+    assert not any(step.startswith("SCAN") for step in plan), plan
+    assert sum("USING COVERING INDEX ix_items_updated_at" in step for step in plan) == 2, plan
+    assert sum("USING COVERING INDEX ix_item_images_updated_at" in step for step in plan) == 2, plan
+    assert any("ix_items_external_id" in step for step in plan), plan

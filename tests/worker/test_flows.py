@@ -10,6 +10,7 @@ from sqlalchemy import event, select, update
 
 from core.catalog import delete_items
 from core.catalog.sample import Split
+from core.catalog.servable import servable_metadata
 from core.db import (
     IndexStatus,
     IndexVersion,
@@ -24,6 +25,7 @@ from core.db import (
 )
 from core.embeddings_store import fresh_image_ids, load_vectors, snapshot_vectors
 from core.index import IndexManifest, Metric, exact_search
+from core.index.metadata_table import MetadataTable
 from core.index.neighbours import NeighbourLists
 from core.jobs import create_job, get_job, job_to_dict, list_jobs
 from core.publish import publish_index
@@ -295,3 +297,9 @@ def test_every_built_version_carries_checksummed_neighbour_lists(embedded: Embed
     assert manifest.neighbours_method == "exact" and manifest.neighbours_recall == 1.0
     lists = NeighbourLists.open(Path(index.path), manifest, verify_checksum=True)
     assert lists is not None and lists.of_row(7)[0][0] == 7
+    table = MetadataTable.open(Path(index.path), manifest, verify_checksum=True)
+    assert table is not None and table.count == manifest.count
+    ids = np.load(Path(index.path) / "ids.npy")
+    with session_scope(embedded.sessions) as s:
+        expected = {m.image_id: m for m in servable_metadata(s.connection(), ids.tolist())}
+    assert [table.meta(row, int(i)) for row, i in enumerate(ids)] == [expected[int(i)] for i in ids]

@@ -25,6 +25,7 @@ from core.db import IndexStatus, IndexVersion, ModelVersion, session_scope
 from core.embedding import ModelSpec
 from core.embeddings_store import VectorSnapshot
 from core.index import Metric, VectorIndex, build_index
+from core.index.metadata_table import add_metadata_table
 from core.index.neighbours import add_neighbour_lists
 from core.index.verify import self_recall
 from core.registry import new_version
@@ -121,6 +122,9 @@ def build_version(
             add_neighbour_lists(directory, snapshot.vectors, k=settings.neighbour_list_k,
                                 exact_limit=settings.neighbour_exact_limit,
                                 search_k=settings.neighbour_search_k)
+            # the results' metadata beside the lists, which are all it serves with
+            with session_scope(sessions) as s:
+                add_metadata_table(directory, s.connection())
         build_seconds = time.perf_counter() - started
         if on_verify is not None:
             on_verify()
