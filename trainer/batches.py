@@ -24,6 +24,7 @@ from trainer.config import DataSource, TrainConfig
 from trainer.data import TrainingData
 from trainer.data.images import ImageDataset
 from trainer.losses import ContrastiveLoss, LossOutput, TripletLoss
+from trainer.losses.memory import MemoryLoss
 from trainer.run_dir import epoch_seed
 from trainer.samplers import PKBatchSampler
 
@@ -82,7 +83,7 @@ class EpochBatches:
 
 def batch_loss(
     model: torch.nn.Module,
-    loss_fn: TripletLoss | ContrastiveLoss,
+    loss_fn: TripletLoss | ContrastiveLoss | MemoryLoss,
     batch: tuple[Tensor, ...],
     source: DataSource,
     *,
@@ -91,12 +92,15 @@ def batch_loss(
     channels_last: bool,
     autocast_dtype: torch.dtype | None,
     not_positive: Tensor | None = None,
+    positions: Tensor | None = None,
 ) -> tuple[LossOutput, int]:
     """The loss of one batch and the number of images it held.
 
     Class batches are ``(pixels, labels[, positions])``; pairs ``(a, b, y)``; triplets ``(a, p, n)``.
     Tuple members are embedded in one forward pass (concatenated), then split again.
-    ``not_positive``: a class batch's (B, B) pairs that are never positives (trainer.feedback).
+    ``not_positive``: a class batch's (B, B) pairs that are never positives (trainer.feedback);
+    ``positions``: the batch's dataset positions, which a cross-batch memory records to mask
+    its own columns the same way.
     """
     if source is DataSource.PAIRS:
         pixels, n_parts = torch.cat(batch[:2]), 2
@@ -114,6 +118,9 @@ def batch_loss(
     if n_parts == 1:
         if not_positive is None:
             return loss_fn(embeddings, batch[1].to(device)), len(pixels)
+        if isinstance(loss_fn, MemoryLoss):
+            return loss_fn(embeddings, batch[1].to(device), not_positive=not_positive.to(device),
+                           positions=positions), len(pixels)
         return loss_fn(embeddings, batch[1].to(device), not_positive=not_positive.to(device)), len(pixels)
     parts = embeddings.chunk(n_parts)
     if isinstance(loss_fn, ContrastiveLoss):

@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from core.embedding import EmbeddingNet, build_model, load_model
 from trainer.config import LossConfig, LossKind, LrSchedule, MemoryConfig, MinerKind, ModelConfig, OptimConfig
 from trainer.losses import ContrastiveLoss, TripletLoss
-from trainer.losses.memory import MemoryLoss
+from trainer.losses.memory import MemoryLoss, PairMask
 from trainer.miners import BatchAllMiner, BatchHardMiner, HardPairMiner, SemiHardMiner, TripletMiner
 
 
@@ -76,9 +76,11 @@ def build_loss(cfg: LossConfig) -> TripletLoss | ContrastiveLoss:
     return TripletLoss(cfg.margin, squared=cfg.squared, soft_margin=cfg.soft_margin, miner=miner)
 
 
-def with_memory(loss: TripletLoss | ContrastiveLoss, cfg: MemoryConfig) -> TripletLoss | ContrastiveLoss | MemoryLoss:
-    """``loss`` scored against a cross-batch memory of ``cfg.size`` rows, or ``loss`` itself for size 0."""
-    return MemoryLoss(loss, cfg.size, cfg.warmup_steps) if cfg.size else loss
+def with_memory(loss: TripletLoss | ContrastiveLoss, cfg: MemoryConfig, never_positive: PairMask | None = None,
+                ) -> TripletLoss | ContrastiveLoss | MemoryLoss:
+    """``loss`` scored against a cross-batch memory of ``cfg.size`` rows, or ``loss`` itself for size 0;
+    ``never_positive`` masks the memory's columns too (trainer.feedback.NeverPositive.mask)."""
+    return MemoryLoss(loss, cfg.size, cfg.warmup_steps, never_positive) if cfg.size else loss
 
 
 def build_optimizer(model: EmbeddingNet, cfg: OptimConfig) -> AdamW:

@@ -47,10 +47,14 @@ class NeverPositive:
     def __bool__(self) -> bool:
         return bool(self.codes.numel())
 
-    def mask(self, positions: Tensor) -> Tensor:
-        """(B, B) boolean: whether the images at batch rows i and j form a never-positive pair."""
-        positions = torch.as_tensor(positions, dtype=torch.int64)
-        return torch.isin(positions[:, None] * self.size + positions[None, :], self.codes)
+    def mask(self, rows: Tensor, columns: Tensor | None = None) -> Tensor:
+        """(B, N) boolean: whether the images at ``rows[i]`` and ``columns[j]`` (dataset
+        positions; the rows themselves by default, (B, B)) form a never-positive pair.
+        A negative position (an image not recorded, e.g. in a memory) is never masked."""
+        rows = torch.as_tensor(rows, dtype=torch.int64).cpu()
+        columns = rows if columns is None else torch.as_tensor(columns, dtype=torch.int64).cpu()
+        codes = torch.isin(rows[:, None] * self.size + columns[None, :], self.codes)
+        return codes & (rows[:, None] >= 0) & (columns[None, :] >= 0)
 
 
 class PositionedImages(Dataset[tuple[Tensor, int, int]]):

@@ -98,8 +98,8 @@ def train(
     channels_last = cfg.channels_last  # faster on CPU too: 1.4x for Lite0 training (bench/bench_train.py)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = with_memory(build_loss(cfg.loss), cfg.memory)
     never = never_positive(data)  # feedback: same-class items marked dissimilar are never positives
+    loss_fn = with_memory(build_loss(cfg.loss), cfg.memory, never.mask if never is not None else None)
     feedback = FeedbackTerm.build(data, cfg.feedback, cfg.seed)  # feedback: the pair term of each step
     batches = EpochBatches(data, cfg, pin_memory=device.type == "cuda",
                            dataset=PositionedImages(data.train) if never is not None else None)
@@ -142,7 +142,8 @@ def train(
                    disable=not cfg.progress, leave=False)
         for batch in bar:
             out, n_images = batch_loss(forward, loss_fn, batch, data.source, **embed,
-                                       not_positive=never.mask(batch[2]) if never is not None else None)
+                                       not_positive=never.mask(batch[2]) if never is not None else None,
+                                       positions=batch[2] if never is not None else None)
             loss, extra = out.loss, dict[str, float]()
             if feedback is not None:
                 pair_out, pair_images = feedback.step_loss(forward, **embed)

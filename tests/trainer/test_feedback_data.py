@@ -88,6 +88,12 @@ def test_only_pairs_of_training_items_are_used(any_db_settings: Settings, sessio
     expected = {(i, j) for i in data.feedback.images_of["sku-0"] for j in data.feedback.images_of["sku-4"]}
     expected |= {(j, i) for i, j in expected}
     assert set(map(tuple, never.mask(positions).nonzero().tolist())) == expected and len(photos) == 4
+    # Rows against other columns (a cross-batch memory's images); -1 (not recorded) is never masked.
+    rows, columns = positions[: len(positions) // 2], torch.cat([positions.flip(0), torch.tensor([-1])])
+    got = never.mask(rows, columns)
+    assert got.shape == (len(rows), len(columns))
+    assert {(int(rows[i]), int(columns[j])) for i, j in got.nonzero().tolist()} == {
+        (i, j) for i, j in expected if i in rows.tolist()}
     # Each step's pairs are drawn by weight from these pairs, reproducibly per epoch (no augmentation here).
     term = FeedbackTerm.build(data, cfg.feedback, seed=0)
     assert term is not None

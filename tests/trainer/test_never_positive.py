@@ -92,15 +92,28 @@ def test_a_bad_mask_is_refused() -> None:
         ContrastiveLoss(1.0).forward(batch(), LABELS, not_positive=mask().long())
 
 
-def test_with_a_cross_batch_memory_the_mask_covers_the_batch_columns() -> None:
-    loss = MemoryLoss(TripletLoss(0.2, miner=BatchAllMiner(0.2, only_active=False)), size=16)
-    loss(batch(1).detach(), LABELS)  # fills the memory with 8 rows of earlier "batches"
+def _marked_positions(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Brute force: dataset positions p and q are never positives when (p % 8, q % 8) is marked."""
+    return torch.tensor([[int(p) >= 0 and int(q) >= 0 and (int(p) % 8, int(q) % 8) in MARKED
+                          for q in columns] for p in rows], dtype=torch.bool)
+
+
+def test_with_a_cross_batch_memory_the_mask_covers_the_memory_columns_too() -> None:
+    # The memory holds an earlier batch of the same eight images (positions 8..15 = rows 0..7 + 8)
+    # and four rows enqueued without positions (-1: not masked).
+    miner = BatchAllMiner(0.2, only_active=False)
+    loss = MemoryLoss(TripletLoss(0.2, miner=miner), size=16, never_positive=_marked_positions)
+    loss(batch(1).detach(), LABELS, positions=torch.arange(8, 16))
+    loss(batch(3).detach()[:4], LABELS[:4])
     memory = loss.memory.contents()
-    x = batch(2)
-    out = loss(x, LABELS, not_positive=mask())
-    padded = torch.cat([mask(), torch.zeros(len(LABELS), 8, dtype=torch.bool)], dim=1)
-    expected = TripletLoss(0.2, miner=BatchAllMiner(0.2, only_active=False))(x, LABELS, memory=memory,
-                                                                              not_positive=padded)
+    assert memory is not None and memory.positions.tolist() == list(range(8, 16)) + [-1] * 4
+    x, positions = batch(2), torch.arange(8)
+    out = loss(x, LABELS, not_positive=mask(), positions=positions)
+
+    full = torch.cat([mask(), _marked_positions(positions, memory.positions)], dim=1)
+    assert full[:, 8:].sum() == len(MARKED)  # each marked pair once more, against the memory
+    expected = TripletLoss(0.2, miner=miner)(x, LABELS, memory=memory, not_positive=full)
     assert out.total == expected.total and torch.allclose(out.loss, expected.loss)
-    plain = TripletLoss(0.2, miner=BatchAllMiner(0.2, only_active=False))(x, LABELS, memory=memory)
-    assert out.total < plain.total  # the marked batch pairs are gone
+    batch_only = torch.cat([mask(), torch.zeros(len(LABELS), 12, dtype=torch.bool)], dim=1)
+    unmasked = TripletLoss(0.2, miner=miner)(x, LABELS, memory=memory, not_positive=batch_only)
+    assert out.total < unmasked.total  # the marked pairs are gone from the memory's columns as well

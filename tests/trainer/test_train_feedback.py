@@ -11,6 +11,7 @@ import torch
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+import trainer.train as loop
 from core.config import Settings
 from core.db import FeedbackJudgement, FeedbackSource, make_session_factory, session_scope
 from core.embedding import load_model
@@ -113,3 +114,30 @@ def test_no_feedback_rows_train_exactly_as_feedback_disabled(
         record_feedback(s, [Judgement("sku-0", "sku-4", FeedbackJudgement.DISSIMILAR, FeedbackSource.MERCHANDISER)])
     ignored = train(TrainConfig.from_yaml(None, [*TINY, "feedback.enabled=false"]), tmp_path / "ignored", ctx)
     assert all(torch.equal(a, b) for a, b in zip(_weights(ignored).values(), _weights(off).values(), strict=True))
+
+
+def test_with_a_cross_batch_memory_the_batches_positions_reach_the_memory(
+        tmp_path: Path, any_db_settings: Settings, sessions: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A same-class mark with the memory on: the loop hands each batch's dataset positions to the
+    memory, so the never-positive mask covers its columns (tests/trainer/test_never_positive.py)."""
+    make_catalog(any_db_settings, sessions, n_items=12, photos=2)  # sku-0 and sku-4 share cat-0
+    with session_scope(sessions) as s:
+        record_feedback(s, [Judgement("sku-0", "sku-4", FeedbackJudgement.DISSIMILAR, FeedbackSource.MERCHANDISER)])
+    built: list = []
+    real = loop.with_memory
+
+    def spy(*args, **kwargs):  # the real loss, kept to look at its memory after the run
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(loop, "with_memory", spy)
+    result = train(TrainConfig.from_yaml(None, [*TINY, "memory.size=64"]), tmp_path / "run",
+                   DataContext(any_db_settings, sessions))
+    assert result.summary["feedback"]["never_positive"] == 1
+    (loss,) = built
+    assert loss.never_positive is not None
+    memory = loss.memory.contents()
+    assert memory is not None and len(memory.labels) > 0
+    assert memory.positions is not None and (memory.positions >= 0).all()  # every row says which image it is
+    assert all(np.isfinite(step["loss"]) for step in read_jsonl(result.run_dir / "steps.jsonl"))
