@@ -92,7 +92,8 @@ def run(name: str, embedder: Embedder, images: list[Image.Image], copies: dict[i
         with VectorIndex.load(Path(tmp) / "i") as index:
             found = detect(index, ids, item_of, thumbs, np.ones(len(ids), bool), ratio=settings.duplicate_ratio,
                            threshold=None, k=settings.duplicate_k, signature_k=settings.duplicate_k,
-                           min_similarity=min([b for b in similarities if b > -1], default=-1.0),
+                           # searched up to the highest bar: exact at every lower one
+                           min_similarity=max(similarities),
                            search_k=settings.duplicate_search_k)
         t_detect = time.perf_counter() - t0
     truth = {(s + 1, c + 1) for c, s in copies.items()}

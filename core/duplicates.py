@@ -168,12 +168,15 @@ class Detection:
     """Pairs below ``threshold`` from either source, each with its photo similarity (NaN: not verified)."""
 
 
-def _distance(index: VectorIndex, a: int, b: int) -> float:
-    va, vb = index.vector(a).astype(np.float64), index.vector(b).astype(np.float64)
+def _distances(index: VectorIndex, rows: np.ndarray, image_ids: np.ndarray, a: np.ndarray,
+               b: np.ndarray) -> np.ndarray:
+    """Distances in the index's metric between the images ``a[i]`` and ``b[i]`` (vectorised, exact)."""
+    vectors = np.stack([index.vector(int(i)) for i in image_ids]).astype(np.float64)
+    va, vb = vectors[rows[a]], vectors[rows[b]]
     if index.manifest.metric is Metric.ANGULAR:  # Annoy's angular distance: sqrt(2 - 2 cos)
-        cos = float(va @ vb) / max(float(np.linalg.norm(va) * np.linalg.norm(vb)), 1e-12)
-        return float(np.sqrt(max(2.0 - 2.0 * cos, 0.0)))
-    return float(np.linalg.norm(va - vb))
+        cos = (va * vb).sum(1) / np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
+        return np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
+    return np.linalg.norm(va - vb, axis=1)
 
 
 def detect(index: VectorIndex, image_ids: np.ndarray, item_of: dict[int, int], thumbs: np.ndarray,
@@ -190,13 +193,13 @@ def detect(index: VectorIndex, image_ids: np.ndarray, item_of: dict[int, int], t
     limit, median = calibrated_threshold(scan.nearest, ratio)
     used = limit if threshold is None else threshold
     distance = {(p.image_a, p.image_b): p.distance for p in scan.pairs}
-    signed = image_ids[valid]
-    for a, b in signature_neighbours(thumbs[valid], signed, item_of, k=signature_k):
-        if (a, b) not in distance:
-            distance[(a, b)] = _distance(index, a, b)
-    close = sorted(key for key, d in distance.items() if d < used)
     row = np.full(int(image_ids.max()) + 1 if len(image_ids) else 0, -1, np.int64)
     row[image_ids] = np.arange(len(image_ids))
+    extra = sorted(signature_neighbours(thumbs[valid], image_ids[valid], item_of, k=signature_k) - distance.keys())
+    if extra:
+        ea, eb = np.array(extra, np.int64).T
+        distance.update(zip(extra, _distances(index, row, image_ids, ea, eb).tolist(), strict=True))
+    close = sorted(key for key, d in distance.items() if d < used)
     a = np.array([row[x] for x, _ in close], np.int64)
     b = np.array([row[y] for _, y in close], np.int64)
     checkable = valid[a] & valid[b] if len(close) else np.zeros(0, bool)

@@ -179,7 +179,9 @@ def aligned_similarity(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray, *, enou
     for s in range(0, len(wanted), 4096):
         block = thumbs[wanted[s:s + 4096]].astype(np.float32)
         whole[s:s + 4096] = _unit_rows(band_pass(full @ block @ full.T))
-    best = np.einsum("ij,ij->i", whole[slot[a]], whole[slot[b]])
+    best = np.empty(len(a), np.float32)
+    for s in range(0, len(a), 65536):  # gathered in chunks: a million pairs would be gigabytes at once
+        best[s:s + 65536] = np.einsum("ij,ij->i", whole[slot[a[s:s + 65536]]], whole[slot[b[s:s + 65536]]])
     search = np.nonzero(best < enough)[0]
     # ordered pairs (query, other): the query's crops against the other's whole thumbnail
     query = np.concatenate([a[search], b[search]])
