@@ -18,7 +18,7 @@ share of planted pairs among the verified candidates. With ``--sheet DIR`` the j
 pairs that were not planted are written as a PNG contact sheet per model, to look at.
 
     PYTHONPATH=. python bench/bench_duplicates.py --quick [--checkpoint PATH]
-    PYTHONPATH=. python bench/bench_duplicates.py [--items 70000] [--min-similarity 0.99 ...]
+    PYTHONPATH=. python bench/bench_duplicates.py [--items 70000] [--min-similarity 0.99 ...] [--ratio R]
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def run(name: str, embedder: Embedder, images: list[Image.Image], copies: dict[i
         t_detect = time.perf_counter() - t0
     truth = {(s + 1, c + 1) for c, s in copies.items()}
     kind_of = np.array([k.value for k in kinds])
-    in_candidates = np.array([(s + 1, c + 1) in {(p.image_a, p.image_b) for p in found.candidates}
-                              for c, s in copies.items()])
+    candidate_pairs = {(p.image_a, p.image_b) for p in found.candidates}
+    in_candidates = np.array([(s + 1, c + 1) in candidate_pairs for c, s in copies.items()])
     rows = []
     for bar in similarities:
         groups = group_pairs(found.candidates, item_of, {i: str(i) for i in item_of}, found.threshold,
@@ -129,11 +129,17 @@ def main() -> None:
     ap.add_argument("--min-similarity", type=float, action="append",
                     help="verification bar(s); -1 = none; default: -1 and the setting")
     ap.add_argument("--checkpoint", type=Path, help="also a trained model checkpoint")
+    ap.add_argument("--ratio", type=float, help="candidate cutoff: x the median (default: the setting)")
+    ap.add_argument("--search-k", type=int, help="Annoy search_k of the index scan (default: the setting)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sheet", type=Path, help="write contact sheets of the unplanted joined pairs here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = Settings()
+    if args.ratio:
+        settings = settings.replace(duplicate_ratio=args.ratio)
+    if args.search_k:
+        settings = settings.replace(duplicate_search_k=args.search_k)
     n_items = 3000 if args.quick else args.items
     images, copies, kinds = catalog(n_items, args.planted, seed=0)
     torch.manual_seed(0)
