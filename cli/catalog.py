@@ -37,7 +37,7 @@ from core.catalog import (
     open_source,
 )
 from core.db import ImageStatus, ItemStatus, session_scope
-from core.duplicates import NoActiveIndex, find_duplicates, report_to_dict
+from core.duplicates import NoActiveIndex, find_duplicates_with, report_to_dict
 from core.media import MediaStore
 
 _STATUS_CHOICES = [status.value for status in ItemStatus] + ["all"]
@@ -125,16 +125,21 @@ def delete_command(ctx: CliContext, external_ids: tuple[str, ...]) -> None:
 
 @catalog.command("duplicates")
 @click.option("--threshold", type=click.FloatRange(min=0),
-              help="Distance below which two photos are near duplicates (default: calibrated on the catalog).")
+              help="Embedding distance below which two photos are candidates (default: calibrated on the catalog).")
 @click.option("--ratio", type=click.FloatRange(min=0, min_open=True),
               help="Calibration: this x the median nearest-other-item distance [LOOKALIKE_DUPLICATE_RATIO].")
+@click.option("--min-similarity", type=click.FloatRange(min=-1, max=1),
+              help="Photo similarity a candidate must reach; -1 accepts every candidate "
+                   "[LOOKALIKE_DUPLICATE_MIN_SIMILARITY].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | None, as_json: bool) -> None:
-    """Groups of items whose photos are near duplicates under the active index (docs/ARCHITECTURE.md)."""
+def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | None, min_similarity: float | None,
+                       as_json: bool) -> None:
+    """Groups of items whose photos are near duplicates: candidates from the active index and the photos'
+    descriptors, verified on the photos themselves (docs/ARCHITECTURE.md)."""
     try:
-        report = find_duplicates(ctx.sessions, ratio=ratio or ctx.settings.duplicate_ratio, threshold=threshold,
-                                 search_k=ctx.settings.duplicate_search_k)
+        report = find_duplicates_with(ctx.settings, ctx.sessions, ratio=ratio, threshold=threshold,
+                                      min_similarity=min_similarity)
     except NoActiveIndex as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -144,8 +149,9 @@ def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | 
         click.echo(f"{group.min_distance:.4f}\t" + "\t".join(group.items))
     how = "calibrated" if report.calibrated else "given"
     click.echo(f"{len(report.groups)} group(s) among {report.images} image(s) of index {report.index_version}; "
-               f"threshold {report.threshold:.4f} ({how}, median nearest-other distance "
-               f"{report.median_distance:.4f})", err=True)
+               f"{report.candidates} candidate pair(s) below distance {report.threshold:.4f} ({how}, median "
+               f"nearest-other distance {report.median_distance:.4f}) verified at photo similarity >= "
+               f"{report.min_similarity:.3f}; {report.signatures_computed} signature(s) computed", err=True)
 
 
 def import_source(ctx: CliContext, source: CatalogSource, *, progress: bool | None,

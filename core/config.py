@@ -147,9 +147,15 @@ class Settings:
     """Queue a rebuild once the active index's fresh set holds more than this many images
     (docs/ARCHITECTURE.md, "The fresh set")."""
 
-    duplicate_ratio: float = 0.3
-    """Near duplicates: pairs of items closer than this x the median nearest-other-item distance
+    duplicate_ratio: float = 5.0
+    """Near-duplicate candidates: pairs of items closer than this x the median nearest-other-item
+    distance under the active model; generous, the photo verification decides
     (docs/ARCHITECTURE.md, "Near-duplicate detection")."""
+    duplicate_k: int = 20
+    """Near-duplicate candidates per image from each source: the active index and the photo descriptors."""
+    duplicate_min_similarity: float = 0.99
+    """A candidate is a near duplicate when its photos' aligned band-pass correlation reaches this
+    (core/signatures.py; docs/DECISIONS.md, "Near-duplicate verification")."""
     duplicate_search_k: int = 1000
     """Annoy search_k of the near-duplicate scan: a tenth of a search's, the same groups on
     Fashion-MNIST and 4x faster, so the 70k scan fits in a request (docs/BENCHMARKS.md)."""
@@ -332,6 +338,11 @@ class Settings:
             raise ConfigError(f"LOOKALIKE_RERANK_NEIGHBOURS={self.rerank_neighbours} must be at least 1")
         if not self.rerank_alpha >= 0:  # also refuses NaN
             raise ConfigError(f"LOOKALIKE_RERANK_ALPHA={self.rerank_alpha} must be a number >= 0")
+        if self.duplicate_k < 1:
+            raise ConfigError(f"LOOKALIKE_DUPLICATE_K={self.duplicate_k} must be at least 1")
+        if not -1.0 <= self.duplicate_min_similarity <= 1.0:  # also refuses NaN
+            raise ConfigError(f"LOOKALIKE_DUPLICATE_MIN_SIMILARITY={self.duplicate_min_similarity} "
+                              "must be a number in [-1, 1]")
         if 0 < self.orphaned_job_seconds <= 3 * self.job_heartbeat_seconds:
             raise ConfigError(
                 f"LOOKALIKE_ORPHANED_JOB_SECONDS={self.orphaned_job_seconds} must be more than three "

@@ -1,15 +1,23 @@
 """Near-duplicate items: the same product photographed or uploaded twice under different ids.
 
-Byte-identical photos are merged at import; this finds the rest under the active
-model. Every image of the active index is queried for its nearest neighbours in
-that index (the same Annoy forest search serves, so the vectors and the metric are
-the served ones); a pair of images of *different* items is a near duplicate when
-its distance is below a threshold, and pairs are joined into groups of items
-(connected components). The threshold is calibrated on the catalog itself:
-``ratio`` x the median distance from an image to its nearest other item
-(docs/ARCHITECTURE.md, "Near-duplicate detection"). The median is robust to the
-duplicates it is meant to expose (they are a small minority) and scale-free, so one
-ratio suits any model; an explicit threshold overrides it.
+Byte-identical photos are merged at import; this finds the rest in two stages
+(docs/ARCHITECTURE.md, "Near-duplicate detection"):
+
+1. **Candidates.** Every servable image of the active index is queried for its ``k``
+   nearest neighbours in that index (the served vectors and metric), and for its
+   ``k`` nearest neighbours by photo descriptor (:func:`core.signatures.descriptors`,
+   an in-memory Annoy forest), because the embedding of a product model keeps
+   re-encoded copies close but not cropped ones. A pair of images of *different*
+   items is a candidate when its embedding distance is below a cutoff calibrated on
+   the catalog: ``ratio`` x the median distance from an image to its nearest other
+   item (an explicit ``threshold`` overrides it). The default ratio is generous: the
+   cutoff only bounds the work, the verification decides.
+2. **Verification** on the photos themselves: a candidate is a near duplicate when
+   its :func:`core.signatures.aligned_similarity` (band-passed thumbnails, best of 81
+   small crops, both ways) reaches ``min_similarity``. Signatures are computed once
+   per photo content and stored (core/signature_store.py).
+
+Verified pairs join their items into groups (connected components).
 """
 
 from __future__ import annotations
@@ -19,12 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from annoy import AnnoyIndex
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import Settings
 from core.db import ImageStatus, Item, ItemImage, ItemStatus, session_scope
 from core.index import Metric, VectorIndex
+from core.media import MediaStore
 from core.registry import active_index_row
+from core.signature_store import load_signatures
+from core.signatures import aligned_similarity, descriptors
 
 
 class NoActiveIndex(LookupError):
@@ -33,11 +46,13 @@ class NoActiveIndex(LookupError):
 
 @dataclass(frozen=True)
 class DuplicatePair:
-    """Two images of different items closer than the threshold."""
+    """Two images of different items: their embedding distance and, once verified, their photo similarity."""
 
     image_a: int
     image_b: int
     distance: float
+    similarity: float = float("nan")
+    """:func:`core.signatures.aligned_similarity` (NaN: not verified)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,7 @@ class DuplicateReport:
     index_version: str
     metric: Metric
     threshold: float
+    """The candidate cutoff: an embedding distance in the index's metric."""
     calibrated: bool
     """True when the threshold came from the catalog (ratio x median), False when given."""
     median_distance: float
@@ -64,6 +80,12 @@ class DuplicateReport:
     images: int
     groups: tuple[DuplicateGroup, ...]
     """Largest group first, then the closest pair, then the first external id."""
+    min_similarity: float = float("nan")
+    """What a candidate's photo similarity had to reach (-1: grouped on the embedding alone)."""
+    candidates: int = 0
+    """Candidate pairs below the threshold that were verified."""
+    signatures_computed: int = 0
+    """Photos decoded for a signature in this call (the rest were stored)."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +130,92 @@ def calibrated_threshold(nearest: np.ndarray, ratio: float) -> tuple[float, floa
     return ratio * median, median
 
 
+def signature_neighbours(thumbs: np.ndarray, image_ids: np.ndarray, item_of: dict[int, int], *, k: int,
+                         n_trees: int = 10) -> set[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a < b``, of images of different items among each other's ``k`` nearest by descriptor.
+
+    ``thumbs`` holds one signature per entry of ``image_ids``. An in-memory Annoy
+    forest (angular) over :func:`core.signatures.descriptors`: about a second per 10k
+    photos to build, nothing to keep, since the signatures are what is stored.
+    """
+    if len(image_ids) < 2 or k < 1:
+        return set()
+    vectors = descriptors(thumbs)
+    forest = AnnoyIndex(vectors.shape[1], "angular")
+    for row, vector in enumerate(vectors):
+        forest.add_item(row, vector)
+    forest.build(n_trees, n_jobs=1)
+    ids = image_ids.tolist()
+    found: set[tuple[int, int]] = set()
+    for row, image in enumerate(ids):
+        own = item_of[image]
+        for other_row in forest.get_nns_by_item(row, k + 1):
+            other = ids[other_row]
+            if item_of[other] != own:
+                found.add((min(image, other), max(image, other)))
+    forest.unload()
+    return found
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Every candidate pair of a scan, verified: what :func:`group_pairs` groups at any similarity bar."""
+
+    scan: NeighbourScan
+    threshold: float
+    median_distance: float
+    candidates: list[DuplicatePair]
+    """Pairs below ``threshold`` from either source, each with its photo similarity (NaN: not verified)."""
+
+
+def _distances(index: VectorIndex, rows: np.ndarray, image_ids: np.ndarray, a: np.ndarray,
+               b: np.ndarray) -> np.ndarray:
+    """Distances in the index's metric between the images ``a[i]`` and ``b[i]`` (vectorised, exact)."""
+    vectors = np.stack([index.vector(int(i)) for i in image_ids]).astype(np.float64)
+    va, vb = vectors[rows[a]], vectors[rows[b]]
+    if index.manifest.metric is Metric.ANGULAR:  # Annoy's angular distance: sqrt(2 - 2 cos)
+        cos = (va * vb).sum(1) / np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
+        return np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
+    return np.linalg.norm(va - vb, axis=1)
+
+
+def detect(index: VectorIndex, image_ids: np.ndarray, item_of: dict[int, int], thumbs: np.ndarray,
+           valid: np.ndarray, *, ratio: float, threshold: float | None, k: int, signature_k: int,
+           min_similarity: float, search_k: int = -1) -> Detection:
+    """Both candidate stages and the verification over ``image_ids`` (ascending, all in ``index``).
+
+    ``thumbs``/``valid`` are the images' signatures (core/signature_store.py); an image
+    without one is only an embedding candidate and never verifies (similarity NaN).
+    A pair is searched for its best alignment only while below ``min_similarity``, so
+    similarities above that bar are lower bounds (grouping at a higher bar needs a new call).
+    """
+    scan = scan_neighbours(index, image_ids, item_of, k=k, search_k=search_k)
+    limit, median = calibrated_threshold(scan.nearest, ratio)
+    used = limit if threshold is None else threshold
+    distance = {(p.image_a, p.image_b): p.distance for p in scan.pairs}
+    row = np.full(int(image_ids.max()) + 1 if len(image_ids) else 0, -1, np.int64)
+    row[image_ids] = np.arange(len(image_ids))
+    extra = sorted(signature_neighbours(thumbs[valid], image_ids[valid], item_of, k=signature_k) - distance.keys())
+    if extra:
+        ea, eb = np.array(extra, np.int64).T
+        distance.update(zip(extra, _distances(index, row, image_ids, ea, eb).tolist(), strict=True))
+    close = sorted(key for key, d in distance.items() if d < used)
+    a = np.array([row[x] for x, _ in close], np.int64)
+    b = np.array([row[y] for _, y in close], np.int64)
+    checkable = valid[a] & valid[b] if len(close) else np.zeros(0, bool)
+    similarity = np.full(len(close), np.nan, np.float32)
+    if min_similarity > -1.0:  # -1: the embedding alone decides, nothing to verify
+        similarity[checkable] = aligned_similarity(thumbs, a[checkable], b[checkable], enough=min_similarity)
+    pairs = [DuplicatePair(x, y, distance[(x, y)], float(sim)) for (x, y), sim in zip(close, similarity, strict=True)]
+    return Detection(scan, used, median, pairs)
+
+
 def group_pairs(pairs: list[DuplicatePair], item_of: dict[int, int], external_of: dict[int, str],
-                threshold: float) -> tuple[DuplicateGroup, ...]:
-    """Connected components (union-find) of items over the pairs below ``threshold``, sorted."""
+                threshold: float, min_similarity: float | None = None) -> tuple[DuplicateGroup, ...]:
+    """Connected components (union-find) of items over the pairs below ``threshold``, sorted.
+
+    With ``min_similarity`` a pair must also have a photo similarity of at least that.
+    """
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -120,7 +225,7 @@ def group_pairs(pairs: list[DuplicatePair], item_of: dict[int, int], external_of
             x = parent[x]
         return x
 
-    close = [p for p in pairs if p.distance < threshold]
+    close = [p for p in pairs if p.distance < threshold and (min_similarity is None or p.similarity >= min_similarity)]
     for p in close:
         ra, rb = find(item_of[p.image_a]), find(item_of[p.image_b])
         if ra != rb:
@@ -137,40 +242,60 @@ def group_pairs(pairs: list[DuplicatePair], item_of: dict[int, int], external_of
     return tuple(sorted(groups, key=lambda g: (-len(g.items), g.min_distance, g.items)))
 
 
-def _servable_images(session: Session) -> tuple[dict[int, int], dict[int, str]]:
+def _servable_images(session: Session) -> tuple[dict[int, int], dict[int, str], dict[int, str]]:
     rows = session.execute(
-        select(ItemImage.id, ItemImage.item_id, Item.external_id)
+        select(ItemImage.id, ItemImage.item_id, ItemImage.media_key, Item.external_id)
         .join(Item, Item.id == ItemImage.item_id)
         .where(ItemImage.status == ImageStatus.ACTIVE, Item.status == ItemStatus.ACTIVE)
     ).all()
-    return {r.id: r.item_id for r in rows}, {r.item_id: r.external_id for r in rows}
+    return ({r.id: r.item_id for r in rows}, {r.item_id: r.external_id for r in rows},
+            {r.id: r.media_key for r in rows})
 
 
-def find_duplicates(sessions: sessionmaker[Session], *, ratio: float, threshold: float | None = None,
-                    k: int = 10, search_k: int = -1) -> DuplicateReport:
+def find_duplicates(sessions: sessionmaker[Session], store: MediaStore, *, ratio: float,
+                    threshold: float | None = None, min_similarity: float, k: int = 20, signature_k: int = 20,
+                    search_k: int = -1) -> DuplicateReport:
     """Near-duplicate groups among the servable images of the active index.
 
-    ``threshold`` (a distance in the index's metric) overrides the calibrated one.
-    Raises :class:`NoActiveIndex` when nothing is published.
+    ``threshold`` (a distance in the index's metric) overrides the calibrated
+    candidate cutoff; ``min_similarity`` is what a candidate's photo similarity must
+    reach (-1 accepts every candidate: the embedding alone decides). Photos without a
+    stored signature are read from ``store`` once. Raises :class:`NoActiveIndex` when
+    nothing is published.
     """
     if ratio <= 0 or (threshold is not None and threshold < 0):
         raise ValueError("ratio must be > 0 and threshold >= 0")
+    if not -1.0 <= min_similarity <= 1.0:
+        raise ValueError("min_similarity must be in [-1, 1]")
     with session_scope(sessions) as session:
         row = active_index_row(session)
         if row is None:
             raise NoActiveIndex("no index is published yet: run `lookalike reindex`")
         version, path = row.version, Path(row.path)
-        item_of, external_of = _servable_images(session)
+        item_of, external_of, key_of = _servable_images(session)
     with VectorIndex.load(path) as index:
         # images deleted since the build are still in the index: not scanned, not matched
         ids = np.sort(index.ids[np.fromiter((int(i) in item_of for i in index.ids), bool, len(index.ids))])
-        scan = scan_neighbours(index, ids, item_of, k=k, search_k=search_k)
+        thumbs, valid, computed = load_signatures(sessions, store, [key_of[int(i)] for i in ids])
+        found = detect(index, ids, item_of, thumbs, valid, ratio=ratio, threshold=threshold, k=k,
+                       signature_k=signature_k, min_similarity=min_similarity, search_k=search_k)
         metric = index.manifest.metric
-    limit, median = calibrated_threshold(scan.nearest, ratio)
-    used = limit if threshold is None else threshold
-    return DuplicateReport(index_version=version, metric=metric, threshold=used, calibrated=threshold is None,
-                           median_distance=median, images=len(ids),
-                           groups=group_pairs(scan.pairs, item_of, external_of, used))
+    groups = group_pairs(found.candidates, item_of, external_of, found.threshold,
+                         None if min_similarity <= -1.0 else min_similarity)
+    return DuplicateReport(index_version=version, metric=metric, threshold=found.threshold,
+                           calibrated=threshold is None, median_distance=found.median_distance, images=len(ids),
+                           groups=groups, min_similarity=min_similarity, candidates=len(found.candidates),
+                           signatures_computed=computed)
+
+
+def find_duplicates_with(settings: Settings, sessions: sessionmaker[Session], *, ratio: float | None = None,
+                         threshold: float | None = None, min_similarity: float | None = None) -> DuplicateReport:
+    """:func:`find_duplicates` with the settings' defaults and media store (CLI, API and UI)."""
+    bar = settings.duplicate_min_similarity if min_similarity is None else min_similarity
+    return find_duplicates(sessions, MediaStore.from_settings(settings, fsync=False),
+                           ratio=ratio or settings.duplicate_ratio, threshold=threshold, min_similarity=bar,
+                           k=settings.duplicate_k, signature_k=settings.duplicate_k,
+                           search_k=settings.duplicate_search_k)
 
 
 def report_to_dict(report: DuplicateReport, limit: int | None = None) -> dict[str, Any]:
@@ -180,8 +305,11 @@ def report_to_dict(report: DuplicateReport, limit: int | None = None) -> dict[st
     return {
         "index_version": report.index_version, "metric": report.metric.value,
         "threshold": report.threshold, "calibrated": report.calibrated, "median_distance": median,
+        "min_similarity": None if np.isnan(report.min_similarity) else report.min_similarity,
+        "candidates": report.candidates, "signatures_computed": report.signatures_computed,
         "images": report.images, "group_count": len(report.groups),
         "groups": [{"items": list(g.items),
-                    "pairs": [{"image_a": p.image_a, "image_b": p.image_b, "distance": p.distance}
+                    "pairs": [{"image_a": p.image_a, "image_b": p.image_b, "distance": p.distance,
+                               "similarity": None if np.isnan(p.similarity) else p.similarity}
                               for p in g.pairs]} for g in groups],
     }

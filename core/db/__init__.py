@@ -7,6 +7,7 @@ from core.db.models import (
     Feedback,
     FeedbackJudgement,
     FeedbackSource,
+    ImageSignature,
     ImageStatus,
     IndexStatus,
     IndexVersion,
@@ -24,7 +25,7 @@ from core.db.models import (
 from core.db.session import make_engine, make_session_factory, session_scope
 
 __all__ = [
-    "ApiKey", "Base", "Embedding", "Feedback", "FeedbackJudgement", "FeedbackSource",
+    "ApiKey", "Base", "Embedding", "ImageSignature", "Feedback", "FeedbackJudgement", "FeedbackSource",
     "ImageStatus", "IndexStatus", "IndexVersion", "Item",
     "ItemImage", "ItemStatus", "Job", "JobKind", "JobPhase", "JobStatus", "ModelStatus", "ModelVersion",
     "QueryLog",

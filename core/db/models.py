@@ -192,6 +192,22 @@ class Embedding(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
+class ImageSignature(Base):
+    """A photo's near-duplicate signature (core/signatures.py), keyed by its content, so it is computed once.
+
+    Keyed by ``media_key`` (the content hash), not by image id: the same bytes always
+    give the same signature, on every host; ``version`` is the signature definition
+    it was made with (a row of another version is recomputed).
+    """
+
+    __tablename__ = "image_signatures"
+
+    media_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    thumbnail: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class IndexVersion(Base):
     """A built Annoy index directory and its life cycle (building -> ready -> active -> retired)."""
 

@@ -9,6 +9,7 @@ write, a merchandiser's feedback on the item page, is sent by the browser's scri
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import Blueprint, render_template, request
@@ -17,7 +18,7 @@ from sqlalchemy.orm import selectinload
 
 from core.config import MULTIPART_OVERHEAD
 from core.db import Item, ItemImage, ItemStatus, JobKind, session_scope
-from core.duplicates import NoActiveIndex, find_duplicates
+from core.duplicates import NoActiveIndex, find_duplicates_with
 from core.jobs import job_to_dict, list_jobs
 from service.api.common import search_errors
 from service.api.params import DB_INT_MAX
@@ -127,8 +128,7 @@ def duplicates_page() -> str:
     """Near-duplicate groups to review (``GET /api/v1/duplicates``'s scan), each item with the photo that matched."""
     ctx = service_context()
     try:
-        report = find_duplicates(ctx.sessions, ratio=ctx.settings.duplicate_ratio,
-                                 search_k=ctx.settings.duplicate_search_k)
+        report = find_duplicates_with(ctx.settings, ctx.sessions)
     except NoActiveIndex as exc:
         return render_template("duplicates.html", report=None, groups=[], problem=str(exc))
     shown = report.groups[:DUPLICATE_GROUPS]
@@ -138,5 +138,7 @@ def duplicates_page() -> str:
                          .join(Item, Item.id == ItemImage.item_id).where(ItemImage.id.in_(sorted(image_ids)))).all()
     photo = {r.external_id: {"external_id": r.external_id, "title": r.title, "image_url": media_url(r.media_key)}
              for r in sorted(rows, key=lambda r: r.id)}
-    groups = [{"distance": g.min_distance, "items": [photo[e] for e in g.items if e in photo]} for g in shown]
+    groups = [{"distance": g.min_distance,
+               "similarity": None if math.isnan(g.pairs[0].similarity) else g.pairs[0].similarity,
+               "items": [photo[e] for e in g.items if e in photo]} for g in shown]
     return render_template("duplicates.html", report=report, groups=groups, problem="")

@@ -58,12 +58,14 @@ class Catalog:
 
 
 def add_items(cat: Catalog, specs: Sequence[dict[str, Any]], *, seed_base: int) -> None:
-    """Import items (``external_id``, ``category``, ``group``, ``attributes``, ``n_images``)."""
+    """Import items (``external_id``, ``category``, ``group``, ``attributes``, ``n_images``).
+
+    ``photos`` (a list of image bytes) replaces the random photos of an item."""
     rows = []
     seeds = itertools.count(seed_base)
     for line, spec in enumerate(specs, 1):
-        refs = [ImageRef(uri=f"test:{spec['external_id']}/{j}", data=png_bytes(next(seeds)))
-                for j in range(spec.get("n_images", 1))]
+        photos = spec.get("photos") or [png_bytes(next(seeds)) for _ in range(spec.get("n_images", 1))]
+        refs = [ImageRef(uri=f"test:{spec['external_id']}/{j}", data=data) for j, data in enumerate(photos)]
         rows.append(CatalogRow(line=line, external_id=spec["external_id"], title=spec.get("title", spec["external_id"]),
                                category=spec.get("category"), group=spec.get("group"),
                                attributes=spec.get("attributes", {}), images=refs))

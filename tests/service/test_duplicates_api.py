@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
+from sqlalchemy import select
 
 from core.catalog import delete_items
 from core.config import Settings
-from core.db import make_session_factory, session_scope
-from core.duplicates import find_duplicates, report_to_dict
+from core.db import ItemImage, make_session_factory, session_scope
+from core.duplicates import find_duplicates_with, report_to_dict
+from core.media import MediaStore
 from service.apikeys import create_key
 from service.app import create_app
 from tests.service.support import Catalog, add_items, embed, publish
 
 COPIES = {"sku-003": "copy-a", "sku-040": "copy-b", "sku-041": "copy-c"}
-"""Original -> a new item whose photo's vector is the original's first photo, barely moved."""
+"""Original -> a new item whose photo is the original's first photo saved again (other bytes, the same
+pixels) and whose vector is that photo's, barely moved."""
+
+
+def _saved_again(catalog: Catalog, image_id: int) -> bytes:
+    store = MediaStore.from_settings(catalog.settings)
+    with session_scope(catalog.sessions) as s:
+        key = s.scalar(select(ItemImage.media_key).where(ItemImage.id == image_id))
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(store.read_bytes(key))).save(buf, "PNG", compress_level=0)
+    return buf.getvalue()
 
 
 @pytest.fixture
 def planted(catalog: Catalog) -> Catalog:
-    add_items(catalog, [{"external_id": copy} for copy in COPIES.values()], seed_base=5000)
+    add_items(catalog, [{"external_id": copy,
+                         "photos": [_saved_again(catalog, catalog.items[original]["image_ids"][0])]}
+                        for original, copy in COPIES.items()], seed_base=5000)
     rng = np.random.default_rng(3)
     ids, vectors = [], []
     for original, copy in COPIES.items():
@@ -39,9 +55,10 @@ def test_lists_the_planted_copies_as_core_finds_them(planted: Catalog, client: F
     response = client.get("/api/v1/duplicates", headers=auth)
     assert response.status_code == 200, response.json
     body = response.json
-    expected = report_to_dict(find_duplicates(planted.sessions, ratio=planted.settings.duplicate_ratio,
-                                              search_k=planted.settings.duplicate_search_k), 100)
-    assert body == expected
+    expected = report_to_dict(find_duplicates_with(planted.settings, planted.sessions), 100)
+    # the first scan computed every photo's signature and stored it; the second decoded none
+    assert body["signatures_computed"] == len(planted.vectors) and expected["signatures_computed"] == 0
+    assert {**body, "signatures_computed": 0} == expected
     assert {tuple(g["items"]) for g in body["groups"]} == {tuple(sorted(p)) for p in COPIES.items()}
     assert body["calibrated"] and body["index_version"] == planted.index_version
     assert body["images"] == len(planted.vectors)
@@ -49,20 +66,23 @@ def test_lists_the_planted_copies_as_core_finds_them(planted: Catalog, client: F
     for group in body["groups"]:
         pair = group["pairs"][0]
         assert {owner[pair["image_a"]], owner[pair["image_b"]]} == set(group["items"])
-        assert pair["distance"] < body["threshold"]
+        assert pair["distance"] < body["threshold"] and pair["similarity"] >= body["min_similarity"]
+    assert body["min_similarity"] == planted.settings.duplicate_min_similarity and body["candidates"] > len(COPIES)
 
 
 def test_threshold_and_limit(planted: Catalog, client: FlaskClient, auth: dict[str, str]) -> None:
     none = client.get("/api/v1/duplicates", query_string={"threshold": "0"}, headers=auth).json
     assert none["groups"] == [] and none["threshold"] == 0 and not none["calibrated"]
-    everything = client.get("/api/v1/duplicates", query_string={"threshold": "5", "limit": "1"}, headers=auth).json
+    everything = client.get("/api/v1/duplicates", query_string={"threshold": "5", "limit": "1", "min_similarity": "-1"},
+                            headers=auth).json
     assert everything["group_count"] == 1 and len(everything["groups"][0]["items"]) == len(planted.items)
     two = client.get("/api/v1/duplicates", query_string={"limit": "2"}, headers=auth).json
     assert two["group_count"] == 3 and len(two["groups"]) == 2
 
 
 @pytest.mark.parametrize("query", [{"threshold": "-1"}, {"threshold": "nan"}, {"threshold": "1e999"},
-                                   {"threshold": "x"}, {"ratio": "0"}, {"limit": "0"}, {"colour": "red"}])
+                                   {"threshold": "x"}, {"ratio": "0"}, {"limit": "0"}, {"colour": "red"},
+                                   {"min_similarity": "1.5"}, {"min_similarity": "-2"}])
 def test_bad_parameters_are_400_naming_them(planted: Catalog, client: FlaskClient, auth: dict[str, str],
                                             query: dict[str, str]) -> None:
     response = client.get("/api/v1/duplicates", query_string=query, headers=auth)
