@@ -310,7 +310,7 @@ def cache_behaviour(host_b: Settings, port: int, weed: ObjectStoreServer, root: 
     cache = open_cache(host_b)
     v1, v2 = (read_directory(cache.store, version_prefix(v)) for v in (V1, V2))
     served = {k: (cache.objects / k).stat().st_ino for k in map(v2.key, v2.files)}
-    before = cache.size()
+    before, keys_before = cache.size(), set(cache.keys())
     filler = root / "filler.bin"
     piece = max(1, cache.max_bytes // 6)
     filler.write_bytes(np.random.default_rng(0).bytes(piece))
@@ -320,15 +320,18 @@ def cache_behaviour(host_b: Settings, port: int, weed: ObjectStoreServer, root: 
         cache.store.put_file(key, filler)
         with cache.path(key):
             pass
-    evicted = cache.evict()
+    cache.evict()  # the fill checked the bound as it went (every 1 % of it added); once more at the end
     fill_s = time.perf_counter() - started
+    left = set(cache.keys())
+    gone = Counter(k.split("/")[1] if k.startswith("indexes/") else "filler" for k in
+                   (keys_before | {f"bench/filler-{i}.bin" for i in range(8)}) - left)
     stayed = {k: (cache.objects / k).stat().st_ino if (cache.objects / k).exists() else None for k in served}
     v1_left = sum((cache.objects / k).exists() for k in map(v1.key, v1.files))
     answers = [served_version(port) for _ in range(50)]
     print(f"\n## 3. Cache behaviour; {machine()}\n")
     print(f"Eviction: host B's cache bound {cache.max_bytes / 2**20:,.0f} MiB, holding {before / 2**20:,.0f} MiB "
           f"after the swap ({V1} and the served {V2}); the bench then read 8 objects of {piece / 2**20:,.0f} MiB "
-          f"through it in {fill_s:.1f} s. Now {cache.size() / 2**20:,.0f} MiB; {len(evicted)} objects evicted; "
+          f"through it in {fill_s:.1f} s. Now {cache.size() / 2**20:,.0f} MiB; evicted: {dict(gone)}; "
           f"{V2} (served): {sum(v is not None for v in stayed.values())} of {len(served)} files kept, same inodes: "
           f"{stayed == served}; {V1} (no longer served): {v1_left} of {len(v1.files)} files left; "
           f"B's next 50 answers: {Counter(answers)}.")
