@@ -37,14 +37,9 @@ from core.db import make_engine, make_session_factory
 from core.embedding import ModelSpec
 from core.index import Metric, build_index
 from migrations import alembic_config
+from tests.support.processes import REPO
 from tests.support.servers import PostgresServer, RedisServer
-from tests.worker.support import (
-    REPO,
-    WorkerProcess,
-    analyze,
-    import_fmnist,
-    register_tiny_model,
-)
+from tests.worker.support import WorkerProcess, analyze, import_fmnist, register_tiny_model
 from worker.celery_app import CeleryTaskSender, make_celery
 
 STAGES = ("embed", "build", "verify", "publish")
