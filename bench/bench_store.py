@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 from alembic import command
-from api_harness import pct, python_load, sequential, start_server, stop_server, wrk_run
+from api_harness import cpu_seconds, pct, python_load, sequential, start_server, stop_server, wrk_run
 from bench_api import K, build_dataset
 from reindex_harness import timed_reindex
 from sqlalchemy import delete, select, update
@@ -127,7 +127,9 @@ def reindex_rows(args: argparse.Namespace, root: Path, pg: PostgresServer, rd: R
                                  for h in range(workers)]
                         submitter = local.replace(**shared)
                     procs = [WorkerProcess(h, root / f"{mode}-{rnd}-{workers}-{i}.log") for i, h in enumerate(hosts)]
+                    weed_cpu = cpu_seconds([weed.process.pid])
                     row = timed_reindex(submitter, sessions, sender, procs)
+                    row["store_cpu"] = cpu_seconds([weed.process.pid]) - weed_cpu  # SeaweedFS, same 2 cores
                     fetched = [len(cached_media(h)) for h in hosts] if mode == "store" else []
                     rows.append({"mode": mode, "workers": workers, "round": rnd, "fetched": fetched, **row})
                     print(f"{mode} x{workers}: {row['wall']:.1f}s, fetched {fetched}; {machine()}", file=sys.stderr)
@@ -141,13 +143,13 @@ def print_reindex(rows: list[dict], n: int, trees: int) -> None:
     print(f"\n## 1. Reindex from scratch, {n:,} Fashion-MNIST images (small CNN 64 px -> 128-d, {trees} trees, "
           f"torch 1 thread per worker process); {machine()}\n")
     print("| round | artifacts | worker processes | embed s | build s | verify s | publish s | wall s | images/s "
-          "| images fetched from the store, per host |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| images fetched from the store, per host | SeaweedFS CPU s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         where = "object store, 1 host each" if r["mode"] == "store" else "local directory, 1 host"
         print(f"| {r['round'] + 1} | {where} | {r['workers']} | " + " | ".join(f"{r[s]:.2f}" for s in STAGES)
               + f" | {r['wall']:.1f} | {n / r['wall']:,.0f} | "
-              + (" + ".join(f"{f:,}" for f in r["fetched"]) or "-") + " |")
+              + (" + ".join(f"{f:,}" for f in r["fetched"]) or "-") + f" | {r['store_cpu']:.1f} |")
     wall = {(m, w): statistics.median(r["wall"] for r in rows if (r["mode"], r["workers"]) == (m, w))
             for m in ("local", "store") for w in (1, 2)}
     print("\n| worker processes | local wall s | store wall s | store costs | goal |")
