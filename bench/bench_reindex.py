@@ -28,26 +28,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import redis
 from alembic import command
-from sqlalchemy import delete
+from reindex_harness import timed_reindex
 
 from core.catalog.sample import Split
 from core.config import LogLevel, Settings
-from core.db import Embedding, JobStatus, make_engine, make_session_factory, session_scope
+from core.db import make_engine, make_session_factory
 from core.embedding import ModelSpec
 from core.index import Metric, build_index
-from core.reindex_requests import submit_reindex
 from migrations import alembic_config
+from tests.support.processes import REPO
 from tests.support.servers import PostgresServer, RedisServer
-from tests.worker.support import (
-    REPO,
-    WorkerProcess,
-    analyze,
-    import_fmnist,
-    register_tiny_model,
-    wait_for_job,
-)
+from tests.worker.support import WorkerProcess, analyze, import_fmnist, register_tiny_model
 from worker.celery_app import CeleryTaskSender, make_celery
 
 STAGES = ("embed", "build", "verify", "publish")
@@ -70,23 +62,8 @@ def reindex_once(pg: PostgresServer, rd: RedisServer, root: Path, n: int) -> lis
     sender = CeleryTaskSender(app)
     rows = []
     for workers in (1, 2):
-        client = redis.Redis.from_url(settings.broker_url)
-        client.flushdb()  # leftover chunk messages of the previous run would help this one
-        client.close()
-        with session_scope(sessions) as s:
-            s.execute(delete(Embedding))
         worker = WorkerProcess(settings, root / f"worker-{n}-{workers}.log", concurrency=workers)
-        worker.start()
-        try:
-            started = time.perf_counter()
-            request = submit_reindex(settings, sessions, sender, force=True, reason="bench")
-            job = wait_for_job(sessions, request.job_id, timeout=7200)
-            wall = time.perf_counter() - started
-        finally:
-            worker.stop()
-        assert job.status is JobStatus.SUCCEEDED, job.error
-        rows.append({"n": n, "workers": workers, "wall": wall, **job.result["timings"],
-                     "recall": job.result["self_recall"]})
+        rows.append({"n": n, "workers": workers, **timed_reindex(settings, sessions, sender, [worker])})
     app.close()
     engine.dispose()
     return rows

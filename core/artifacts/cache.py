@@ -11,7 +11,8 @@ workers, Celery workers) share one cache safely:
   uses it (a served index version: as long as it is served). Eviction takes the key
   lock and an exclusive lock on the file without waiting and skips what it cannot get,
   so it never removes a file somebody maps.
-- **Accounting**: a small SQLite table (size, last use per key) in the cache folder,
+- **Accounting**: a small SQLite table (size, last use per key) in the cache folder
+  (one connection kept per thread, commits not fsynced),
   so eviction does not walk a folder of a million images. A process checks the bound
   once it has added ``EVICT_CHECK_FRACTION`` of it since its last check, not after every
   object (an import of 70,000 images would sum the table 70,000 times), so the cache
@@ -28,6 +29,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,6 +98,7 @@ class ArtifactCache:
         self.store, self.root, self.max_bytes = store, Path(root), max_bytes
         self.objects, self._locks = self.root / "objects", self.root / "locks"
         self._unchecked_bytes = 0  # added by this object since its last eviction check
+        self._local = threading.local()  # this thread's accounting connection (_db)
         self.objects.mkdir(parents=True, exist_ok=True)
         self._locks.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
@@ -251,9 +254,15 @@ class ArtifactCache:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.root / "cache.sqlite", timeout=30.0, isolation_level=None)
-        try:
+        # One connection per thread and process, kept: opening one per object read and closing
+        # it (a WAL checkpoint, fsyncs) cost ~20 ms per image on a busy disk, more than the GET.
+        # A forked child (Celery prefork, gunicorn) must not use its parent's: hence the pid.
+        db = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = sqlite3.connect(self.root / "cache.sqlite", timeout=30.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        finally:
-            db.close()
+            # The table is an index of the objects folder, not the only record of anything:
+            # after a power cut it may lose its last uses, never an object (docs/DECISIONS.md).
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        yield db

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from core.artifacts.s3 import S3Store
 from core.artifacts.versions import FILE_LIST
 from tests.core.test_artifacts_store import s3_store
 from tests.support.servers import ObjectStoreServer
+from tests.support.store_counts import counted_cold_fill
 
 pytestmark = pytest.mark.objectstore
 
@@ -148,6 +151,64 @@ def test_several_processes_fill_one_cache_at_once(object_store_server: ObjectSto
     assert cache.size() == expected
     leftovers = [p.name for p in cache.objects.rglob("*") if p.name.startswith(".")]
     assert leftovers == []  # every download landed whole, no temp file left
+
+
+def test_a_cold_host_downloads_each_file_exactly_once(object_store_server: ObjectStoreServer,
+                                                     tmp_path: Path) -> None:
+    store = s3_store(object_store_server)
+    version = publish_directory(store, "indexes/v1/", make_version(tmp_path / "v1", sizes=(3_000_000, 400_000)))
+    args = (object_store_server.endpoint_url, store.bucket, store.prefix, "indexes/v1/", str(tmp_path / "cache"),
+            10**8)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:  # four server workers of one host start at once
+        first = pool.map(counted_cold_fill, [args] * 4)
+        again = pool.map(counted_cold_fill, [args] * 4)  # restarted workers: the cache has it all
+    downloads = sum((Counter(c) for c in first), Counter())
+    assert downloads == {version.key(name): 1 for name in version.files}, first
+    assert all(c == {} for c in again), again
+
+
+def _serve(root: str, args: tuple[str, str, str], pinned: Any, release: Any) -> None:
+    """A server worker in its own process: maps (pins) version v1 until told to let go."""
+    endpoint, bucket, prefix = args
+    store = S3Store(bucket, prefix, endpoint_url=endpoint, access_key_id="test", secret_access_key="test")
+    with ArtifactCache(store, Path(root), max_bytes=10**6).fetch_version(read_directory(store, "indexes/v1/")):
+        pinned.set()
+        release.wait(60)
+
+
+def test_filling_past_the_bound_never_evicts_what_another_process_serves(object_store_server: ObjectStoreServer,
+                                                                         tmp_path: Path) -> None:
+    store = s3_store(object_store_server)
+    version = publish_directory(store, "indexes/v1/", make_version(tmp_path / "v1", sizes=(300_000, 100_000)))
+    served = sum(e.size for e in version.files.values())
+    root = tmp_path / "cache"
+    ctx = multiprocessing.get_context("spawn")
+    pinned, release = ctx.Event(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(str(root), (object_store_server.endpoint_url, store.bucket,
+                                                          store.prefix), pinned, release))
+    server.start()
+    try:
+        assert pinned.wait(60), "the serving process did not pin the version"
+        cache = ArtifactCache(store, root, max_bytes=served + 250_000)
+        inodes = {name: (root / "objects" / version.key(name)).stat().st_ino for name in version.files}
+        for i in range(6):  # 1.2 MB of other objects through a cache bounded at ~0.65 MB
+            store.put_bytes(f"media/filler{i}.bin", bytes([i]) * 200_000)
+            with cache.path(f"media/filler{i}.bin"):
+                pass
+        evicted = cache.evict()
+        # The served files are the least recently used, yet all stayed, the same files, intact.
+        assert {name: (root / "objects" / version.key(name)).stat().st_ino for name in version.files} == inodes
+        for name, entry in version.files.items():
+            assert (root / "objects" / version.key(name)).read_bytes() == (tmp_path / "v1" / name).read_bytes()
+        assert not any(k.startswith("indexes/") for k in evicted)
+        kept = [k for k in cache.keys() if k.startswith("media/")]
+        assert kept == ["media/filler5.bin"] and cache.size() <= cache.max_bytes  # the rest went, newest kept
+    finally:
+        release.set()
+        server.join(30)
+    assert server.exitcode == 0
+    cache.max_bytes = 0  # once nobody maps them, they go like anything else
+    assert sorted(cache.evict()) == sorted([version.key(n) for n in version.files] + ["media/filler5.bin"])
 
 
 def test_a_local_store_is_read_in_place(tmp_path: Path) -> None:
