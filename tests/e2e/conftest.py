@@ -10,8 +10,10 @@ HTTP, and through the supervisor for the faults (kill, stop, restart).
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +75,45 @@ class Api:
     def search_image(self, png: bytes, k: int = 5) -> requests.Response:
         return self.http.post(f"{self.base}/api/v1/search", data={"k": str(k)},
                               files={"image": ("q.png", png, "image/png")}, timeout=30)
+
+
+class SimilarLoad:
+    """Clients asking similar-by-id in background threads until the ``with`` block ends.
+
+    Client ``i`` cycles over ``id_lists[i]``. Every answer that is not a 200 (or a refused or
+    reset connection) is a failure; every 200 records the index version it was served from,
+    so a test can assert that a publish under load failed no request and was followed.
+    """
+
+    def __init__(self, api: Api, id_lists: list[list[str]]) -> None:
+        self.failures: list[str] = []
+        self.versions: list[str] = []
+        self._api = api
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(ids,)) for ids in id_lists]
+
+    def _run(self, ids: list[str]) -> None:
+        cycle = itertools.cycle(ids)
+        while not self._stop.is_set():
+            try:
+                response = self._api.similar(next(cycle))
+            except Exception as exc:  # a refused or reset connection is a failure too
+                self.failures.append(repr(exc))
+                continue
+            if response.status_code != 200:
+                self.failures.append(f"{response.status_code} {response.text[:200]}")
+            else:
+                self.versions.append(response.json()["index_version"])
+
+    def __enter__(self) -> SimilarLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
 
 
 @dataclass

@@ -7,9 +7,7 @@ load; then a killed worker, a stopped Redis and a restarted PostgreSQL.
 
 from __future__ import annotations
 
-import itertools
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from core.artifacts import open_store
 from core.catalog.sample import CLASSES, Split, load_split
 from core.media import MEDIA_PREFIX
 from tests.conftest import FASHION_MNIST_DIR
-from tests.e2e.conftest import E2E, png_bytes, write_catalog_csv
+from tests.e2e.conftest import E2E, SimilarLoad, png_bytes, write_catalog_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -113,27 +111,7 @@ def test_items_added_through_the_api_are_found_before_any_rebuild(e2e: E2E) -> N
 
 def test_retrain_on_demand_and_publish_under_load_fail_no_request(e2e: E2E) -> None:
     before = _index_version(e2e)
-    failures: list[str] = []
-    versions: list[str] = []
-    stop = threading.Event()
-
-    def load(offset: int) -> None:
-        ids = itertools.cycle(CATALOG_IDS[offset::7])
-        while not stop.is_set():
-            try:
-                response = e2e.api.similar(next(ids))
-            except Exception as exc:  # a refused or reset connection is a failure too
-                failures.append(repr(exc))
-                continue
-            if response.status_code != 200:
-                failures.append(f"{response.status_code} {response.text[:200]}")
-            else:
-                versions.append(response.json()["index_version"])
-
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    try:
+    with SimilarLoad(e2e.api, [CATALOG_IDS[offset::7] for offset in range(2)]) as load:
         response = e2e.api.post("/api/v1/retrain", json={"config": {**TRAIN_CONFIG, "epochs": 2}})
         assert response.status_code == 202, response.text
         retrain = e2e.api.wait_job(response.json()["job"]["id"], timeout=600)
@@ -144,12 +122,9 @@ def test_retrain_on_demand_and_publish_under_load_fail_no_request(e2e: E2E) -> N
         assert reindex["status"] == "succeeded", reindex
         published = reindex["result"]["index_version"]
         deadline = time.monotonic() + 15
-        while published not in versions[-5:] and time.monotonic() < deadline:
+        while published not in load.versions[-5:] and time.monotonic() < deadline:
             time.sleep(0.2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+    failures, versions = load.failures, load.versions
     assert failures == []
     assert len(versions) > 50
     assert versions[0] == before and versions[-1] == published != before

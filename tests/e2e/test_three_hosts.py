@@ -11,31 +11,27 @@ jobs whose heartbeat stopped), and the object store stopped and started again.
 
 from __future__ import annotations
 
-import itertools
 import re
-import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import redis
 import requests
 from alembic import command
 
 from core.artifacts import ArtifactStore, open_store, published_versions
 from core.catalog.sample import CLASSES, Split, load_split
-from core.config import LogLevel, Settings
+from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.index_store import INDEXES_PREFIX
 from core.registry import activate_model
 from core.runs import open_run
 from migrations import alembic_config
 from tests.conftest import FASHION_MNIST_DIR
-from tests.e2e.conftest import ADMIN_KEY, Api, png_bytes, write_catalog_csv
+from tests.e2e.conftest import ADMIN_KEY, Api, SimilarLoad, png_bytes, write_catalog_csv
 from tests.support.processes import ApiProcess, BeatProcess, WorkerProcess, cached_media, wait_until
 from tests.support.servers import ObjectStoreServer, PostgresServer, RedisServer, free_port
-from tests.worker.conftest import tuned
+from tests.worker.conftest import store_hosts_settings
 from tests.worker.support import TINY_SPEC
 from trainer.register import register_untrained
 
@@ -66,18 +62,13 @@ class Hosts:
 def hosts(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, redis_server: RedisServer,
           object_store_server: ObjectStoreServer) -> Iterator[Hosts]:
     root = tmp_path_factory.mktemp("three-hosts")
-    url = postgres_server.create_database(f"h3{uuid.uuid4().hex[:12]}")
-    broker = redis_server.url.rsplit("/", 1)[0] + "/15"
-    redis.Redis.from_url(broker).flushdb()
-    shared = tuned(Settings(
-        database_url=url, broker_url=broker, log_level=LogLevel.INFO, admin_api_key=ADMIN_KEY,
-        artifact_store=f"s3://{object_store_server.bucket}/three-hosts-{uuid.uuid4().hex[:8]}",
-        s3_endpoint_url=object_store_server.endpoint_url, s3_access_key_id="test", s3_secret_access_key="test",
-        import_roots=(root / "incoming",), index_poll_seconds=0.5,
-        # Nothing rebuilds or retrains on its own (the steps decide when); a lost job is looked for every 1.5 s.
-        fresh_rebuild_threshold=1_000_000, reindex_cron="", retrain_cron="",
+    shared = store_hosts_settings(
+        postgres_server, redis_server, object_store_server, name="three-hosts", redis_db=15,
+        admin_api_key=ADMIN_KEY, import_roots=(root / "incoming",), index_poll_seconds=0.5,
+        # a lost job is looked for every 1.5 s
         job_heartbeat_seconds=0.5, orphaned_job_seconds=ORPHANED_SECONDS,
-    ))
+    )
+    url = shared.database_url
     settings = {name: shared.replace(home=root / f"host-{name}") for name in "abc"}
     logs = root / "logs"
     worker_a, worker_c = (WorkerProcess(settings[n], logs / f"worker-{n}.log") for n in "ac")
@@ -170,26 +161,7 @@ def test_import_through_b_and_a_reindex_embedded_by_both_workers(hosts: Hosts) -
 
 def test_retrain_and_publish_while_b_is_queried_fail_no_request(hosts: Hosts) -> None:
     before = _served_version(hosts)
-    failures: list[str] = []
-    versions: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        ids = itertools.cycle(hosts.catalog[::11])
-        while not stop.is_set():
-            try:
-                response = hosts.api.similar(next(ids))
-            except Exception as exc:  # a refused or reset connection is a failure too
-                failures.append(repr(exc))
-                continue
-            if response.status_code != 200:
-                failures.append(f"{response.status_code} {response.text[:200]}")
-            else:
-                versions.append(response.json()["index_version"])
-
-    client = threading.Thread(target=load)
-    client.start()
-    try:
+    with SimilarLoad(hosts.api, [hosts.catalog[::11]]) as load:
         response = hosts.api.post("/api/v1/retrain", json={"config": RETRAIN})
         assert response.status_code == 202, response.text
         retrain = hosts.api.wait_job(response.json()["job"]["id"], timeout=300)
@@ -200,10 +172,8 @@ def test_retrain_and_publish_while_b_is_queried_fail_no_request(hosts: Hosts) ->
         reindex = hosts.api.wait_job(response.json()["job"]["id"], timeout=240)
         assert reindex["status"] == "succeeded", reindex
         published = reindex["result"]["index_version"]
-        wait_until(lambda: published in versions[-3:], 30, 0.2, f"clients served {published}")
-    finally:
-        stop.set()
-        client.join()
+        wait_until(lambda: published in load.versions[-3:], 30, 0.2, f"clients served {published}")
+    failures, versions = load.failures, load.versions
     assert failures == []
     assert versions[0] == before and versions[-1] == published != before
 

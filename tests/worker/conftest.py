@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import LogLevel, Settings
 from core.db import make_engine, make_session_factory
 from migrations import alembic_config
-from tests.support.servers import PostgresServer, RedisServer
+from tests.support.servers import ObjectStoreServer, PostgresServer, RedisServer
 from tests.worker.support import WorkerProcess
 from worker.celery_app import CeleryTaskSender, make_celery
 from worker.local import InProcessDispatcher
@@ -28,6 +28,22 @@ def tuned(settings: Settings) -> Settings:
     config as given: the recipe search has tests of its own (test_retrain_search.py)."""
     return settings.replace(annoy_trees=20, verify_sample_size=200, torch_threads=1, embed_batch_size=64,
                             retrain_search="off")
+
+
+def store_hosts_settings(postgres: PostgresServer, redis_server: RedisServer, store: ObjectStoreServer, *,
+                         name: str, redis_db: int, **overrides: object) -> Settings:
+    """What hosts that share only PostgreSQL, Redis and the object store have in common (each
+    adds its own home): a fresh database and broker db, a fresh store prefix, nothing
+    scheduled or rebuilt on its own (the test's steps decide when)."""
+    url = postgres.create_database(f"{name.replace('-', '')[:8]}{uuid.uuid4().hex[:12]}")
+    broker = redis_server.url.rsplit("/", 1)[0] + f"/{redis_db}"
+    redis.Redis.from_url(broker).flushdb()
+    return tuned(Settings(
+        database_url=url, broker_url=broker, log_level=LogLevel.INFO,
+        artifact_store=f"s3://{store.bucket}/{name}-{uuid.uuid4().hex[:8]}",
+        s3_endpoint_url=store.endpoint_url, s3_access_key_id="test", s3_secret_access_key="test",
+        fresh_rebuild_threshold=1_000_000, reindex_cron="", retrain_cron="",
+    ).replace(**overrides))
 
 
 @dataclass

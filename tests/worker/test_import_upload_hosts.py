@@ -9,26 +9,24 @@ upload can only have reached A through the store.
 from __future__ import annotations
 
 import io
-import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from alembic import command
 
 from core.artifacts import ArtifactStore, open_store
-from core.config import LogLevel, Settings
+from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.import_uploads import UPLOADS_PREFIX, prune_uploads
 from migrations import alembic_config
 from tests.service.support import png_bytes
 from tests.support.processes import ApiProcess, WorkerProcess, wait_until
 from tests.support.servers import ObjectStoreServer, PostgresServer, RedisServer, free_port
-from tests.worker.conftest import tuned
+from tests.worker.conftest import store_hosts_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.objectstore, pytest.mark.slow]
 KEY = "upload-hosts-key"
@@ -67,14 +65,9 @@ class Hosts:
 def hosts(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, redis_server: RedisServer,
           object_store_server: ObjectStoreServer) -> Iterator[Hosts]:
     root = tmp_path_factory.mktemp("upload-hosts")
-    url = postgres_server.create_database(f"u{uuid.uuid4().hex[:12]}")
-    broker = redis_server.url.rsplit("/", 1)[0] + "/12"
-    redis.Redis.from_url(broker).flushdb()
-    shared = tuned(Settings(
-        database_url=url, broker_url=broker, log_level=LogLevel.INFO, admin_api_key=KEY,
-        artifact_store=f"s3://{object_store_server.bucket}/uploads-{uuid.uuid4().hex[:8]}",
-        s3_endpoint_url=object_store_server.endpoint_url, s3_access_key_id="test", s3_secret_access_key="test",
-        reindex_cron="", retrain_cron="", fresh_rebuild_threshold=1_000_000))
+    shared = store_hosts_settings(postgres_server, redis_server, object_store_server, name="uploads", redis_db=12,
+                                  admin_api_key=KEY)
+    url = shared.database_url
     images = root / "a-images"  # on host A's disk only
     images.mkdir()
     a = shared.replace(home=root / "host-a", import_roots=(images,))
