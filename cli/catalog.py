@@ -37,7 +37,7 @@ from core.catalog import (
     open_source,
 )
 from core.db import ImageStatus, ItemStatus, session_scope
-from core.duplicate_scans import save_scan
+from core.duplicate_scans import ReportTooLarge, save_scan
 from core.duplicates import NoActiveIndex, find_duplicates_with, report_to_dict
 from core.media import MediaStore
 
@@ -148,8 +148,11 @@ def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | 
     except NoActiveIndex as exc:
         raise click.ClickException(str(exc)) from exc
     if save:
-        job_id = save_scan(ctx.sessions, report, {"threshold": threshold, "ratio": ratio,
-                                                  "min_similarity": min_similarity})
+        try:
+            job_id = save_scan(ctx.sessions, report, {"threshold": threshold, "ratio": ratio,
+                                                      "min_similarity": min_similarity})
+        except ReportTooLarge as exc:
+            raise click.ClickException(f"not saved: {exc}") from exc
         click.echo(f"saved as scan job {job_id}", err=True)
     if as_json:
         click.echo(json.dumps(report_to_dict(report), indent=2))

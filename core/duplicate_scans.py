@@ -24,15 +24,39 @@ HOW_TO_SCAN = ("start one with POST /api/v1/duplicates/scans (a write key), the 
                "or `lookalike catalog duplicates --save`")
 
 
+MAX_STORED_PAIRS = 100_000
+"""Most verified pairs a stored scan may hold (~10 MB of JSON in the job row). At the default bar
+a 70k catalog has under 2,000 (docs/BENCHMARKS.md); only a bar of about -1 (the embedding alone:
+1.96M pairs at 70k) passes it, and such a scan is refused rather than stored truncated."""
+
+
 class NoScanYet(LookupError):
     """No near-duplicate scan has succeeded yet."""
 
 
+class ReportTooLarge(ValueError):
+    """A report with more pairs than :data:`MAX_STORED_PAIRS`: not stored (it would not be served whole)."""
+
+
+def storable_report(report: DuplicateReport) -> dict[str, Any]:
+    """The report's JSON form, to be a job's result; raises :class:`ReportTooLarge`."""
+    pairs = sum(len(g.pairs) for g in report.groups)
+    if pairs > MAX_STORED_PAIRS:
+        raise ReportTooLarge(
+            f"the scan verified {pairs} pairs, more than the {MAX_STORED_PAIRS} a stored scan holds: "
+            "raise min_similarity (the embedding alone, -1, joins nearly everything) or lower threshold; "
+            "`lookalike catalog duplicates --json` prints any size")
+    return report_to_dict(report)
+
+
 def save_scan(sessions: sessionmaker[Session], report: DuplicateReport, params: dict[str, Any]) -> int:
-    """Record a scan run outside the worker (the CLI) as a succeeded DUPLICATES job; returns its id."""
+    """Record a scan run outside the worker (the CLI) as a succeeded DUPLICATES job; returns its id.
+
+    Raises :class:`ReportTooLarge` (nothing recorded) for a report too large to store."""
+    result = storable_report(report)
     job_id = create_job(sessions, JobKind.DUPLICATES, {**params, "reason": "cli"})
     start_job(sessions, job_id)
-    finish_job(sessions, job_id, report_to_dict(report))
+    finish_job(sessions, job_id, result)
     return job_id
 
 

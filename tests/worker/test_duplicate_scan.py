@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from core import duplicate_scans
 from core.db import JobKind, JobPhase, JobStatus
 from core.duplicate_scans import latest_scan, scan_answer
 from core.duplicates import find_duplicates_with, report_to_dict
@@ -57,6 +58,21 @@ def test_a_scan_job_stores_the_full_report_and_is_served(embedded: Embedded) -> 
 def test_a_scan_without_an_index_fails_with_the_reason(embedded: Embedded) -> None:
     job = get_job(embedded.sessions, _scan(embedded))
     assert job.status is JobStatus.FAILED and "no index is published" in job.error
+
+
+def test_a_report_too_large_to_store_fails_the_job_saying_so(embedded: Embedded,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _indexed(embedded, N_ITEMS)
+    pairs = sum(len(g.pairs) for g in find_duplicates_with(embedded.settings, embedded.sessions,
+                                                           min_similarity=-1.0).groups)
+    monkeypatch.setattr(duplicate_scans, "MAX_STORED_PAIRS", pairs - 1)  # the bound, just below this report
+    job = get_job(embedded.sessions, _scan(embedded, min_similarity=-1.0))
+    assert job.status is JobStatus.FAILED
+    assert f"verified {pairs} pairs" in job.error and "raise min_similarity" in job.error
+    with pytest.raises(duplicate_scans.NoScanYet):
+        latest_scan(embedded.sessions)
+    job = get_job(embedded.sessions, _scan(embedded))  # at the default bar it fits
+    assert job.status is JobStatus.SUCCEEDED and latest_scan(embedded.sessions).id == job.id
 
 
 @pytest.mark.redis

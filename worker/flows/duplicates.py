@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.db import Job, JobPhase
-from core.duplicates import NoActiveIndex, ScanStage, find_duplicates_with, report_to_dict
+from core.duplicate_scans import ReportTooLarge, storable_report
+from core.duplicates import NoActiveIndex, ScanStage, find_duplicates_with
 from core.jobs import update_progress
 from worker.flows.runner import run_job_flow
 from worker.runtime import Runtime
@@ -29,7 +30,8 @@ def run_duplicate_scan(rt: Runtime, job_id: int, threshold: float | None = None,
     def body(_job: Job, _: None) -> dict[str, Any]:
         report = find_duplicates_with(rt.settings, rt.sessions, ratio=ratio, threshold=threshold,
                                       min_similarity=min_similarity, progress=progress)
-        return report_to_dict(report)
+        return storable_report(report)
 
-    # an index retired between the POST and the run: the user's answer, not a bug
-    return run_job_flow(rt.sessions, job_id, body, expected=(NoActiveIndex,))
+    # an index retired between the POST and the run, or a bar so low that the report is too
+    # large to store (core/duplicate_scans.py): the user's answer, not a bug
+    return run_job_flow(rt.sessions, job_id, body, expected=(NoActiveIndex, ReportTooLarge))
