@@ -37,6 +37,7 @@ from core.catalog import (
     open_source,
 )
 from core.db import ImageStatus, ItemStatus, session_scope
+from core.duplicate_scans import ReportTooLarge, save_scan
 from core.duplicates import NoActiveIndex, find_duplicates_with, report_to_dict
 from core.media import MediaStore
 
@@ -132,16 +133,27 @@ def delete_command(ctx: CliContext, external_ids: tuple[str, ...]) -> None:
               help="Photo similarity a candidate must reach; -1 accepts every candidate "
                    "[LOOKALIKE_DUPLICATE_MIN_SIMILARITY].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--save", is_flag=True,
+              help="Store the report as the latest scan (a succeeded duplicates job), which "
+                   "GET /api/v1/duplicates and the /duplicates page then serve.")
 @click.pass_obj
 def duplicates_command(ctx: CliContext, threshold: float | None, ratio: float | None, min_similarity: float | None,
-                       as_json: bool) -> None:
+                       as_json: bool, save: bool) -> None:
     """Groups of items whose photos are near duplicates: candidates from the active index and the photos'
-    descriptors, verified on the photos themselves (docs/ARCHITECTURE.md)."""
+    descriptors, verified on the photos themselves (docs/ARCHITECTURE.md). The scan runs in this process;
+    POST /api/v1/duplicates/scans runs the same one on a worker."""
     try:
         report = find_duplicates_with(ctx.settings, ctx.sessions, ratio=ratio, threshold=threshold,
                                       min_similarity=min_similarity)
     except NoActiveIndex as exc:
         raise click.ClickException(str(exc)) from exc
+    if save:
+        try:
+            job_id = save_scan(ctx.sessions, report, {"threshold": threshold, "ratio": ratio,
+                                                      "min_similarity": min_similarity})
+        except ReportTooLarge as exc:
+            raise click.ClickException(f"not saved: {exc}") from exc
+        click.echo(f"saved as scan job {job_id}", err=True)
     if as_json:
         click.echo(json.dumps(report_to_dict(report), indent=2))
         return

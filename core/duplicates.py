@@ -22,7 +22,9 @@ Verified pairs join their items into groups (connected components).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,22 @@ from core.signatures import aligned_similarity, descriptors
 
 class NoActiveIndex(LookupError):
     """There is no published index to measure distances in."""
+
+
+class ScanStage(str, Enum):
+    """The steps of a scan, in order, as :data:`Progress` reports them (a job's phases)."""
+
+    SIGNATURES = "signatures"
+    CANDIDATES = "candidates"
+    VERIFYING = "verifying"
+
+
+Progress = Callable[[ScanStage, int, int], None]
+"""Called as ``(stage, done, total)`` when a stage starts and when it ends: a job's progress."""
+
+
+def _no_progress(_stage: ScanStage, _done: int, _total: int) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -181,7 +199,7 @@ def _distances(index: VectorIndex, rows: np.ndarray, image_ids: np.ndarray, a: n
 
 def detect(index: VectorIndex, image_ids: np.ndarray, item_of: dict[int, int], thumbs: np.ndarray,
            valid: np.ndarray, *, ratio: float, threshold: float | None, k: int, signature_k: int,
-           min_similarity: float, search_k: int = -1) -> Detection:
+           min_similarity: float, search_k: int = -1, progress: Progress = _no_progress) -> Detection:
     """Both candidate stages and the verification over ``image_ids`` (ascending, all in ``index``).
 
     ``thumbs``/``valid`` are the images' signatures (core/signature_store.py); an image
@@ -189,6 +207,7 @@ def detect(index: VectorIndex, image_ids: np.ndarray, item_of: dict[int, int], t
     A pair is searched for its best alignment only while below ``min_similarity``, so
     similarities above that bar are lower bounds (grouping at a higher bar needs a new call).
     """
+    progress(ScanStage.CANDIDATES, 0, len(image_ids))
     scan = scan_neighbours(index, image_ids, item_of, k=k, search_k=search_k)
     limit, median = calibrated_threshold(scan.nearest, ratio)
     used = limit if threshold is None else threshold
@@ -203,10 +222,12 @@ def detect(index: VectorIndex, image_ids: np.ndarray, item_of: dict[int, int], t
     a = np.array([row[x] for x, _ in close], np.int64)
     b = np.array([row[y] for _, y in close], np.int64)
     checkable = valid[a] & valid[b] if len(close) else np.zeros(0, bool)
+    progress(ScanStage.VERIFYING, 0, int(checkable.sum()))
     similarity = np.full(len(close), np.nan, np.float32)
     if min_similarity > -1.0:  # -1: the embedding alone decides, nothing to verify
         similarity[checkable] = aligned_similarity(thumbs, a[checkable], b[checkable], enough=min_similarity)
     pairs = [DuplicatePair(x, y, distance[(x, y)], float(sim)) for (x, y), sim in zip(close, similarity, strict=True)]
+    progress(ScanStage.VERIFYING, int(checkable.sum()), int(checkable.sum()))
     return Detection(scan, used, median, pairs)
 
 
@@ -254,14 +275,14 @@ def _servable_images(session: Session) -> tuple[dict[int, int], dict[int, str], 
 
 def find_duplicates(sessions: sessionmaker[Session], store: MediaStore, *, ratio: float,
                     threshold: float | None = None, min_similarity: float, k: int = 20, signature_k: int = 20,
-                    search_k: int = -1) -> DuplicateReport:
+                    search_k: int = -1, progress: Progress = _no_progress) -> DuplicateReport:
     """Near-duplicate groups among the servable images of the active index.
 
     ``threshold`` (a distance in the index's metric) overrides the calibrated
     candidate cutoff; ``min_similarity`` is what a candidate's photo similarity must
     reach (-1 accepts every candidate: the embedding alone decides). Photos without a
     stored signature are read from ``store`` once. Raises :class:`NoActiveIndex` when
-    nothing is published.
+    nothing is published. ``progress`` hears of each :class:`ScanStage` as it starts and ends.
     """
     if ratio <= 0 or (threshold is not None and threshold < 0):
         raise ValueError("ratio must be > 0 and threshold >= 0")
@@ -276,9 +297,12 @@ def find_duplicates(sessions: sessionmaker[Session], store: MediaStore, *, ratio
     with VectorIndex.load(path) as index:
         # images deleted since the build are still in the index: not scanned, not matched
         ids = np.sort(index.ids[np.fromiter((int(i) in item_of for i in index.ids), bool, len(index.ids))])
+        progress(ScanStage.SIGNATURES, 0, len(ids))
         thumbs, valid, computed = load_signatures(sessions, store, [key_of[int(i)] for i in ids])
+        progress(ScanStage.SIGNATURES, len(ids), len(ids))
         found = detect(index, ids, item_of, thumbs, valid, ratio=ratio, threshold=threshold, k=k,
-                       signature_k=signature_k, min_similarity=min_similarity, search_k=search_k)
+                       signature_k=signature_k, min_similarity=min_similarity, search_k=search_k,
+                       progress=progress)
         metric = index.manifest.metric
     groups = group_pairs(found.candidates, item_of, external_of, found.threshold,
                          None if min_similarity <= -1.0 else min_similarity)
@@ -289,13 +313,14 @@ def find_duplicates(sessions: sessionmaker[Session], store: MediaStore, *, ratio
 
 
 def find_duplicates_with(settings: Settings, sessions: sessionmaker[Session], *, ratio: float | None = None,
-                         threshold: float | None = None, min_similarity: float | None = None) -> DuplicateReport:
+                         threshold: float | None = None, min_similarity: float | None = None,
+                         progress: Progress = _no_progress) -> DuplicateReport:
     """:func:`find_duplicates` with the settings' defaults and media store (CLI, API and UI)."""
     bar = settings.duplicate_min_similarity if min_similarity is None else min_similarity
     return find_duplicates(sessions, MediaStore.from_settings(settings, fsync=False),
                            ratio=ratio or settings.duplicate_ratio, threshold=threshold, min_similarity=bar,
                            k=settings.duplicate_k, signature_k=settings.duplicate_k,
-                           search_k=settings.duplicate_search_k)
+                           search_k=settings.duplicate_search_k, progress=progress)
 
 
 def report_to_dict(report: DuplicateReport, limit: int | None = None) -> dict[str, Any]:

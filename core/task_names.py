@@ -18,6 +18,7 @@ class TaskName(str, enum.Enum):
     RETIRE_OLD_INDEXES = "lookalike.retire_old_indexes"
     SCHEDULED_REINDEX = "lookalike.scheduled_reindex"
     RECOVER_JOBS = "lookalike.recover_jobs"
+    SCAN_DUPLICATES = "lookalike.scan_duplicates"
 
 
 class Queue(str, enum.Enum):
@@ -34,6 +35,8 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.SCHEDULED_REINDEX: Queue.INDEX,
     TaskName.RETIRE_OLD_INDEXES: Queue.INDEX,
     TaskName.RETRAIN: Queue.TRAIN,
+    # Reads the whole index like a build does (minutes at 70k), so it waits with the builds.
+    TaskName.SCAN_DUPLICATES: Queue.INDEX,
     # Short and urgent: not behind a long build on the index queue.
     TaskName.RECOVER_JOBS: Queue.EMBED,
 }

@@ -19,6 +19,7 @@ from core.jobs import create_job, fail_job
 from core.registry import active_index
 from core.reindex_requests import submit_reindex
 from core.task_names import TaskName
+from worker.flows.duplicates import run_duplicate_scan
 from worker.flows.embed import embed_chunk, embed_images
 from worker.flows.importing import run_import
 from worker.flows.model_choice import NoActiveModel, reindex_model
@@ -76,6 +77,7 @@ HANDLERS: dict[TaskName, Callable[..., Any]] = {
     TaskName.RETIRE_OLD_INDEXES: retire,
     TaskName.SCHEDULED_REINDEX: scheduled_reindex,
     TaskName.RECOVER_JOBS: recover_jobs,
+    TaskName.SCAN_DUPLICATES: run_duplicate_scan,
 }
 
 

@@ -25,6 +25,7 @@ TASK_LIMITS: dict[TaskName, tuple[int, int]] = {
     TaskName.RETIRE_OLD_INDEXES: (900, 1200),
     TaskName.SCHEDULED_REINDEX: (120, 300),
     TaskName.RECOVER_JOBS: (120, 300),
+    TaskName.SCAN_DUPLICATES: (2 * HOUR, 2 * HOUR + 300),
 }
 """(soft, hard) seconds per task. The soft limit raises inside the task, which marks
 its job failed; the hard one kills the process. Generous on purpose: a limit is a

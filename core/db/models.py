@@ -67,6 +67,8 @@ class JobKind(str, enum.Enum):
     REINDEX = "reindex"
     TRAIN = "train"
     RETRAIN = "retrain"
+    DUPLICATES = "duplicates"
+    """A near-duplicate scan (core/duplicate_scans.py); its result is the report."""
 
 
 class JobStatus(str, enum.Enum):
@@ -89,6 +91,8 @@ class JobPhase(str, enum.Enum):
     BUILDING = "building"
     VERIFYING = "verifying"
     PUBLISHING = "publishing"
+    SIGNATURES = "signatures"  # a near-duplicate scan reading its photos' signatures
+    CANDIDATES = "candidates"  # ... finding its candidate pairs (then VERIFYING them)
 
 
 class FeedbackJudgement(str, enum.Enum):

@@ -1,9 +1,7 @@
 """Admin endpoints: imports, reindex, retrain, jobs, models (indexes: service/api/indexes.py).
 
 Long operations answer 202 with the job they created (``Location`` points at it);
-the job row is written *before* the task is sent, and if the broker cannot be
-reached the job is marked failed and the answer is a 503 — a client can simply
-retry, nothing half-done is left behind.
+service/api/job_requests.py says how a job is sent and why nothing half-done is left.
 """
 
 from __future__ import annotations
@@ -24,9 +22,8 @@ from core.catalog.archives import ARCHIVE_FORMAT, ARCHIVE_SUFFIX, check_archive
 from core.catalog.imports import host_bound_rows
 from core.config import IMPORT_MAX_BYTES, MULTIPART_OVERHEAD
 from core.db import JobKind, JobStatus
-from core.dispatch import DispatchUnavailable
 from core.import_uploads import save_upload
-from core.jobs import JobNotFound, create_job, fail_job, get_job, job_to_dict, list_jobs, set_task_id
+from core.jobs import JobNotFound, create_job, get_job, job_to_dict, list_jobs
 from core.registry import (
     RegistryError,
     activate_model,
@@ -37,12 +34,13 @@ from core.registry import (
 from core.reindex_requests import submit_reindex
 from core.task_names import TaskName
 from service.api.common import dispatch_errors, timed_json
+from service.api.job_requests import accepted_job, only_keys, optional_json, send_job
 from service.api.params import check_params, page_params
 from service.auth import Access, requires
 from service.context import ServiceContext, service_context
 from service.errors import ApiError, ErrorCode, bad_param, not_found
 from service.redact import redactor
-from service.uploads import BodyKind, allow_body, body_kind, json_object, uploaded_file
+from service.uploads import BodyKind, allow_body, body_kind, uploaded_file
 from trainer.config import ConfigError
 from trainer.retrain_config import retrain_config
 
@@ -57,42 +55,11 @@ _SUFFIX_FORMATS = {".csv": ImportFormat.CSV.value, ".jsonl": ImportFormat.JSONL.
                    ".ndjson": ImportFormat.JSONL.value, ARCHIVE_SUFFIX: ARCHIVE_FORMAT}
 
 
-def _accepted(job_id: int, extra: dict[str, Any] | None = None) -> Response:
-    ctx = service_context()
-    response = timed_json({"job": redactor().json(job_to_dict(get_job(ctx.sessions, job_id))), **(extra or {})},
-                          202)
-    response.headers["Location"] = f"/api/v1/jobs/{job_id}"
-    return response
-
-
-def _send(ctx: ServiceContext, job_id: int, task: TaskName, **kwargs: Any) -> None:
-    with dispatch_errors():
-        try:
-            task_id = ctx.dispatcher.send(task, job_id=job_id, **kwargs)
-        except DispatchUnavailable as exc:
-            fail_job(ctx.sessions, job_id, f"could not be queued: {exc}")
-            raise
-    if task_id:
-        set_task_id(ctx.sessions, job_id, task_id)
-
-
 def _bool_field(body: dict[str, Any], name: str, default: bool) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
         raise bad_param(name, f"must be true or false, got {value!r}")
     return value
-
-
-def _only_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise ApiError(400, ErrorCode.BAD_REQUEST,
-                       f"unknown field {unknown[0]!r}: allowed are {', '.join(allowed) or 'none'}")
-
-
-def _optional_json() -> dict[str, Any]:
-    kind = body_kind(BodyKind.JSON, BodyKind.EMPTY)
-    return json_object() if kind is BodyKind.JSON else {}
 
 
 # --------------------------------------------------------------------------- imports
@@ -133,8 +100,8 @@ def create_import() -> Response:
     job_id = create_job(ctx.sessions, JobKind.IMPORT,
                         {"upload": stored.to_dict(), "format": fmt, "filename": upload.filename or "",
                          "delete_missing": delete_missing})
-    _send(ctx, job_id, TaskName.IMPORT_CATALOG, upload=stored.to_dict(), format=fmt, delete_missing=delete_missing)
-    return _accepted(job_id)
+    send_job(ctx, job_id, TaskName.IMPORT_CATALOG, upload=stored.to_dict(), format=fmt, delete_missing=delete_missing)
+    return accepted_job(job_id)
 
 
 def _form_bool(name: str) -> bool:
@@ -214,12 +181,12 @@ def _refuse_host_bound_rows(path: Path, fmt: ImportFormat) -> None:
 def reindex() -> Response:
     ctx = service_context()
     check_params(())
-    body = _optional_json()
-    _only_keys(body, ("force",))
+    body = optional_json()
+    only_keys(body, ("force",))
     force = _bool_field(body, "force", False)
     with dispatch_errors():
         outcome = submit_reindex(ctx.settings, ctx.sessions, ctx.dispatcher, force=force, reason="api")
-    return _accepted(outcome.job_id, {"joined": outcome.joined})
+    return accepted_job(outcome.job_id, {"joined": outcome.joined})
 
 
 @bp.post("/retrain")
@@ -228,8 +195,8 @@ def retrain() -> Response:
     """Queue a retrain whose config is the active model's with ``config``'s overrides on top."""
     ctx = service_context()
     check_params(())
-    body = _optional_json()
-    _only_keys(body, ("config",))
+    body = optional_json()
+    only_keys(body, ("config",))
     config = body.get("config", {})
     if not isinstance(config, dict):
         raise bad_param("config", "must be an object of training overrides")
@@ -240,8 +207,8 @@ def retrain() -> Response:
     except ConfigError as exc:
         raise bad_param("config", str(exc)) from exc
     job_id = create_job(ctx.sessions, JobKind.RETRAIN, {"config": config, "reason": "api"})
-    _send(ctx, job_id, TaskName.RETRAIN, config=config or None)
-    return _accepted(job_id)
+    send_job(ctx, job_id, TaskName.RETRAIN, config=config or None)
+    return accepted_job(job_id)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -292,8 +259,8 @@ def activate(version: str) -> Response:
     """Make ``version`` the active model and (by default) queue the reindex that serves it."""
     ctx = service_context()
     check_params(())
-    body = _optional_json()
-    _only_keys(body, ("reindex",))
+    body = optional_json()
+    only_keys(body, ("reindex",))
     want_reindex = _bool_field(body, "reindex", True)
     if "\x00" in version:
         raise not_found(f"model version {version[:80]!r} does not exist")

@@ -1,42 +1,81 @@
-"""``GET /duplicates``: groups of items whose photos are near duplicates under the active index.
+"""Near-duplicate groups: ``POST /duplicates/scans`` starts a scan job, ``GET /duplicates`` serves the latest.
 
-The scan is :func:`core.duplicates.find_duplicates`, the same as ``lookalike catalog
-duplicates``: candidates from the active index and the photos' descriptors, verified
-on the photos, the candidate cutoff calibrated on the catalog unless given (docs/ARCHITECTURE.md, "Near-duplicate
-detection"). It reads the index directly, so it answers the published version even
-before this process has swapped to it; 409 while nothing is published.
+The scan (:func:`core.duplicates.find_duplicates_with`, the same as ``lookalike catalog
+duplicates``) reads the whole index and the photos' signatures: minutes on a real
+catalog, far past a request's timeout, so it is a DUPLICATES job run by the worker
+(worker/flows/duplicates.py) and ``GET`` answers from the newest succeeded scan,
+saying which index version it scanned and whether that is still the active one
+(core/duplicate_scans.py; docs/ARCHITECTURE.md, "Near-duplicate detection").
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from flask import Blueprint, Response
 
-from core.duplicates import NoActiveIndex, find_duplicates_with, report_to_dict
+from core.db import JobKind
+from core.duplicate_scans import NoScanYet, active_version, latest_scan, scan_answer
+from core.jobs import create_job
+from core.task_names import TaskName
 from service.api.common import timed_json
-from service.api.params import check_params, float_param, int_param
+from service.api.job_requests import accepted_job, only_keys, optional_json, send_job
+from service.api.params import check_params, int_param
 from service.auth import Access, requires
 from service.context import service_context
-from service.errors import ApiError, ErrorCode
+from service.errors import ApiError, ErrorCode, bad_param
 
 bp = Blueprint("duplicates", __name__)
 
 MAX_THRESHOLD = 1e6
 MAX_RATIO = 100.0
+SCAN_FIELDS: dict[str, tuple[float, float]] = {
+    "threshold": (0.0, MAX_THRESHOLD), "ratio": (1e-6, MAX_RATIO), "min_similarity": (-1.0, 1.0)}
+"""The scan's optional parameters and their inclusive bounds (what ``GET`` took as query parameters before)."""
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_param(name, f"must be a finite number, got {value!r:.40}")
+    low, high = SCAN_FIELDS[name]
+    if not low <= value <= high:
+        raise bad_param(name, f"must be between {low:g} and {high:g}, got {value:g}")
+    return float(value)
+
+
+@bp.post("/duplicates/scans")
+@requires(Access.WRITE)
+def start_scan() -> Response:
+    """Queue a near-duplicate scan of the active index; 202 with its job, 409 while nothing is published."""
+    ctx = service_context()
+    check_params(())
+    body = optional_json()
+    only_keys(body, tuple(SCAN_FIELDS))
+    params = {name: _number(body, name) for name in SCAN_FIELDS}
+    if active_version(ctx.sessions) is None:
+        raise ApiError(409, ErrorCode.INDEX_UNAVAILABLE, "no index is published yet: run `lookalike reindex`")
+    job_id = create_job(ctx.sessions, JobKind.DUPLICATES, {**params, "reason": "api"})
+    send_job(ctx, job_id, TaskName.SCAN_DUPLICATES, **params)
+    return accepted_job(job_id)
 
 
 @bp.get("/duplicates")
 @requires(Access.READ)
 def duplicates() -> Response:
-    """Near-duplicate groups, largest first; ``threshold`` overrides the calibrated distance."""
-    check_params(("threshold", "ratio", "min_similarity", "limit"))
-    threshold = float_param("threshold", minimum=0.0, maximum=MAX_THRESHOLD)
-    ratio = float_param("ratio", minimum=1e-6, maximum=MAX_RATIO)
-    min_similarity = float_param("min_similarity", minimum=-1.0, maximum=1.0)
+    """The latest scan's groups, largest first (the first ``limit``), and which scan that was."""
+    check_params(("limit",))
     limit = int_param("limit", 100, minimum=1, maximum=1000)
     ctx = service_context()
     try:
-        report = find_duplicates_with(ctx.settings, ctx.sessions, ratio=ratio, threshold=threshold,
-                                      min_similarity=min_similarity)
-    except NoActiveIndex as exc:
-        raise ApiError(409, ErrorCode.INDEX_UNAVAILABLE, str(exc)) from exc
-    return timed_json(report_to_dict(report, limit))
+        job = latest_scan(ctx.sessions)
+    except NoScanYet as exc:
+        if active_version(ctx.sessions) is None:
+            raise ApiError(409, ErrorCode.INDEX_UNAVAILABLE,
+                           "no index is published yet: run `lookalike reindex`, then start a near-duplicate scan") \
+                from exc
+        raise ApiError(404, ErrorCode.NOT_FOUND, str(exc)) from exc
+    return timed_json(scan_answer(ctx.sessions, job, limit))

@@ -9,7 +9,6 @@ write, a merchandiser's feedback on the item page, is sent by the browser's scri
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from flask import Blueprint, render_template, request
@@ -18,7 +17,7 @@ from sqlalchemy.orm import selectinload
 
 from core.config import MULTIPART_OVERHEAD
 from core.db import Item, ItemImage, ItemStatus, JobKind, session_scope
-from core.duplicates import NoActiveIndex, find_duplicates_with
+from core.duplicate_scans import NoScanYet, active_version, latest_scan, scan_answer
 from core.jobs import job_to_dict, list_jobs
 from service.api.common import search_errors
 from service.api.params import DB_INT_MAX
@@ -125,20 +124,22 @@ def jobs_page() -> str:
 
 @ui_blueprint.get("/duplicates")
 def duplicates_page() -> str:
-    """Near-duplicate groups to review (``GET /api/v1/duplicates``'s scan), each item with the photo that matched."""
+    """The latest near-duplicate scan's groups to review, each item with the photo that matched,
+    and (for a merchandiser with a write key, ``static/duplicates.js``) a button that starts a new scan."""
     ctx = service_context()
     try:
-        report = find_duplicates_with(ctx.settings, ctx.sessions)
-    except NoActiveIndex as exc:
-        return render_template("duplicates.html", report=None, groups=[], problem=str(exc))
-    shown = report.groups[:DUPLICATE_GROUPS]
-    image_ids = {i for g in shown for p in g.pairs for i in (p.image_a, p.image_b)}
+        job = latest_scan(ctx.sessions)
+    except NoScanYet as exc:
+        problem = str(exc) if active_version(ctx.sessions) is not None else "no index is published yet"
+        return render_template("duplicates.html", report=None, groups=[], problem=problem)
+    report = scan_answer(ctx.sessions, job, DUPLICATE_GROUPS)
+    shown = report["groups"]
+    image_ids = {i for g in shown for p in g["pairs"] for i in (p["image_a"], p["image_b"])}
     with session_scope(ctx.sessions) as s:
         rows = s.execute(select(ItemImage.id, ItemImage.media_key, Item.external_id, Item.title)
                          .join(Item, Item.id == ItemImage.item_id).where(ItemImage.id.in_(sorted(image_ids)))).all()
     photo = {r.external_id: {"external_id": r.external_id, "title": r.title, "image_url": media_url(r.media_key)}
              for r in sorted(rows, key=lambda r: r.id)}
-    groups = [{"distance": g.min_distance,
-               "similarity": None if math.isnan(g.pairs[0].similarity) else g.pairs[0].similarity,
-               "items": [photo[e] for e in g.items if e in photo]} for g in shown]
+    groups = [{"distance": g["pairs"][0]["distance"], "similarity": g["pairs"][0]["similarity"],
+               "items": [photo[e] for e in g["items"] if e in photo]} for g in shown]
     return render_template("duplicates.html", report=report, groups=groups, problem="")

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cli.main import lookalike
 from core.catalog.sample import Split, load_split
 from core.config import Settings
-from core.db import make_session_factory
+from core.db import JobKind, make_session_factory
+from core.duplicate_scans import NoScanYet, latest_scan
 from core.duplicates import DuplicatePair, NoActiveIndex, calibrated_threshold, find_duplicates, group_pairs
 from core.embedding import Embedder
 from core.media import MediaStore
@@ -156,6 +157,14 @@ def test_cli_lists_the_same_groups(planted: tuple[Catalog, dict, dict]) -> None:
     assert joined > {i for g in data["groups"] for i in g["items"]}  # the embedding alone joins more
     text = runner.invoke(lookalike, ["catalog", "duplicates", "--threshold", "0"], env=env)
     assert text.exit_code == 0 and text.stdout == "" and "0 group(s)" in text.stderr
+    with pytest.raises(NoScanYet):  # printing is not saving
+        latest_scan(cat.sessions)
+    saved = runner.invoke(lookalike, ["catalog", "duplicates", "--json", "--save"], env=env)
+    assert saved.exit_code == 0, saved.output
+    job = latest_scan(cat.sessions)
+    assert f"saved as scan job {job.id}" in saved.stderr and job.kind is JobKind.DUPLICATES
+    assert job.result == json.loads(saved.stdout) and job.params["reason"] == "cli"
+    assert [g["items"] for g in job.result["groups"]] == [g["items"] for g in data["groups"]]
 
 
 def test_cli_without_an_index_fails_clearly(settings: Settings, sqlite_engine: object) -> None:

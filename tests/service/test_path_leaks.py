@@ -84,6 +84,8 @@ def served(tmp_path: Path, settings: Settings, sqlite_engine: Engine) -> Iterato
     retrained = get_job(sessions, retrain_job)
     assert retrained.status is JobStatus.SUCCEEDED, retrained.error
     assert str(tmp_path) in json.dumps(retrained.result)  # the run directory: there is a path to hide
+    scan = client.post("/api/v1/duplicates/scans", headers={"X-API-Key": key}, json={})  # GET /duplicates serves it
+    assert get_job(sessions, scan.json["job"]["id"]).status is JobStatus.SUCCEEDED
     yield Served(app, settings, key, tmp_path, import_job, failed_job, retrain_job)
     app.extensions["lookalike"].close()
     dispatcher.close()

@@ -1,5 +1,5 @@
 """The web UI in headless Chromium (Playwright): browse, item page with look-alikes, photo search, jobs,
-a merchandiser's feedback on the similar grid.
+a merchandiser's feedback on the similar grid, the near-duplicate scan button.
 
 The screenshot of an item page is kept next to the test's temp files; the test
 asserts that every result image has really been decoded by the browser
@@ -21,6 +21,7 @@ from sqlalchemy import select
 from core.db import FeedbackJudgement, FeedbackSource, Item, ItemImage, session_scope
 from core.embedding import Embedder
 from core.media import MediaStore
+from service.apikeys import create_key
 from tests.service.live import LiveServer
 from tests.service.support import Catalog, embed, new_catalog, publish
 from tests.worker.support import import_fmnist
@@ -256,3 +257,34 @@ def card_ids_without_js(page: Page) -> list[str]:
 def _media_key(cat: Catalog, image_id: int) -> str:
     with session_scope(cat.sessions) as s:
         return s.scalar(select(ItemImage.media_key).where(ItemImage.id == image_id))
+
+
+def test_duplicate_scan_button_in_chromium(fmnist_catalog: Catalog, browser: Browser, tmp_path: Path) -> None:
+    """No scan yet: the page says how to start one; signed in with a write key, the button starts a
+    scan job, shows its progress, and the page then shows that scan (its job, its index)."""
+    key, _ = create_key(fmnist_catalog.sessions, "merchandiser")
+    server = LiveServer(fmnist_catalog.settings, tmp_path / "server.log", workers=1).start()
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.add_init_script(RECORD_VIOLATIONS)
+        page.goto(f"{server.url}/duplicates")
+        assert "no near-duplicate scan has run yet" in page.inner_text("main")
+        assert not page.locator("#start-scan").is_visible()
+        page.fill("#api-key", key)
+        page.click("#scan .signed-out button")
+        assert key not in page.url
+        page.click("#start-scan")
+        page.locator("#scan-progress").wait_for(state="visible")
+        assert "Scan job" in page.inner_text("#scan-progress")
+        page.locator("#scan-summary").wait_for(state="visible", timeout=60_000)  # the reload after success
+        jobs = requests.get(server.url + "/api/v1/jobs", params={"kind": "duplicates"},
+                            headers={"X-API-Key": key}, timeout=10).json()["jobs"]
+        assert len(jobs) == 1 and jobs[0]["status"] == "succeeded"
+        summary = page.inner_text("#scan-summary")
+        assert f"Scan job {jobs[0]['id']}" in summary and fmnist_catalog.index_version in summary
+        assert "no longer the active index" not in summary
+        assert page.locator("#start-scan").is_visible()  # still signed in, in this tab
+        page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+        assert page.evaluate("window.__csp") == []
+    finally:
+        server.stop()

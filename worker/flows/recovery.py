@@ -38,7 +38,7 @@ from worker.flows.jobstate import TaskRecord, touch_job
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_TASKS = frozenset({TaskName.IMPORT_CATALOG, TaskName.REINDEX, TaskName.RETRAIN})
+RESUMABLE_TASKS = frozenset({TaskName.IMPORT_CATALOG, TaskName.REINDEX, TaskName.RETRAIN, TaskName.SCAN_DUPLICATES})
 
 
 class UnstorableArguments(ValueError):
