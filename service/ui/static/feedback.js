@@ -1,22 +1,17 @@
 // Merchandiser feedback on the item page's similar grid (docs/DECISIONS.md, "Feedback in the web UI").
-// Everything goes through POST /api/v1/feedback with the key in X-API-Key; the key lives in
-// sessionStorage only (this tab, until it closes), never in a URL or a cookie. Without a key,
-// no controls are shown and nothing is recorded.
+// Everything goes through POST /api/v1/feedback with the merchandiser's key (apikey.js: this tab's
+// sessionStorage only, never a URL or a cookie). Without a key, no controls are shown and nothing
+// is recorded.
 (function () {
   var section = document.getElementById("similar");
   var form = document.getElementById("merchandiser");
   if (!section || !form) return;
-  var STORE = "lookalike.apiKey";
+  var keys = window.LookalikeKey;
+  var key = keys.get;
   var query = section.dataset.query;
   var url = section.dataset.feedbackUrl;
-  var input = document.getElementById("api-key");
   var problem = document.getElementById("feedback-problem");
-  var signedOut = form.querySelector(".signed-out");
-  var signedIn = form.querySelector(".signed-in");
 
-  function key() {
-    try { return sessionStorage.getItem(STORE) || ""; } catch (e) { return ""; }
-  }
   function say(message) {
     problem.textContent = message || "";
     problem.hidden = !message;
@@ -27,17 +22,9 @@
 
   // One judgement on (this item, result); resolves with the stored row, rejects with the API's message.
   function send(result, judgement, source, keepalive) {
-    return fetch(url, {
-      method: "POST", keepalive: !!keepalive, credentials: "omit",
-      headers: {"Content-Type": "application/json", "X-API-Key": key()},
+    return keys.request(url, {
+      method: "POST", keepalive: !!keepalive, headers: {"Content-Type": "application/json"},
       body: JSON.stringify({query: query, result: result, judgement: judgement, source: source}),
-    }).then(function (r) {
-      return r.json().catch(function () { return {}; }).then(function (body) {
-        if (r.ok) return body;
-        var message = (body && body.error && body.error.message) || ("feedback failed: HTTP " + r.status);
-        if (r.status === 401 || r.status === 403) signOut();  // a bad key: ask for another
-        throw new Error(message);
-      });
     });
   }
 
@@ -97,10 +84,7 @@
     });
   }
 
-  function show() {
-    var on = !!key();
-    signedOut.hidden = on;
-    signedIn.hidden = !on;
+  function show(on) {
     if (on) {
       addControls();
       showMarks(null);
@@ -109,27 +93,6 @@
       cards().forEach(function (card) { card.classList.remove("good-match"); });
     }
   }
-
-  function signOut() {
-    try { sessionStorage.removeItem(STORE); } catch (e) { /* storage off: nothing stored */ }
-    show();
-  }
-
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    var value = input.value.trim();
-    if (!value) return;
-    try {
-      sessionStorage.setItem(STORE, value);
-    } catch (e) {
-      say("this browser keeps no session storage, so the key cannot be kept");
-      return;
-    }
-    input.value = "";
-    say("");
-    show();
-  });
-  document.getElementById("sign-out").addEventListener("click", signOut);
 
   // A click on a suggestion is a shopper's "similar" signal; recorded only with a key (the API
   // needs one). keepalive lets the request finish while the browser follows the link.
@@ -140,6 +103,5 @@
     send(card.dataset.externalId, "similar", "click", true).catch(function () {});
   });
 
-  form.hidden = false;
-  show();
+  keys.bindForm(form, say, show);
 })();
